@@ -1,0 +1,16 @@
+"""fcn_fast: fused kernels for fully convolutional segmentation nets in PyTorch.
+
+Importing never fails because a backend is missing; see available_backends().
+"""
+
+from fcn_fast._backend import BackendUnavailableError, available_backends
+from fcn_fast.ops import interpolate_add, upsample_skip
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "interpolate_add",
+    "upsample_skip",
+]

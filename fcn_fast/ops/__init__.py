@@ -1,0 +1,5 @@
+"""Public ops: validation, backend choice, and the autograd-aware torch.library custom ops."""
+
+from fcn_fast.ops.resample_skip import interpolate_add, upsample_skip
+
+__all__ = ["interpolate_add", "upsample_skip"]

@@ -1,0 +1,295 @@
+"""upsample_skip (FCN decoder step) and interpolate_add (FPN decoder step): DESIGN.md 2.1-2.3.
+
+Both front doors map their arguments onto one resampler, out[Y, X] = sum of the
+4 bilinear taps of x at (Y * scale + bias) + skip window, registered as the
+autograd-aware custom op fcn_fast::resample_skip. Its kernels are the C++
+(cpu/cuda) and Triton implementations; the `reference` backend bypasses the op
+and runs plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fcn_fast import _backend
+from fcn_fast.ops._checks import check_float, check_same, check_tensor, int_pair
+from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample_skip_reference
+
+_OP = "resample_skip"
+
+
+def _kernel_forward(backend: str):
+    if backend == "triton":
+        from fcn_fast.triton.resample_skip import resample_skip_fwd
+
+        return resample_skip_fwd
+    return torch.ops.fcn_fast.resample_skip_fwd
+
+
+def _kernel_backward(backend: str):
+    if backend == "triton":
+        from fcn_fast.triton.resample_skip import resample_skip_bwd
+
+        return resample_skip_bwd
+    return torch.ops.fcn_fast.resample_skip_bwd
+
+
+@torch.library.custom_op("fcn_fast::resample_skip", mutates_args=())
+def resample_skip(
+    x: torch.Tensor,
+    skip: torch.Tensor | None,
+    scale_h: float,
+    bias_h: float,
+    scale_w: float,
+    bias_w: float,
+    clamp: bool,
+    out_h: int,
+    out_w: int,
+    skip_y: int,
+    skip_x: int,
+    backend: str,
+) -> torch.Tensor:
+    """out = bilinear resample of x (4 taps per output) + skip[..., skip_y:, skip_x:] window."""
+    return _kernel_forward(backend)(
+        x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x
+    )
+
+
+@resample_skip.register_fake
+def _(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend):
+    return x.new_empty((x.shape[0], x.shape[1], out_h, out_w)).contiguous(
+        memory_format=x.suggest_memory_format()
+    )
+
+
+@torch.library.custom_op("fcn_fast::resample_skip_backward", mutates_args=())
+def resample_skip_backward(
+    grad_out: torch.Tensor,
+    in_h: int,
+    in_w: int,
+    scale_h: float,
+    bias_h: float,
+    scale_w: float,
+    bias_w: float,
+    clamp: bool,
+    backend: str,
+) -> torch.Tensor:
+    """grad_x: the adjoint of the resampler, a gather per input element (deterministic)."""
+    return _kernel_backward(backend)(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp)
+
+
+@resample_skip_backward.register_fake
+def _(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp, backend):
+    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
+
+
+def _setup_context(ctx, inputs, output):
+    x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend = inputs
+    ctx.in_size = (x.shape[2], x.shape[3])
+    ctx.params = (scale_h, bias_h, scale_w, bias_w, clamp)
+    ctx.skip_pad = None
+    if skip is not None:
+        # grad_skip is grad_out placed in the skip window of zeros: a pad.
+        ctx.skip_pad = (
+            skip_x,
+            skip.shape[3] - skip_x - out_w,
+            skip_y,
+            skip.shape[2] - skip_y - out_h,
+        )
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_out):
+    grad_x = grad_skip = None
+    if ctx.needs_input_grad[0]:
+        grad_x = resample_skip_backward(grad_out, *ctx.in_size, *ctx.params, ctx.backend)
+    if ctx.skip_pad is not None and ctx.needs_input_grad[1]:
+        grad_skip = F.pad(grad_out, ctx.skip_pad)
+    return (grad_x, grad_skip) + (None,) * 10
+
+
+resample_skip.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(x, skip, x_name, op):
+    check_tensor(x, x_name, op, ndim=4)
+    check_float(x, x_name, op)
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{op}: {x_name} must have H, W >= 1, got shape {tuple(x.shape)}")
+    if skip is None:
+        return
+    check_tensor(skip, "skip", op, ndim=4)
+    check_same(skip, x, "skip", x_name, op)
+    if skip.shape[:2] != x.shape[:2]:
+        raise ValueError(
+            f"{op}: skip must have the batch and channel sizes of {x_name} "
+            f"{tuple(x.shape[:2])}, got shape {tuple(skip.shape)}"
+        )
+
+
+def _run(x, skip, scale, bias, clamp, out_size, skip_crop, backend, reference, op):
+    name = _backend.resolve_backend(backend, _OP, x.device)
+    if name == "reference":
+        return reference()
+    (scale_h, scale_w), (bias_h, bias_w) = scale, bias
+    return resample_skip(
+        x, skip, scale_h, bias_h, scale_w, bias_w, clamp, *out_size, *skip_crop, name
+    )
+
+
+def upsample_skip(
+    coarse: torch.Tensor,
+    skip: torch.Tensor | None = None,
+    *,
+    factor: int,
+    kernel_size: int | None = None,
+    crop=0,
+    skip_crop=0,
+    out_size=None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """FCN decoder step: fixed bilinear ConvTranspose2d of `coarse`, cropped, plus a skip window.
+
+    out[n, c, y, x] = U[n, c, y + crop_y, x + crop_x] + skip[n, c, y + skip_y, x + skip_x]
+    where U = conv_transpose2d(coarse, bilinear filter on the channel diagonal,
+    stride=factor) has size ((h + 1) * factor, (w + 1) * factor) for kernel 2 * factor
+    (one less for kernel 2 * factor - 1, FCN-AlexNet's k63 s32). out_size defaults to
+    everything right of the crop. Taps outside `coarse` count as zero, as in the
+    deconvolution (this is not F.interpolate: it darkens a band at the border).
+    """
+    op = "upsample_skip"
+    _check_inputs(coarse, skip, "coarse", op)
+    if not isinstance(factor, int) or isinstance(factor, bool):
+        raise TypeError(f"{op}: factor must be an int, got {factor!r}")
+    if factor < 1:
+        raise ValueError(f"{op}: factor must be >= 1, got {factor}")
+    if kernel_size is None:
+        kernel_size = 2 * factor
+    if kernel_size not in (2 * factor, 2 * factor - 1):
+        raise ValueError(
+            f"{op}: kernel_size must be 2*factor ({2 * factor}) or 2*factor-1 "
+            f"({2 * factor - 1}) for factor={factor}, got {kernel_size!r}"
+        )
+    crop = int_pair(crop, "crop", op)
+    skip_crop = int_pair(skip_crop, "skip_crop", op)
+    h, w = coarse.shape[2], coarse.shape[3]
+    full = ((h - 1) * factor + kernel_size, (w - 1) * factor + kernel_size)
+    if crop[0] >= full[0] or crop[1] >= full[1]:
+        raise ValueError(
+            f"{op}: crop {crop} must be smaller than the upsampled size {full} "
+            f"(coarse {h}x{w}, factor {factor}, kernel_size {kernel_size})"
+        )
+    if out_size is None:
+        out_size = (full[0] - crop[0], full[1] - crop[1])
+    out_size = int_pair(out_size, "out_size", op)
+    if crop[0] + out_size[0] > full[0] or crop[1] + out_size[1] > full[1]:
+        raise ValueError(
+            f"{op}: out_size {out_size} at crop {crop} exceeds the upsampled size {full}; "
+            f"at most {(full[0] - crop[0], full[1] - crop[1])}"
+        )
+    _check_skip_window(skip, skip_crop, out_size, op)
+    # DESIGN 2.1: s = Y / f + (c + 0.5) / f - 1 for kernel 2f, (c + 1) / f - 1 for 2f - 1.
+    shift = 0.5 if kernel_size == 2 * factor else 1.0
+    scale = (1.0 / factor, 1.0 / factor)
+    bias = tuple((c + shift) / factor - 1.0 for c in crop)
+    return _run(
+        coarse,
+        skip,
+        scale,
+        bias,
+        False,
+        out_size,
+        skip_crop,
+        backend,
+        lambda: upsample_skip_reference(
+            coarse, skip, factor, kernel_size, crop, skip_crop, out_size
+        ),
+        op,
+    )
+
+
+def _check_skip_window(skip, skip_crop, out_size, op):
+    if skip is None:
+        return
+    hs, ws = skip.shape[2], skip.shape[3]
+    if skip_crop[0] + out_size[0] > hs or skip_crop[1] + out_size[1] > ws:
+        raise ValueError(
+            f"{op}: the skip window at skip_crop {skip_crop} of size {out_size} does not fit "
+            f"in skip of spatial size {(hs, ws)}"
+        )
+
+
+def _interpolate_geometry(in_size, size, scale_factor, align_corners, op):
+    """Output size, scale and bias per axis, by F.interpolate's rules."""
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{op}: give exactly one of size or scale_factor")
+    factors = (None, None)
+    if size is not None:
+        out = int_pair(size, "size", op, minimum=1)
+    else:
+        factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (
+            scale_factor,
+            scale_factor,
+        )
+        if len(factors) != 2 or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
+        ):
+            raise TypeError(f"{op}: scale_factor must be a number or a pair, got {scale_factor!r}")
+        if not all(math.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
+        out = tuple(int(n * f) for n, f in zip(in_size, factors))  # floor, as PyTorch
+        if min(out) < 1:
+            raise ValueError(f"{op}: scale_factor {scale_factor!r} gives an empty output {out}")
+    scale, bias = [], []
+    for n, o, f in zip(in_size, out, factors):
+        if align_corners:
+            scale.append((n - 1) / (o - 1) if o > 1 else 0.0)
+            bias.append(0.0)
+        else:
+            s = 1.0 / f if f is not None else n / o
+            scale.append(s)
+            bias.append(0.5 * s - 0.5)
+    return out, tuple(scale), tuple(bias)
+
+
+def interpolate_add(
+    x: torch.Tensor,
+    skip: torch.Tensor | None = None,
+    *,
+    size=None,
+    scale_factor=None,
+    align_corners: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """FPN decoder step: F.interpolate(x, size | scale_factor, mode="bilinear", align_corners) + skip.
+
+    Same output-size and source-index rules as F.interpolate (scale_factor is used
+    for the index mapping when given, as PyTorch does); `skip` must have the output's
+    shape exactly (no broadcasting).
+    """
+    op = "interpolate_add"
+    _check_inputs(x, skip, "x", op)
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
+    out_size, scale, bias = _interpolate_geometry(
+        (x.shape[2], x.shape[3]), size, scale_factor, align_corners, op
+    )
+    if skip is not None and tuple(skip.shape[2:]) != out_size:
+        raise ValueError(
+            f"{op}: skip must have the output's spatial size {out_size}, got {tuple(skip.shape[2:])}"
+        )
+    return _run(
+        x,
+        skip,
+        scale,
+        bias,
+        True,
+        out_size,
+        (0, 0),
+        backend,
+        lambda: interpolate_add_reference(x, skip, size, scale_factor, align_corners),
+        op,
+    )
