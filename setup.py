@@ -43,7 +43,9 @@ def _want_cuda():
         return False
     if reasons:
         if forced == "1":
-            sys.exit("fcn_fast: FCN_FAST_CUDA=1 but the CUDA build cannot run: " + "; ".join(reasons))
+            sys.exit(
+                "fcn_fast: FCN_FAST_CUDA=1 but the CUDA build cannot run: " + "; ".join(reasons)
+            )
         print("fcn_fast: building CPU kernels only (" + "; ".join(reasons) + ")")
         return False
     return True
@@ -51,7 +53,10 @@ def _want_cuda():
 
 CPU_SOURCES = _rel("csrc/ops/*.cpp") + _rel("csrc/cpu/*.cpp")
 CUDA_SOURCES = _rel("csrc/cuda/*.cpp") + _rel("csrc/cuda/*.cu")
-CXX_FLAGS = ["-O3"]  # the C++ standard is whatever torch requires (BuildExtension sets it)
+# The C++ standard is whatever torch requires (BuildExtension sets it). at::parallel_for
+# is header code built on `#pragma omp parallel`: without -fopenmp it silently runs on
+# one thread. The GOMP symbols resolve against the OpenMP runtime torch already loads.
+CXX_FLAGS = ["-O3"] + (["-fopenmp"] if sys.platform.startswith("linux") else [])
 INCLUDE_DIRS = [os.path.join(ROOT, "csrc", "include")]
 
 
@@ -81,7 +86,9 @@ class BuildWithCpuFallback(BuildExtension):
         try:
             super().build_extension(ext)
         except Exception as error:
-            if os.environ.get("FCN_FAST_CUDA") == "1" or not any(s.endswith(".cu") for s in ext.sources):
+            if os.environ.get("FCN_FAST_CUDA") == "1" or not any(
+                s.endswith(".cu") for s in ext.sources
+            ):
                 raise
             print(f"fcn_fast: the CUDA build failed ({error}); building CPU kernels only")
             cpu = _cpu_extension()

@@ -7,6 +7,8 @@ Triton only makes that backend unavailable, with the reason recorded.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 from typing import NamedTuple
 
@@ -48,30 +50,23 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_TRITON_STATUS: BackendStatus | None = None
-
-
 def _triton_status() -> BackendStatus:
-    global _TRITON_STATUS
-    if _TRITON_STATUS is None:
-        triton, error = _try_import("triton")
-        if triton is None:
-            _TRITON_STATUS = BackendStatus(False, f"Triton is not installed ({error})")
-        elif torch.cuda.is_available():
-            _TRITON_STATUS = BackendStatus(True, f"Triton {triton.__version__} on CUDA")
-        elif triton_interpret():
-            _TRITON_STATUS = BackendStatus(
-                True, f"Triton {triton.__version__} interpreter (TRITON_INTERPRET=1), CPU tensors"
-            )
-        else:
-            _TRITON_STATUS = BackendStatus(
-                False, "no CUDA GPU; CPU tensors need TRITON_INTERPRET=1 (slow, for tests)"
-            )
-    return _TRITON_STATUS
+    # find_spec, not import: importing triton here would fix TRITON_INTERPRET too early.
+    if importlib.util.find_spec("triton") is None:
+        return BackendStatus(False, "Triton is not installed (pip install triton)")
+    version = importlib.metadata.version("triton")
+    if torch.cuda.is_available():
+        return BackendStatus(True, f"Triton {version} on CUDA")
+    if triton_interpret():
+        return BackendStatus(
+            True, f"Triton {version} interpreter (TRITON_INTERPRET=1), CPU tensors"
+        )
+    return BackendStatus(
+        False, "no CUDA GPU; CPU tensors need TRITON_INTERPRET=1 (slow, for tests)"
+    )
 
 
-def available_backends() -> dict[str, BackendStatus]:
-    """For this machine: which backends run, and why the others don't."""
+def _compute_status() -> dict[str, BackendStatus]:
     if _C is None:
         why = f"the C++ extension fcn_fast._C is not built ({_C_ERROR}); pip install -e ."
         cpu = cuda = BackendStatus(False, why)
@@ -84,7 +79,7 @@ def available_backends() -> dict[str, BackendStatus]:
         elif not torch.cuda.is_available():
             cuda = BackendStatus(False, "CUDA kernels are built but no CUDA GPU is visible")
         else:
-            cuda = BackendStatus(True, f"CUDA kernels on {torch.cuda.get_device_name()}")
+            cuda = BackendStatus(True, "CUDA kernels built; a CUDA GPU is visible")
     return {
         "reference": BackendStatus(True, "plain PyTorch"),
         "cpu": cpu,
@@ -93,7 +88,22 @@ def available_backends() -> dict[str, BackendStatus]:
     }
 
 
-def _unavailable(backend: str, op: str, reason: str, device: torch.device) -> BackendUnavailableError:
+# Computed once, at import: resolve_backend then only reads plain Python values, which
+# torch.compile traces without graph breaks.
+_STATUS = _compute_status()
+_INTERPRET = triton_interpret()
+_HAS_CUDA_KERNELS = extension_has_cuda()
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """For this machine: which backends run, and why the others don't."""
+    return dict(_STATUS)
+
+
+def _unavailable(
+    backend: str, op: str, reason: str, device: torch.device
+) -> BackendUnavailableError:
     usable = [name for name in BACKENDS if _can_run(name, device) is None]
     return BackendUnavailableError(
         f"{op}: backend={backend!r} cannot run here: {reason}. "
@@ -105,21 +115,21 @@ def _can_run(backend: str, device: torch.device) -> str | None:
     """None if `backend` can run tensors on `device`, else the reason it can't."""
     if backend == "reference":
         return None
-    status = available_backends()[backend]
+    status = _STATUS[backend]
     if backend == "cpu":
         if not status.available:
             return status.reason
         return None if device.type == "cpu" else f"it runs CPU tensors, got {device.type} tensors"
     if backend == "cuda":
-        if _C is None or not extension_has_cuda():
+        if not _HAS_CUDA_KERNELS:
             return status.reason
         return None if device.type == "cuda" else f"it runs CUDA tensors, got {device.type} tensors"
     # triton
-    if not status.available and "not installed" in status.reason:
+    if not _TRITON_INSTALLED:
         return status.reason
     if device.type == "cuda":
         return None
-    if device.type == "cpu" and triton_interpret():
+    if device.type == "cpu" and _INTERPRET:
         return None
     return f"Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device.type}"
 

@@ -1,6 +1,11 @@
-// CPU implementation of the resample-skip kernels: at::parallel_for over
-// output rows (forward) and over planes (backward), per-element math from
-// resample_skip_math.h.
+// CPU implementation of the resample-skip kernels (math: resample_skip_math.h).
+//
+// Both passes are separable so that the per-output-element work is a streaming,
+// vectorizable loop: the forward first interpolates the (few) needed input rows
+// horizontally to full output width, then blends two such rows per output row;
+// the backward first accumulates grad_out rows vertically into input rows, then
+// applies the horizontal adjoint as a gather. Each plane is summed in a fixed
+// order by one thread, so results are bitwise identical run to run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,41 +14,82 @@
 
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+#include "../ops/resample_skip.h"
 #include "fcn_fast/resample_skip_math.h"
 
 namespace fcn_fast {
 namespace {
 
-void check_plane_tensor(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, "fcn_fast: ", name, " must be 4-D (N, C, H, W), got ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fcn_fast: ", name,
-              " must be floating point, got ", t.scalar_type());
+// Taps of every output column, shared by all rows. Indices point into an input
+// row padded by one element on each side (see pad_row), so every tap is a valid
+// read: H[X] = w0[X] * padded[col[X]] + w1[X] * padded[col[X] + 1].
+template <typename acc_t>
+struct ColumnTaps {
+  std::vector<int64_t> col;
+  std::vector<acc_t> w0, w1;
+
+  ColumnTaps(int64_t out_w, int64_t in_w, double scale, double bias, bool clamp)
+      : col(out_w), w0(out_w), w1(out_w) {
+    for (int64_t X = 0; X < out_w; ++X) {
+      const Tap<acc_t> tap = resample_tap<acc_t>(X, scale, bias, in_w, clamp);
+      col[X] = tap.i0 + 1;  // i1 is i0 + 1, or i0 at the clamp edge: the right pad repeats it
+      w0[X] = tap.w0;
+      w1[X] = tap.w1;
+    }
+  }
+};
+
+// padded[0] and padded[in_w + 1] stand for inputs -1 and in_w: zero under the
+// zero boundary (those taps have weight 0, and 0 * 0 stays 0 where 0 * inf would
+// not), the edge value under the clamp boundary (where i1 == i0 == in_w - 1).
+template <typename scalar_t, typename acc_t>
+void interpolate_row(const scalar_t* src, int64_t in_w, bool clamp, const ColumnTaps<acc_t>& taps,
+                     acc_t* padded, acc_t* out) {
+  for (int64_t j = 0; j < in_w; ++j) padded[j + 1] = static_cast<acc_t>(src[j]);
+  padded[0] = clamp ? padded[1] : acc_t(0);
+  padded[in_w + 1] = clamp ? padded[in_w] : acc_t(0);
+  const int64_t out_w = static_cast<int64_t>(taps.col.size());
+  for (int64_t X = 0; X < out_w; ++X) {
+    const acc_t* p = padded + taps.col[X];
+    out[X] = taps.w0[X] * p[0] + taps.w1[X] * p[1];
+  }
 }
 
-// One output row: out[X] = w0[X] * row[col0[X]] + w1[X] * row[col1[X]] (+ skip[X]).
-// `row` holds the vertically blended input row with one zero pad on each side,
-// so zero-boundary taps (-1 and in_w) read a 0 without a branch.
+// A large fresh output (glibc mmaps anything over 32 MB) is otherwise first
+// touched in 4 KB pages: at the FCN-8s head (84 MB) the page faults cost more
+// than the kernel itself. Asking for transparent huge pages before the first
+// write cuts them 512-fold (what PyTorch's THP_MEM_ALLOC_ENABLE=1 does for
+// all tensors). Only a hint: if the kernel declines, nothing changes.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t end = begin + t.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+}
+
+// out[X] = wa * a[X] + wb * b[X] (+ skip[X]): the streaming inner loop.
 template <typename scalar_t, typename acc_t>
-void blend_row(scalar_t* out, int64_t out_stride, const scalar_t* skip, int64_t skip_stride,
-               const acc_t* row, const int64_t* col0, const int64_t* col1, const acc_t* w0,
-               const acc_t* w1, int64_t out_w) {
-  if (out_stride == 1 && (skip == nullptr || skip_stride == 1)) {
-    if (skip == nullptr) {
-      for (int64_t X = 0; X < out_w; ++X) {
-        out[X] = static_cast<scalar_t>(w0[X] * row[col0[X]] + w1[X] * row[col1[X]]);
-      }
-    } else {
-      for (int64_t X = 0; X < out_w; ++X) {
-        out[X] = static_cast<scalar_t>(w0[X] * row[col0[X]] + w1[X] * row[col1[X]] +
-                                       static_cast<acc_t>(skip[X]));
-      }
+void blend_rows(scalar_t* out, int64_t out_stride, const scalar_t* skip, int64_t skip_stride,
+                const acc_t* a, acc_t wa, const acc_t* b, acc_t wb, int64_t n) {
+  if (out_stride == 1 && skip == nullptr) {
+    for (int64_t X = 0; X < n; ++X) out[X] = static_cast<scalar_t>(wa * a[X] + wb * b[X]);
+  } else if (out_stride == 1 && skip_stride == 1) {
+    for (int64_t X = 0; X < n; ++X) {
+      out[X] = static_cast<scalar_t>(wa * a[X] + wb * b[X] + static_cast<acc_t>(skip[X]));
     }
-    return;
-  }
-  for (int64_t X = 0; X < out_w; ++X) {
-    acc_t v = w0[X] * row[col0[X]] + w1[X] * row[col1[X]];
-    if (skip != nullptr) v += static_cast<acc_t>(skip[X * skip_stride]);
-    out[X * out_stride] = static_cast<scalar_t>(v);
+  } else {
+    for (int64_t X = 0; X < n; ++X) {
+      acc_t v = wa * a[X] + wb * b[X];
+      if (skip != nullptr) v += static_cast<acc_t>(skip[X * skip_stride]);
+      out[X * out_stride] = static_cast<scalar_t>(v);
+    }
   }
 }
 
@@ -51,89 +97,77 @@ at::Tensor resample_skip_fwd_cpu(const at::Tensor& x, const std::optional<at::Te
                                  double scale_h, double bias_h, double scale_w, double bias_w,
                                  bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
                                  int64_t skip_x) {
-  check_plane_tensor(x, "x");
+  check_resample_skip_fwd_args(x, skip, out_h, out_w, skip_y, skip_x);
   const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
-  TORCH_CHECK(out_h >= 0 && out_w >= 0, "fcn_fast: negative output size");
-  if (skip.has_value()) {
-    check_plane_tensor(*skip, "skip");
-    TORCH_CHECK(skip->scalar_type() == x.scalar_type(), "fcn_fast: skip dtype differs from x");
-    TORCH_CHECK(skip->size(0) == N && skip->size(1) == C && skip_y >= 0 && skip_x >= 0 &&
-                    skip_y + out_h <= skip->size(2) && skip_x + out_w <= skip->size(3),
-                "fcn_fast: skip window out of range");
-  }
   at::Tensor out =
-      at::empty({N, C, out_h, out_w}, x.options().memory_format(x.suggest_memory_format()));
+      at::empty({N, C, out_h, out_w}, x.options().memory_format(output_memory_format(x)));
   if (out.numel() == 0) return out;
-  TORCH_CHECK(in_h > 0 && in_w > 0, "fcn_fast: x has an empty spatial axis");
+  advise_huge_pages(out);
   const at::Tensor xc = x.contiguous();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "resample_skip_fwd", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    std::vector<int64_t> col0(out_w), col1(out_w);
-    std::vector<acc_t> w0(out_w), w1(out_w);
-    for (int64_t X = 0; X < out_w; ++X) {
-      Tap<acc_t> tap = resample_tap<acc_t>(X, scale_w, bias_w, in_w, clamp);
-      // +1: the row buffer has a zero pad at index 0 (input -1) and in_w + 1 (input in_w).
-      col0[X] = tap.i0 + 1;
-      col1[X] = tap.i1 + 1;
-      w0[X] = tap.w0;
-      w1[X] = tap.w1;
-    }
-    const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
-    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* skip_ptr = skip.has_value() ? skip->const_data_ptr<scalar_t>() : nullptr;
-    const auto os = out.strides();
-    const std::vector<int64_t> ss = skip.has_value() ? skip->strides().vec()
-                                                     : std::vector<int64_t>{0, 0, 0, 0};
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(out_w, 1));
-    at::parallel_for(0, N * C * out_h, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(in_w + 2, acc_t(0));
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t Y = r % out_h, plane = r / out_h, n = plane / C, c = plane % C;
-        const Tap<acc_t> ty = resample_tap<acc_t>(Y, scale_h, bias_h, in_h, clamp);
-        const scalar_t* src = x_ptr + plane * in_h * in_w;
-        const bool has0 = ty.i0 >= 0 && ty.i0 < in_h, has1 = ty.i1 >= 0 && ty.i1 < in_h;
-        const scalar_t* r0 = src + (has0 ? ty.i0 : 0) * in_w;
-        const scalar_t* r1 = src + (has1 ? ty.i1 : 0) * in_w;
-        // A tap outside the input is skipped, not multiplied by 0: 0 * inf would be NaN.
-        for (int64_t j = 0; j < in_w; ++j) {
-          acc_t v = acc_t(0);
-          if (has0) v += ty.w0 * static_cast<acc_t>(r0[j]);
-          if (has1) v += ty.w1 * static_cast<acc_t>(r1[j]);
-          row[j + 1] = v;
-        }
-        const scalar_t* skip_row =
-            skip_ptr == nullptr
-                ? nullptr
-                : skip_ptr + n * ss[0] + c * ss[1] + (Y + skip_y) * ss[2] + skip_x * ss[3];
-        blend_row<scalar_t, acc_t>(out_ptr + n * os[0] + c * os[1] + Y * os[2], os[3], skip_row,
-                                   ss[3], row.data(), col0.data(), col1.data(), w0.data(),
-                                   w1.data(), out_w);
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_skip_fwd", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const ColumnTaps<acc_t> taps(out_w, in_w, scale_w, bias_w, clamp);
+        const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
+        scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+        const scalar_t* skip_ptr = skip.has_value() ? skip->const_data_ptr<scalar_t>() : nullptr;
+        const auto os = out.strides();
+        const std::vector<int64_t> ss =
+            skip.has_value() ? skip->strides().vec() : std::vector<int64_t>{0, 0, 0, 0};
+        const int64_t grain = std::max<int64_t>(1, 65536 / out_w);
+        at::parallel_for(0, N * C * out_h, grain, [&](int64_t begin, int64_t end) {
+          // Two horizontally interpolated input rows, reused by the ~factor
+          // consecutive output rows that read the same pair; keyed by plane * in_h + row.
+          std::vector<acc_t> padded(in_w + 2), rows(2 * out_w), zeros(out_w, acc_t(0));
+          int64_t cached[2] = {-1, -1};
+          auto row = [&](int64_t key, int64_t keep) -> const acc_t* {
+            for (int slot = 0; slot < 2; ++slot) {
+              if (cached[slot] == key) return rows.data() + slot * out_w;
+            }
+            const int slot = cached[0] == keep ? 1 : 0;
+            interpolate_row<scalar_t, acc_t>(x_ptr + key * in_w, in_w, clamp, taps, padded.data(),
+                                             rows.data() + slot * out_w);
+            cached[slot] = key;
+            return rows.data() + slot * out_w;
+          };
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t Y = r % out_h, plane = r / out_h, n = plane / C, c = plane % C;
+            const Tap<acc_t> ty = resample_tap<acc_t>(Y, scale_h, bias_h, in_h, clamp);
+            const bool has0 = ty.i0 >= 0 && ty.i0 < in_h, has1 = ty.i1 >= 0 && ty.i1 < in_h;
+            const int64_t key0 = plane * in_h + ty.i0, key1 = plane * in_h + ty.i1;
+            const acc_t* a = has0 ? row(key0, has1 ? key1 : -1) : zeros.data();
+            const acc_t* b = has1 ? row(key1, has0 ? key0 : -1) : zeros.data();
+            const scalar_t* skip_row =
+                skip_ptr == nullptr
+                    ? nullptr
+                    : skip_ptr + n * ss[0] + c * ss[1] + (Y + skip_y) * ss[2] + skip_x * ss[3];
+            blend_rows<scalar_t, acc_t>(out_ptr + n * os[0] + c * os[1] + Y * os[2], os[3],
+                                        skip_row, ss[3], a, ty.w0, b, ty.w1, out_w);
+          }
+        });
+      });
   return out;
 }
 
-// Gather tables of the adjoint along one axis: input i is read by outputs
-// first[i] + k, k < count[i], with weight weights[i * window + k].
+// The horizontal adjoint as a gather: input column j is read by output
+// columns first[j] + k, k < count[j], with weight weights[j * window + k].
 template <typename acc_t>
-struct AdjointTable {
+struct AdjointColumns {
   int64_t window;
   std::vector<int64_t> first, count;
   std::vector<acc_t> weights;
 
-  AdjointTable(int64_t in_size, int64_t out_size, double scale, double bias, bool clamp)
-      : window(resample_window(scale, out_size)),
-        first(in_size),
-        count(in_size),
-        weights(in_size * window, acc_t(0)) {
-    for (int64_t i = 0; i < in_size; ++i) {
-      first[i] = std::min(resample_first_output(i, scale, bias), out_size);
-      count[i] = std::min(window, out_size - first[i]);
-      for (int64_t k = 0; k < count[i]; ++k) {
-        weights[i * window + k] =
-            resample_weight<acc_t>(first[i] + k, i, scale, bias, in_size, clamp);
+  AdjointColumns(int64_t in_w, int64_t out_w, double scale, double bias, bool clamp)
+      : window(resample_window(scale, out_w)),
+        first(in_w),
+        count(in_w),
+        weights(in_w * window, acc_t(0)) {
+    for (int64_t j = 0; j < in_w; ++j) {
+      first[j] = std::min(resample_first_output(j, scale, bias), out_w);
+      count[j] = std::min(window, out_w - first[j]);
+      for (int64_t k = 0; k < count[j]; ++k) {
+        weights[j * window + k] = resample_weight<acc_t>(first[j] + k, j, scale, bias, in_w, clamp);
       }
     }
   }
@@ -142,50 +176,56 @@ struct AdjointTable {
 at::Tensor resample_skip_bwd_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
                                  double scale_h, double bias_h, double scale_w, double bias_w,
                                  bool clamp) {
-  check_plane_tensor(grad_out, "grad_out");
+  check_resample_skip_bwd_args(grad_out, in_h, in_w);
   const int64_t N = grad_out.size(0), C = grad_out.size(1);
   const int64_t out_h = grad_out.size(2), out_w = grad_out.size(3);
-  TORCH_CHECK(in_h > 0 && in_w > 0, "fcn_fast: input size must be positive");
   at::Tensor grad_x = at::empty({N, C, in_h, in_w}, grad_out.options());
   if (grad_x.numel() == 0) return grad_x;
   if (out_h == 0 || out_w == 0) return grad_x.zero_();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "resample_skip_bwd", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const AdjointTable<acc_t> rows(in_h, out_h, scale_h, bias_h, clamp);
-    const AdjointTable<acc_t> cols(in_w, out_w, scale_w, bias_w, clamp);
-    const scalar_t* g_ptr = grad_out.const_data_ptr<scalar_t>();
-    scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
-    const auto gs = grad_out.strides();
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      // Horizontal pass first: every grad_out row is read once, into
-      // hsum[Y][j] = sum_X weight(X, j) grad_out[Y, X]; then the vertical pass.
-      std::vector<acc_t> hsum(out_h * in_w);
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const scalar_t* g_plane = g_ptr + (plane / C) * gs[0] + (plane % C) * gs[1];
-        for (int64_t Y = 0; Y < out_h; ++Y) {
-          const scalar_t* g_row = g_plane + Y * gs[2];
-          for (int64_t j = 0; j < in_w; ++j) {
-            const acc_t* w = cols.weights.data() + j * cols.window;
-            const scalar_t* g = g_row + cols.first[j] * gs[3];
-            acc_t acc = acc_t(0);
-            for (int64_t k = 0; k < cols.count[j]; ++k) acc += w[k] * static_cast<acc_t>(g[k * gs[3]]);
-            hsum[Y * in_w + j] = acc;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "resample_skip_bwd", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const AdjointColumns<acc_t> cols(in_w, out_w, scale_w, bias_w, clamp);
+        const scalar_t* g_ptr = grad_out.const_data_ptr<scalar_t>();
+        scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
+        const auto gs = grad_out.strides();
+        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+          // vsum[i][X] = sum_Y weight(Y, i) grad_out[Y][X], accumulated in Y order.
+          std::vector<acc_t> vsum(in_h * out_w);
+          for (int64_t plane = begin; plane < end; ++plane) {
+            std::fill(vsum.begin(), vsum.end(), acc_t(0));
+            const scalar_t* g_plane = g_ptr + (plane / C) * gs[0] + (plane % C) * gs[1];
+            for (int64_t Y = 0; Y < out_h; ++Y) {
+              const Tap<acc_t> ty = resample_tap<acc_t>(Y, scale_h, bias_h, in_h, clamp);
+              const scalar_t* g = g_plane + Y * gs[2];
+              const int64_t taps[2] = {ty.i0, ty.i1};
+              const acc_t weights[2] = {ty.w0, ty.w1};
+              for (int t = 0; t < 2; ++t) {
+                if (taps[t] < 0 || taps[t] >= in_h) continue;
+                acc_t* v = vsum.data() + taps[t] * out_w;
+                const acc_t w = weights[t];
+                if (gs[3] == 1) {
+                  for (int64_t X = 0; X < out_w; ++X) v[X] += w * static_cast<acc_t>(g[X]);
+                } else {
+                  for (int64_t X = 0; X < out_w; ++X) v[X] += w * static_cast<acc_t>(g[X * gs[3]]);
+                }
+              }
+            }
+            scalar_t* gx = gx_ptr + plane * in_h * in_w;
+            for (int64_t i = 0; i < in_h; ++i) {
+              const acc_t* v = vsum.data() + i * out_w;
+              for (int64_t j = 0; j < in_w; ++j) {
+                const acc_t* w = cols.weights.data() + j * cols.window;
+                const acc_t* vj = v + cols.first[j];
+                acc_t acc = acc_t(0);
+                for (int64_t k = 0; k < cols.count[j]; ++k) acc += w[k] * vj[k];
+                gx[i * in_w + j] = static_cast<scalar_t>(acc);
+              }
+            }
           }
-        }
-        scalar_t* gx_plane = gx_ptr + plane * in_h * in_w;
-        for (int64_t i = 0; i < in_h; ++i) {
-          const acc_t* w = rows.weights.data() + i * rows.window;
-          const acc_t* h = hsum.data() + rows.first[i] * in_w;
-          for (int64_t j = 0; j < in_w; ++j) {
-            acc_t acc = acc_t(0);
-            for (int64_t k = 0; k < rows.count[i]; ++k) acc += w[k] * h[k * in_w + j];
-            gx_plane[i * in_w + j] = static_cast<scalar_t>(acc);
-          }
-        }
-      }
-    });
-  });
+        });
+      });
   return grad_x;
 }
 

@@ -25,7 +25,8 @@ def check_same(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str, op:
     """`t` must live on the same device as `ref` and have its dtype."""
     if t.device != ref.device:
         raise ValueError(
-            f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; move both to one device"
+            f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+            "move both to one device"
         )
     if t.dtype != ref.dtype:
         raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
@@ -39,3 +40,18 @@ def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return pair
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is channels_last (and not also plain contiguous), else contiguous.
+
+    Every kernel (C++: the same test on at::Tensor) and the fake kernels use this rule,
+    so outputs have identical strides on every backend.
+    """
+    if (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    ):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from fcn_fast import _backend
-from fcn_fast.ops._checks import check_float, check_same, check_tensor, int_pair
+from fcn_fast.ops._checks import (
+    check_float,
+    check_same,
+    check_tensor,
+    int_pair,
+    output_memory_format,
+)
 from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample_skip_reference
 
 _OP = "resample_skip"
@@ -61,7 +67,7 @@ def resample_skip(
 @resample_skip.register_fake
 def _(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend):
     return x.new_empty((x.shape[0], x.shape[1], out_h, out_w)).contiguous(
-        memory_format=x.suggest_memory_format()
+        memory_format=output_memory_format(x)
     )
 
 
@@ -84,6 +90,20 @@ def resample_skip_backward(
 @resample_skip_backward.register_fake
 def _(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp, backend):
     return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
+
+
+if _backend.extension_loaded():
+    # The C++ kernel ops are only called inside the custom ops above, but get fake
+    # kernels too so that they can be traced and opchecked on their own.
+    @torch.library.register_fake("fcn_fast::resample_skip_fwd")
+    def _(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x):
+        return x.new_empty((x.shape[0], x.shape[1], out_h, out_w)).contiguous(
+            memory_format=output_memory_format(x)
+        )
+
+    @torch.library.register_fake("fcn_fast::resample_skip_bwd")
+    def _(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp):
+        return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
 
 
 def _setup_context(ctx, inputs, output):
@@ -230,16 +250,22 @@ def _interpolate_geometry(in_size, size, scale_factor, align_corners, op):
     if size is not None:
         out = int_pair(size, "size", op, minimum=1)
     else:
-        factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (
-            scale_factor,
-            scale_factor,
+        factors = (
+            tuple(scale_factor)
+            if isinstance(scale_factor, (tuple, list))
+            else (
+                scale_factor,
+                scale_factor,
+            )
         )
         if len(factors) != 2 or not all(
             isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
         ):
             raise TypeError(f"{op}: scale_factor must be a number or a pair, got {scale_factor!r}")
         if not all(math.isfinite(f) and f > 0 for f in factors):
-            raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
+            raise ValueError(
+                f"{op}: scale_factor must be positive and finite, got {scale_factor!r}"
+            )
         out = tuple(int(n * f) for n, f in zip(in_size, factors))  # floor, as PyTorch
         if min(out) < 1:
             raise ValueError(f"{op}: scale_factor {scale_factor!r} gives an empty output {out}")
@@ -264,7 +290,7 @@ def interpolate_add(
     align_corners: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """FPN decoder step: F.interpolate(x, size | scale_factor, mode="bilinear", align_corners) + skip.
+    """FPN decoder step: F.interpolate(x, size | scale_factor, "bilinear", align_corners) + skip.
 
     Same output-size and source-index rules as F.interpolate (scale_factor is used
     for the index mapping when given, as PyTorch does); `skip` must have the output's
@@ -279,7 +305,8 @@ def interpolate_add(
     )
     if skip is not None and tuple(skip.shape[2:]) != out_size:
         raise ValueError(
-            f"{op}: skip must have the output's spatial size {out_size}, got {tuple(skip.shape[2:])}"
+            f"{op}: skip must have the output's spatial size {out_size}, "
+            f"got {tuple(skip.shape[2:])}"
         )
     return _run(
         x,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fcn_fast.ops._checks import output_memory_format
+
 
 def bilinear_kernel(kernel_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """The k x k bilinear filter of FCN's upsampling layers (Caffe's `bilinear` filler)."""
@@ -19,7 +21,9 @@ def bilinear_kernel(kernel_size: int, dtype=torch.float32, device=None) -> torch
     return torch.outer(taps, taps).to(dtype=dtype, device=device)
 
 
-def bilinear_weight(channels: int, kernel_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
+def bilinear_weight(
+    channels: int, kernel_size: int, dtype=torch.float32, device=None
+) -> torch.Tensor:
     """The (C, C, k, k) ConvTranspose2d weight FCN uses: the bilinear filter on the diagonal."""
     weight = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=dtype, device=device)
     index = torch.arange(channels, device=device)
@@ -42,7 +46,7 @@ def upsample_skip_reference(
     (cy, cx), (height, width) = crop, out_size
     out = up[:, :, cy : cy + height, cx : cx + width]
     if skip is None:
-        return out.contiguous(memory_format=coarse.suggest_memory_format())
+        return out.contiguous(memory_format=output_memory_format(coarse))
     sy, sx = skip_crop
     return out + skip[:, :, sy : sy + height, sx : sx + width]
 

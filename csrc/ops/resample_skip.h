@@ -1,0 +1,34 @@
+#pragma once
+// ATen-side argument checks of the resample-skip kernels, shared by the CPU
+// implementation and the CUDA binding. The Python front doors raise the
+// user-facing errors; these guard direct calls of torch.ops.fcn_fast.*.
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "tensor_checks.h"
+
+namespace fcn_fast {
+
+inline void check_resample_skip_fwd_args(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                                         int64_t out_h, int64_t out_w, int64_t skip_y,
+                                         int64_t skip_x) {
+  check_plane_tensor(x, "x");
+  TORCH_CHECK(out_h >= 0 && out_w >= 0, "fcn_fast: negative output size");
+  TORCH_CHECK(x.numel() == 0 || (x.size(2) > 0 && x.size(3) > 0),
+              "fcn_fast: x has an empty spatial axis");
+  if (!skip.has_value()) return;
+  check_plane_tensor(*skip, "skip");
+  TORCH_CHECK(skip->scalar_type() == x.scalar_type(), "fcn_fast: skip dtype differs from x");
+  TORCH_CHECK(skip->device() == x.device(), "fcn_fast: skip is on another device than x");
+  TORCH_CHECK(skip->size(0) == x.size(0) && skip->size(1) == x.size(1) && skip_y >= 0 &&
+                  skip_x >= 0 && skip_y + out_h <= skip->size(2) && skip_x + out_w <= skip->size(3),
+              "fcn_fast: skip window out of range");
+}
+
+inline void check_resample_skip_bwd_args(const at::Tensor& grad_out, int64_t in_h, int64_t in_w) {
+  check_plane_tensor(grad_out, "grad_out");
+  TORCH_CHECK(in_h > 0 && in_w > 0, "fcn_fast: input size must be positive");
+}
+
+}  // namespace fcn_fast
