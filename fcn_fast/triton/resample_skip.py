@@ -445,14 +445,14 @@ def _bwd_blocks(
     """(BI, BJ, KX) of the backward: KX covers a column's window of outputs (up to
     _MAX_KX; wider windows are chunked), BJ * KX ~ _TILE. BI trades the vertical
     multiply-adds (BI per row of grad_out, useful on ~2 rows) against re-reading the
-    window rows at the tile's edges (~2 * factor rows per tile): about sqrt(8 * factor).
-    Tiles shrink until there are min_programs programs (GPU occupancy). Not yet tuned on
-    a GPU.
+    window rows at the tile's edges (~2 * factor rows per tile): about sqrt(8 * factor),
+    at least 8 (downsampling re-reads ~5 window rows per tile). Tiles shrink until
+    there are min_programs programs (GPU occupancy). Not yet tuned on a GPU.
     """
     kx = min(max(2, _pow2(win_w)), _MAX_KX)
     bj = max(2, min(_pow2(in_w), _TILE // kx, 128))
     factor = 1.0 / scale_w if scale_w > 0 else 1.0
-    bi = max(2, min(_pow2(in_h), _pow2(int(math.sqrt(8.0 * max(factor, 1.0)))), 32))
+    bi = max(2, min(_pow2(in_h), max(8, _pow2(int(math.sqrt(8.0 * factor)))), 32))
     while planes * triton.cdiv(in_h, bi) * triton.cdiv(in_w, bj) < min_programs and (
         bi > 2 or bj > 2
     ):
