@@ -17,12 +17,15 @@ matrix: that one does span / (2 * factor) times more multiply-adds than there ar
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from fcn_fast.ops._checks import output_memory_format
 
 # Elements per program-wide 2-D tile (forward tile, backward [BJ, KX] window tile), and
 # warps per program: 8 keeps registers near 110 per thread for these tiles (ptxas, sm_90;
@@ -341,23 +344,7 @@ def _check_plane_tensor(t, name: str) -> None:
 
 def _device_guard(t: torch.Tensor):
     # Triton launches on the current CUDA device; make it the tensor's.
-    return torch.cuda.device(t.device) if t.is_cuda else _NullContext()
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    # The project's output rule (ops._checks.output_memory_format on main): channels_last
-    # when x is channels_last-contiguous and not also plain contiguous.
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _fwd_blocks(out_h: int, out_w: int) -> tuple[int, int]:
@@ -398,7 +385,7 @@ def resample_skip_fwd(
         ):
             raise ValueError("fcn_fast triton: skip window out of range")
     out = torch.empty(
-        (N, C, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=_memory_format(x)
+        (N, C, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x)
     )
     if out.numel() == 0:
         return out
