@@ -132,6 +132,10 @@ GPU_PREFERENCE = {
 }
 
 
+# torch.compile(fullgraph=True) cannot trace the availability probes (dispatcher
+# queries, importing triton); the answer depends only on the arguments and this
+# machine, so dynamo calls it once at trace time and bakes in the name.
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str, op: str, device: torch.device) -> str:
     """The backend that runs `op` on tensors of `device`; raises if the request can't run."""
     if not isinstance(backend, str) or backend not in ("auto", *BACKENDS):
