@@ -92,7 +92,8 @@ class BilinearUpscore(nn.Module):
         if not isinstance(source, torch.Tensor) or source.shape != self.weight.shape:
             return  # missing or mis-shaped: load_state_dict reports it
         # A bilinear filter saved in half precision is still the bilinear filter.
-        eps = max(torch.finfo(source.dtype).eps, torch.finfo(self.weight.dtype).eps)
+        dtypes = [d for d in (source.dtype, self.weight.dtype) if d.is_floating_point]
+        eps = max(torch.finfo(d).eps for d in dtypes)
         if not self.check_weight(eps):
             name = prefix[:-1] or type(self).__name__
             warnings.warn(
