@@ -4,12 +4,26 @@ Importing never fails because a backend is missing; see available_backends().
 """
 
 from fcn_fast._backend import BackendUnavailableError, available_backends
+from fcn_fast.models import (
+    FCN8s,
+    FCN8sAtOnce,
+    FCN16s,
+    FCN32s,
+    FCNAlexNet,
+    FCNGoogLeNet,
+)
 from fcn_fast.ops import interpolate_add, upsample_skip
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "FCN8s",
+    "FCN8sAtOnce",
+    "FCN16s",
+    "FCN32s",
+    "FCNAlexNet",
+    "FCNGoogLeNet",
     "available_backends",
     "interpolate_add",
     "upsample_skip",
