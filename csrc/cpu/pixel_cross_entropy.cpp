@@ -23,13 +23,10 @@
 #include "fcn_fast/pixel_cross_entropy_math.h"
 
 // The fp32 hot loops are compiled twice, for AVX2+FMA and for the baseline ISA,
-// and picked at load time (GCC function multiversioning); elsewhere once.
-// no-trapping-math lets GCC turn the selects of exp/log into vector blends (it
-// changes no result: we never read FP exception flags).
+// and picked at load time by CPU features (GCC function multiversioning; not
+// target_clones("arch=haswell"), which checks the CPU model, not its features).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FCN_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define FCN_CLONES
+#define FCN_MULTIVERSION 1
 #endif
 #if defined(__GNUC__)
 #define FCN_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -177,15 +174,31 @@ FCN_ALWAYS_INLINE void grad_rows(const T* x, int64_t ld, T* g, int64_t gld, int6
   }
 }
 
-FCN_CLONES void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w,
-                             bool smoothing, float* m, float* logs, float* swx) {
+#ifdef FCN_MULTIVERSION
+#define FCN_F32_KERNELS(TARGET)                                                                  \
+  __attribute__((target(TARGET))) void lse_rows_f32(const float* x, int64_t ld, int64_t C,       \
+                                                    int64_t P, const float* w, bool smoothing,   \
+                                                    float* m, float* logs, float* swx) {         \
+    lse_rows<float>(x, ld, C, P, w, smoothing, m, logs, swx);                                    \
+  }                                                                                              \
+  __attribute__((target(TARGET))) void grad_rows_f32(                                            \
+      const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P, const float* lse, \
+      const float* a, const float* d, const float* w, bool smoothing) {                          \
+    grad_rows<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                              \
+  }
+FCN_F32_KERNELS("avx2,fma")
+FCN_F32_KERNELS("default")
+#else
+void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
+                  float* m, float* logs, float* swx) {
   lse_rows<float>(x, ld, C, P, w, smoothing, m, logs, swx);
 }
-FCN_CLONES void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C,
-                              int64_t P, const float* lse, const float* a, const float* d,
-                              const float* w, bool smoothing) {
+void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
+                   const float* lse, const float* a, const float* d, const float* w,
+                   bool smoothing) {
   grad_rows<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
 }
+#endif
 void lse_rows_any(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
                   float* m, float* logs, float* swx) {
   lse_rows_f32(x, ld, C, P, w, smoothing, m, logs, swx);
