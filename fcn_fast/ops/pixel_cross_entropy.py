@@ -35,6 +35,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@torch.compiler.assume_constant_result
+def _resolve(backend: str, device: str) -> str:
+    """resolve_backend, seen by torch.compile as a constant (it queries the dispatcher)."""
+    return _backend.resolve_backend(backend, _OP, torch.device(device))
+
+
 def _kernel_forward(backend: str):
     if backend == "triton":
         from fcn_fast.triton.pixel_cross_entropy import pixel_cross_entropy_fwd
@@ -201,7 +207,7 @@ def pixel_cross_entropy(
     The result has the logits dtype; arithmetic is float32 (float64 for float64).
     """
     _check(logits, target, weight, ignore_index, reduction, label_smoothing)
-    name = _backend.resolve_backend(backend, _OP, logits.device)
+    name = _resolve(backend, str(logits.device))
     if name == "reference":
         return pixel_cross_entropy_reference(
             logits, target, weight, ignore_index, reduction, float(label_smoothing)
