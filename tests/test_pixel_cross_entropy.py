@@ -113,6 +113,22 @@ def test_large_chunks_cpu():
         _check("cpu", logits, target, None, 255, "none", 0.0)
 
 
+def test_large_gradient_buffer_cpu():
+    """A gradient over 16 MiB takes the huge-page allocation path of the CPU backward."""
+    backend_device("cpu")
+    logits, target = _inputs(1, 21, (450, 460), 255, "cpu", ignore_frac=0.05)
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    x = logits.clone().requires_grad_()
+    pixel_cross_entropy(x, target, None, 255, "sum", 0.1, backend="cpu").backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    xr = logits.clone().requires_grad_()
+    F.cross_entropy(xr, target, ignore_index=255, reduction="sum", label_smoothing=0.1).backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-6)
+    first = x.grad.clone()
+    pixel_cross_entropy(x, target, None, 255, "sum", 0.1, backend="cpu").backward()
+    torch.testing.assert_close(x.grad, 2 * first)  # accumulates into the mapped buffer
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_extreme_logits(backend, reduction):
     device = backend_device(backend)

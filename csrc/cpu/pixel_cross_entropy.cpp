@@ -14,6 +14,10 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -100,13 +104,6 @@ FCN_ALWAYS_INLINE float log_vec(float s) {
   return s != s ? s : v;
 }
 
-// shifted_logit (pixel_cross_entropy_math.h), always inlined: GCC does not inline
-// plain inline functions into the AVX2 clones, which would stop vectorization.
-template <typename T>
-FCN_ALWAYS_INLINE T shifted(T x, T m) {
-  return x == -static_cast<T>(HUGE_VAL) ? x : x - m;
-}
-
 template <typename T>
 FCN_ALWAYS_INLINE T exp_any(T x) {
   if constexpr (std::is_same<T, float>::value) {
@@ -135,6 +132,9 @@ FCN_ALWAYS_INLINE void lse_rows(const T* x, int64_t ld, int64_t C, int64_t P, co
     const T* row = x + c * ld;
     for (int64_t p = 0; p < P; ++p) m[p] = row[p] > m[p] ? row[p] : m[p];
   }
+  // A pixel whose logits are all -inf: shift by 0 instead, so that x - m below is
+  // exactly shifted_logit(x, m) without a select per element (-inf - 0 = -inf).
+  for (int64_t p = 0; p < P; ++p) m[p] = m[p] == -static_cast<T>(HUGE_VAL) ? T(0) : m[p];
   for (int64_t p = 0; p < P; ++p) logs[p] = T(0);  // the sum of exps, until the log below
   if (smoothing) {
     for (int64_t p = 0; p < P; ++p) swx[p] = T(0);
@@ -142,7 +142,7 @@ FCN_ALWAYS_INLINE void lse_rows(const T* x, int64_t ld, int64_t C, int64_t P, co
       const T* row = x + c * ld;
       const T wc = w == nullptr ? T(1) : w[c];
       for (int64_t p = 0; p < P; ++p) {
-        const T d = shifted(row[p], m[p]);
+        const T d = row[p] - m[p];
         logs[p] += exp_any(d);
         swx[p] += wc * d;
       }
@@ -150,13 +150,14 @@ FCN_ALWAYS_INLINE void lse_rows(const T* x, int64_t ld, int64_t C, int64_t P, co
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const T* row = x + c * ld;
-      for (int64_t p = 0; p < P; ++p) logs[p] += exp_any(shifted(row[p], m[p]));
+      for (int64_t p = 0; p < P; ++p) logs[p] += exp_any(row[p] - m[p]);
     }
   }
   for (int64_t p = 0; p < P; ++p) logs[p] = log_any(logs[p]);
 }
 
 // g[c * gld + p] = exp(x - lse[p]) * a[p] - d[p] * w[c]; the target's -b is added after.
+// lse must not be -inf (the caller passes 0 instead: exp(-inf - 0) = 0, as shifted_logit).
 template <typename T>
 FCN_ALWAYS_INLINE void grad_rows(const T* x, int64_t ld, T* g, int64_t gld, int64_t C, int64_t P,
                                  const T* lse, const T* a, const T* d, const T* w, bool smoothing) {
@@ -166,10 +167,10 @@ FCN_ALWAYS_INLINE void grad_rows(const T* x, int64_t ld, T* g, int64_t gld, int6
     if (smoothing) {
       const T wc = w == nullptr ? T(1) : w[c];
       for (int64_t p = 0; p < P; ++p) {
-        out[p] = exp_any(shifted(row[p], lse[p])) * a[p] - d[p] * wc;
+        out[p] = exp_any(row[p] - lse[p]) * a[p] - d[p] * wc;
       }
     } else {
-      for (int64_t p = 0; p < P; ++p) out[p] = exp_any(shifted(row[p], lse[p])) * a[p];
+      for (int64_t p = 0; p < P; ++p) out[p] = exp_any(row[p] - lse[p]) * a[p];
     }
   }
 }
@@ -186,6 +187,7 @@ FCN_ALWAYS_INLINE void grad_rows(const T* x, int64_t ld, T* g, int64_t gld, int6
       const float* a, const float* d, const float* w, bool smoothing) {                          \
     grad_rows<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                              \
   }
+FCN_F32_KERNELS("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 FCN_F32_KERNELS("avx2,fma")
 FCN_F32_KERNELS("default")
 #else
@@ -322,6 +324,37 @@ const acc_t* chunk_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t
   return buf;
 }
 
+// empty_like(logits) for the gradient. A large one is mapped with transparent huge
+// pages where the kernel allows them (madvise mode): first touching 4 KiB pages
+// costs one page fault each, which for a fresh N*C*H*W gradient can take longer
+// than computing it. This is what PyTorch's THP_MEM_ALLOC_ENABLE=1 does for all
+// CPU allocations; the memory is the same, only the page size differs.
+at::Tensor empty_gradient_like(const at::Tensor& logits) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kHuge = size_t(1) << 21;
+  const size_t bytes = static_cast<size_t>(logits.numel()) * logits.element_size();
+  if (bytes >= 8 * kHuge) {
+    const size_t mapped = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* ptr = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr != MAP_FAILED) {
+      madvise(ptr, mapped, MADV_HUGEPAGE);  // a hint: failure just means 4 KiB pages
+      std::vector<int64_t> strides;
+      if (logits.is_non_overlapping_and_dense()) {
+        strides = logits.strides().vec();  // as empty_like: keep the layout
+      } else {
+        strides.assign(logits.dim(), 1);
+        for (int64_t i = logits.dim() - 2; i >= 0; --i) {
+          strides[i] = strides[i + 1] * std::max<int64_t>(logits.size(i + 1), 1);
+        }
+      }
+      return at::from_blob(
+          ptr, logits.sizes(), strides, [mapped](void* p) { munmap(p, mapped); }, logits.options());
+    }
+  }
+#endif
+  return at::empty_like(logits);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, int64_t reduction, double label_smoothing) {
@@ -421,7 +454,7 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
               "pixel_cross_entropy: lse must be (N, S), got ", lse_in.sizes());
   const at::Tensor lse = lse_in.to(acc_type).contiguous();
   const at::Tensor gradc = grad.to(acc_type);  // keeps strides (also stride 0)
-  at::Tensor grad_logits = at::empty_like(logits);
+  at::Tensor grad_logits = empty_gradient_like(logits);
   if (grad_logits.numel() == 0) return grad_logits;
   const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
 
@@ -451,7 +484,7 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
         const bool direct_out = std::is_same<scalar_t, acc_t>::value && oS == 1;
         at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
-          std::vector<acc_t> a(g.P), b(g.P), d(g.P);
+          std::vector<acc_t> a(g.P), b(g.P), d(g.P), l(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
             const int64_t n = chunk / g.chunks_per_image;
             const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
@@ -474,6 +507,10 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
               b[p] = coef.b;
               d[p] = coef.d;
             }
+            const acc_t* lse_chunk = lse_ptr + n * g.S + s0;
+            for (int64_t p = 0; p < np; ++p) {
+              l[p] = lse_chunk[p] == -static_cast<acc_t>(HUGE_VAL) ? acc_t(0) : lse_chunk[p];
+            }
             int64_t ld;
             const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
             acc_t* dst;
@@ -485,8 +522,7 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
               dst = gbuf.data();
               gld = np;
             }
-            grad_rows_any(rows, ld, dst, gld, g.C, np, lse_ptr + n * g.S + s0, a.data(), d.data(),
-                          w, smoothing);
+            grad_rows_any(rows, ld, dst, gld, g.C, np, l.data(), a.data(), d.data(), w, smoothing);
             for (int64_t p = 0; p < np; ++p) {
               const int64_t tv = t[n * g.tN + (s0 + p) * g.tS];
               if (tv != ignore_index && tv >= 0 && tv < g.C) dst[tv * gld + p] -= b[p];
