@@ -3,6 +3,7 @@
 Importing never fails because a backend is missing; see available_backends().
 """
 
+from fcn_fast import nn
 from fcn_fast._backend import BackendUnavailableError, available_backends
 from fcn_fast.models import (
     FCN8s,
@@ -12,7 +13,7 @@ from fcn_fast.models import (
     FCNAlexNet,
     FCNGoogLeNet,
 )
-from fcn_fast.ops import interpolate_add, upsample_skip
+from fcn_fast.ops import interpolate_add, pixel_cross_entropy, upsample_skip
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,7 @@ __all__ = [
     "FCNGoogLeNet",
     "available_backends",
     "interpolate_add",
+    "nn",
+    "pixel_cross_entropy",
     "upsample_skip",
 ]

@@ -1,0 +1,417 @@
+"""pixel_cross_entropy and PixelCrossEntropyLoss vs F.cross_entropy in float64 (DESIGN 2.4, 5)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import backend_device
+
+import fcn_fast
+from fcn_fast import pixel_cross_entropy
+from fcn_fast.nn import PixelCrossEntropyLoss
+
+# The Triton interpreter runs masked-out lanes through numpy (log(0), inf - inf).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:invalid value encountered:RuntimeWarning",
+    "ignore:divide by zero encountered:RuntimeWarning",
+    "ignore:overflow encountered:RuntimeWarning",
+)
+
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float16: dict(rtol=4e-3, atol=4e-3),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+}
+
+
+def _inputs(n, c, spatial, ignore_index, device, dtype=torch.float32, scale=3.0, ignore_frac=0.2):
+    logits = (torch.randn(n, c, *spatial, dtype=torch.float64) * scale).to(dtype).to(device)
+    target = torch.randint(0, c, (n, *spatial))
+    target[torch.rand(target.shape) < ignore_frac] = ignore_index
+    return logits, target.to(device)
+
+
+def _check(
+    backend,
+    logits,
+    target,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    grad=None,
+    tol=None,
+):
+    """Loss and gradient of `backend` equal F.cross_entropy in float64 on the same inputs."""
+    tol = tol or TOL[logits.dtype]
+    x = logits.detach().clone().requires_grad_()
+    before = x.detach().clone()
+    out = pixel_cross_entropy(
+        x, target, weight, ignore_index, reduction, label_smoothing, backend=backend
+    )
+    xd = logits.detach().double().requires_grad_()
+    ref = F.cross_entropy(
+        xd,
+        target,
+        None if weight is None else weight.double(),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+    assert out.dtype == logits.dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref, equal_nan=True, **tol)
+    if grad is None:
+        grad = torch.randn_like(ref) if reduction == "none" else torch.tensor(1.7).double()
+    out.backward(grad.to(out.dtype))
+    ref.backward(grad.double())
+    assert x.grad.dtype == logits.dtype and x.grad.shape == logits.shape
+    torch.testing.assert_close(x.grad.double(), xd.grad, equal_nan=True, **tol)
+    assert torch.equal(x.detach(), before)  # the logits are never overwritten
+    return out, x.grad
+
+
+# (C, spatial, reduction, weighted, label_smoothing, ignore_index)
+CASES = [
+    (1, (5, 6), "mean", False, 0.0, -100),
+    (2, (7,), "sum", True, 0.1, -100),
+    (21, (5, 7), "mean", True, 0.0, 255),
+    (21, (3, 4, 5), "none", False, 0.2, 0),
+    (21, (), "mean", True, 0.1, -100),
+    (21, (), "none", False, 0.0, 255),
+    (150, (3, 5), "none", True, 0.1, 255),
+    (150, (6,), "sum", False, 0.0, 0),
+    (1000, (2, 3), "mean", True, 0.3, -100),  # many class tiles: online softmax
+    (5, (4,), "mean", False, 1.0, -100),
+    (7, (3, 3), "sum", True, 0.0, -100),
+]
+
+
+@pytest.mark.parametrize("c,spatial,reduction,weighted,eps,ignore_index", CASES)
+def test_matches_cross_entropy(backend, c, spatial, reduction, weighted, eps, ignore_index):
+    device = backend_device(backend)
+    logits, target = _inputs(3, c, spatial, ignore_index, device)
+    weight = torch.rand(c, device=device) + 0.1 if weighted else None
+    _check(backend, logits, target, weight, ignore_index, reduction, eps)
+
+
+def test_single_sample_and_large_c_reference_backend():
+    logits, target = torch.randn(9), torch.tensor(4)
+    for backend in ("reference", "cpu"):
+        if backend == "cpu":
+            backend_device("cpu")
+        _check(backend, logits, target, reduction="none", label_smoothing=0.1)
+    logits, target = _inputs(2, 3000, (4,), -100, "cpu")
+    _check("reference", logits, target, weight=torch.rand(3000) + 0.5, label_smoothing=0.2)
+
+
+def test_large_chunks_cpu():
+    """Several chunks per image and a partial last chunk (CPU tiling)."""
+    backend_device("cpu")
+    for c, spatial in ((21, (37, 41)), (1000, (45,)), (3, (2000,))):
+        logits, target = _inputs(2, c, spatial, 255, "cpu")
+        _check("cpu", logits, target, torch.rand(c) + 0.1, 255, "mean", 0.1)
+        _check("cpu", logits, target, None, 255, "none", 0.0)
+
+
+def test_large_gradient_buffer_cpu():
+    """A gradient over 16 MiB takes the huge-page allocation path of the CPU backward."""
+    backend_device("cpu")
+    logits, target = _inputs(1, 21, (450, 460), 255, "cpu", ignore_frac=0.05)
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    x = logits.clone().requires_grad_()
+    pixel_cross_entropy(x, target, None, 255, "sum", 0.1, backend="cpu").backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    xr = logits.clone().requires_grad_()
+    F.cross_entropy(xr, target, ignore_index=255, reduction="sum", label_smoothing=0.1).backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-6)
+    first = x.grad.clone()
+    pixel_cross_entropy(x, target, None, 255, "sum", 0.1, backend="cpu").backward()
+    torch.testing.assert_close(x.grad, 2 * first)  # accumulates into the mapped buffer
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_extreme_logits(backend, reduction):
+    device = backend_device(backend)
+    logits, target = _inputs(2, 21, (4, 5), 255, device, scale=1e4)
+    _check(backend, logits, target, None, 255, reduction, 0.0, tol=dict(rtol=1e-5, atol=1e-3))
+    _check(backend, logits, target, None, 255, reduction, 0.1, tol=dict(rtol=1e-5, atol=1e-2))
+
+
+def test_neg_inf_non_target_logits(backend):
+    device = backend_device(backend)
+    logits, target = _inputs(2, 6, (3, 5), -100, device)
+    mask = torch.rand(logits.shape, device=device) < 0.5
+    onehot = F.one_hot(target.clamp(min=0), 6).movedim(-1, 1).bool()
+    logits = logits.masked_fill(mask & ~onehot, float("-inf"))
+    logits[:, 1:, 0, 0] = float("-inf")  # classes 1.. are -inf: a pixel with one finite logit
+    logits[:, 0, 0, 0], target[:, 0, 0] = 0.5, 0
+    for reduction in ("none", "mean"):
+        out, grad = _check(backend, logits, target, torch.rand(6, device=device), -100, reduction)
+        assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+
+
+def test_nan_propagates(backend):
+    device = backend_device(backend)
+    logits, target = _inputs(2, 5, (3, 4), -100, device, ignore_frac=0.0)
+    logits[1, 2, 1, 1] = float("nan")
+    out = pixel_cross_entropy(logits, target, reduction="none", backend=backend)
+    ref = F.cross_entropy(logits.double(), target, reduction="none")
+    assert torch.isnan(out[1, 1, 1]) and torch.isnan(ref[1, 1, 1])
+    torch.testing.assert_close(out.double(), ref, equal_nan=True, **TOL[torch.float32])
+    assert torch.isnan(pixel_cross_entropy(logits, target, backend=backend))
+
+
+def test_all_ignored(backend):
+    device = backend_device(backend)
+    logits, target = _inputs(2, 4, (3, 3), 255, device, ignore_frac=1.0)
+    weight = torch.rand(4, device=device)
+    out, grad = _check(backend, logits, target, weight, 255, "mean", 0.1)
+    assert torch.isnan(out)  # 0 / 0, as PyTorch
+    out, grad = _check(backend, logits, target, None, 255, "sum", 0.0)
+    assert out.item() == 0.0 and torch.count_nonzero(grad) == 0
+
+
+def test_empty(backend):
+    device = backend_device(backend)
+    logits, target = torch.randn(2, 4, 0, 3, device=device), torch.zeros(2, 0, 3, dtype=torch.long)
+    target = target.to(device)
+    _check(backend, logits, target, reduction="sum")
+    _check(backend, logits, target, reduction="none")
+    assert torch.isnan(pixel_cross_entropy(logits, target, backend=backend))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(backend, dtype):
+    device = backend_device(backend)
+    logits, target = _inputs(2, 21, (3, 5), 255, device, dtype=dtype)
+    weight = (torch.rand(21, device=device) + 0.1).to(dtype)
+    for reduction, eps in (("mean", 0.1), ("none", 0.0), ("sum", 0.0)):
+        _check(backend, logits, target, weight, 255, reduction, eps)
+
+
+def test_layouts_and_expanded_grad(backend):
+    device = backend_device(backend)
+    base, target = _inputs(2, 21, (6, 9), 255, device)
+    channels_last = base.contiguous(memory_format=torch.channels_last)
+    sliced, _ = _inputs(2, 21, (12, 9), 255, device)
+    sliced = sliced[:, :, ::2, :]  # non-contiguous pixels: reshape copies
+    permuted = base.permute(0, 1, 3, 2)  # (N, C, W, H) view
+    for logits, tgt in (
+        (channels_last, target),
+        (sliced, target),
+        (permuted, target.transpose(1, 2)),
+        (base[:, ::2], target.clamp(max=10)),  # every other class: strided channels
+    ):
+        _check(backend, logits, tgt, None, 255, "mean", 0.1)
+        grad = torch.randn(1, *tgt.shape[1:], dtype=torch.float64, device=device).expand(tgt.shape)
+        _check(backend, logits, tgt, None, 255, "none", 0.0, grad=grad)
+    rows = torch.randn(21, 13, device=device).t()  # (N, C) with classes strided
+    _check(backend, rows, torch.randint(0, 21, (13,), device=device), reduction="sum")
+    out, grad = _check(backend, channels_last, target, None, 255)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_deterministic(backend):
+    device = backend_device(backend)
+    size = (40, 50) if backend == "cpu" else (5, 11)
+    logits, target = _inputs(2, 21, size, 255, device)
+    weight = torch.rand(21, device=device)
+
+    def run():
+        x = logits.clone().requires_grad_()
+        out = pixel_cross_entropy(x, target, weight, 255, "mean", 0.1, backend=backend)
+        out.backward()
+        return out.detach(), x.grad
+
+    first, again = run(), run()
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    if backend == "cpu":  # fixed chunking: the thread count does not change a bit
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            single = run()
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(first[0], single[0]) and torch.equal(first[1], single[1])
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 255])
+def test_out_of_range_target(backend, bad):
+    device = backend_device(backend)
+    if device.type == "cuda":
+        pytest.skip("a device-side assert poisons the CUDA context; see test_cuda_bad_target")
+    logits, target = _inputs(2, 4, (3, 3), -100, device)
+    target[1, 2, 0] = bad
+    with pytest.raises(ValueError, match="target"):
+        pixel_cross_entropy(logits, target, backend=backend)
+
+
+@pytest.mark.cuda
+def test_cuda_bad_target_raises_async():
+    """cuda/triton: the async device assert surfaces as a RuntimeError at a sync.
+
+    It corrupts the CUDA context, so this runs in its own process.
+    """
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (the check is a device-side assert)")
+    import subprocess
+    import sys
+
+    for backend in ("cuda", "triton"):
+        if not fcn_fast.available_backends()[backend].available:
+            continue
+        code = (
+            "import torch, fcn_fast\n"
+            "x = torch.randn(2, 4, 8, device='cuda')\n"
+            "t = torch.zeros(2, 8, dtype=torch.long, device='cuda'); t[1, 3] = 7\n"
+            f"fcn_fast.pixel_cross_entropy(x, t, backend='{backend}')\n"
+            "torch.cuda.synchronize()\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode != 0 and "assert" in (proc.stderr + proc.stdout).lower()
+
+
+def test_argument_errors():
+    x, t = torch.randn(2, 3, 4, 5), torch.randint(0, 3, (2, 4, 5))
+    pce = pixel_cross_entropy
+    with pytest.raises(TypeError, match="logits"):
+        pce(x.numpy(), t)
+    with pytest.raises(TypeError, match="logits"):
+        pce(x.long(), t)
+    with pytest.raises(ValueError, match="logits"):
+        pce(torch.randn(2, 0, 3), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="logits"):
+        pce(torch.randn(()), torch.tensor(0))
+    with pytest.raises(TypeError, match="target.*probabilities"):
+        pce(x, torch.rand(2, 3, 4, 5))
+    with pytest.raises(TypeError, match="target"):
+        pce(x, t.int())
+    with pytest.raises(TypeError, match="target"):
+        pce(x, [0, 1])
+    with pytest.raises(ValueError, match="target must have shape"):
+        pce(x, t[:, :3])
+    with pytest.raises(ValueError, match="target must have shape"):
+        pce(x, t[0])
+    with pytest.raises(ValueError, match="weight"):
+        pce(x, t, torch.rand(4))
+    with pytest.raises(ValueError, match="weight"):
+        pce(x, t, torch.rand(3, 1))
+    with pytest.raises(TypeError, match="weight"):
+        pce(x, t, torch.rand(3).double())
+    with pytest.raises(TypeError, match="weight"):
+        pce(x, t, [1.0, 1.0, 1.0])
+    with pytest.raises(TypeError, match="ignore_index"):
+        pce(x, t, ignore_index=2.0)
+    with pytest.raises(ValueError, match="reduction"):
+        pce(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        pce(x, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        pce(x, t, label_smoothing=-0.1)
+    with pytest.raises(TypeError, match="label_smoothing"):
+        pce(x, t, label_smoothing="0.1")
+    with pytest.raises(ValueError, match="backend"):
+        pce(x, t, backend="numpy")
+    with pytest.raises(ValueError, match="cuda"):
+        pce(x, t, backend="cuda")  # CPU tensors
+
+
+def test_device_mismatch_errors():
+    x, t = torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4))
+    with pytest.raises(ValueError, match="target is on"):
+        pixel_cross_entropy(x, t.to("meta"))
+    with pytest.raises(ValueError, match="weight is on"):
+        pixel_cross_entropy(x, t, torch.rand(3, device="meta"))
+
+
+def test_auto_and_reference_backends():
+    logits, target = _inputs(2, 5, (3, 4), -100, "cpu")
+    assert fcn_fast._backend.resolve_backend("auto", "pixel_cross_entropy", logits.device) in (
+        "cpu",
+        "reference",
+    )
+    for backend in ("auto", "reference"):
+        _check(backend, logits, target, torch.rand(5) + 0.1, -100, "mean", 0.2)
+
+
+def test_opcheck():
+    backend_device("cpu")
+    from fcn_fast.ops.pixel_cross_entropy import (
+        pixel_cross_entropy_backward,
+        pixel_cross_entropy_op,
+    )
+
+    for dtype, reduction, weighted, eps in (
+        (torch.float32, 1, True, 0.1),
+        (torch.float64, 0, False, 0.0),
+        (torch.bfloat16, 2, True, 0.0),
+    ):
+        x = torch.randn(2, 5, 6, dtype=dtype, requires_grad=True)
+        t = torch.randint(0, 5, (2, 6))
+        t[0, 1] = -100
+        w = torch.rand(5, dtype=dtype) if weighted else None
+        torch.library.opcheck(pixel_cross_entropy_op, (x, t, w, -100, reduction, eps, "cpu"))
+        loss, lse, wsum = pixel_cross_entropy_op(x, t, w, -100, reduction, eps, "cpu")
+        g = torch.randn_like(loss)
+        args = (g, x.detach(), t, w, lse, wsum, -100, reduction, eps, "cpu")
+        torch.library.opcheck(pixel_cross_entropy_backward, args)
+
+
+def test_gradcheck_fp64():
+    backend_device("cpu")
+    x = torch.randn(2, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (2, 3, 2))
+    t[0, 0, 0] = 255
+    w = torch.rand(4, dtype=torch.float64) + 0.1
+    for reduction in ("none", "mean", "sum"):
+
+        def f(inp, reduction=reduction):
+            return pixel_cross_entropy(inp, t, w, 255, reduction, 0.15, backend="cpu")
+
+        assert torch.autograd.gradcheck(f, (x,))
+
+
+def test_torch_compile_cpu():
+    backend_device("cpu")
+    logits, target = _inputs(2, 7, (5, 6), 255, "cpu")
+    weight = torch.rand(7) + 0.1
+
+    def loss_fn(x):
+        return pixel_cross_entropy(x, target, weight, 255, "mean", 0.1, backend="cpu") * 2.0
+
+    compiled = torch.compile(loss_fn, fullgraph=True)  # forward and AOT-compiled backward
+    x, y = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got, want = compiled(x), loss_fn(y)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+@pytest.mark.cuda
+def test_torch_compile_triton():
+    if not torch.cuda.is_available():
+        pytest.skip("torch.compile cannot trace a Triton op under the interpreter: needs a GPU")
+    backend_device("triton")
+    logits, target = _inputs(2, 7, (5, 6), 255, "cuda")
+    x = logits.clone().requires_grad_()
+    f = torch.compile(
+        lambda x: pixel_cross_entropy(x, target, None, 255, "mean", 0.1, backend="triton"),
+        fullgraph=True,
+    )
+    torch.testing.assert_close(f(x), pixel_cross_entropy(x, target, None, 255, "mean", 0.1))
+
+
+def test_module_matches_nn_cross_entropy(backend):
+    device = backend_device(backend)
+    logits, target = _inputs(2, 6, (3, 4), 255, device)
+    weight = torch.rand(6, device=device) + 0.1
+    kwargs = dict(weight=weight, ignore_index=255, reduction="sum", label_smoothing=0.05)
+    ours = PixelCrossEntropyLoss(**kwargs, backend=backend)
+    ref = torch.nn.CrossEntropyLoss(**kwargs)
+    torch.testing.assert_close(ours(logits, target), ref(logits, target), rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours.state_dict()["weight"], weight)
+    with pytest.warns(UserWarning, match="deprecated"):  # reduce=False, as nn.CrossEntropyLoss
+        legacy = PixelCrossEntropyLoss(None, None, 255, False, backend=backend)
+    assert legacy.reduction == "none" and legacy(logits, target).shape == target.shape
+    assert "backend" in repr(ours)
