@@ -14,10 +14,6 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -25,6 +21,7 @@
 #include <vector>
 
 #include "fcn_fast/pixel_cross_entropy_math.h"
+#include "huge_pages.h"
 
 // The fp32 hot loops are compiled twice, for AVX2+FMA and for the baseline ISA,
 // and picked at load time by CPU features (GCC function multiversioning; not
@@ -324,37 +321,6 @@ const acc_t* chunk_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t
   return buf;
 }
 
-// empty_like(logits) for the gradient. A large one is mapped with transparent huge
-// pages where the kernel allows them (madvise mode): first touching 4 KiB pages
-// costs one page fault each, which for a fresh N*C*H*W gradient can take longer
-// than computing it. This is what PyTorch's THP_MEM_ALLOC_ENABLE=1 does for all
-// CPU allocations; the memory is the same, only the page size differs.
-at::Tensor empty_gradient_like(const at::Tensor& logits) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr size_t kHuge = size_t(1) << 21;
-  const size_t bytes = static_cast<size_t>(logits.numel()) * logits.element_size();
-  if (bytes >= 8 * kHuge) {
-    const size_t mapped = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* ptr = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (ptr != MAP_FAILED) {
-      madvise(ptr, mapped, MADV_HUGEPAGE);  // a hint: failure just means 4 KiB pages
-      std::vector<int64_t> strides;
-      if (logits.is_non_overlapping_and_dense()) {
-        strides = logits.strides().vec();  // as empty_like: keep the layout
-      } else {
-        strides.assign(logits.dim(), 1);
-        for (int64_t i = logits.dim() - 2; i >= 0; --i) {
-          strides[i] = strides[i + 1] * std::max<int64_t>(logits.size(i + 1), 1);
-        }
-      }
-      return at::from_blob(
-          ptr, logits.sizes(), strides, [mapped](void* p) { munmap(p, mapped); }, logits.options());
-    }
-  }
-#endif
-  return at::empty_like(logits);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, int64_t reduction, double label_smoothing) {
@@ -454,7 +420,8 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
               "pixel_cross_entropy: lse must be (N, S), got ", lse_in.sizes());
   const at::Tensor lse = lse_in.to(acc_type).contiguous();
   const at::Tensor gradc = grad.to(acc_type);  // keeps strides (also stride 0)
-  at::Tensor grad_logits = empty_gradient_like(logits);
+  at::Tensor grad_logits = at::empty_like(logits);
+  advise_huge_pages(grad_logits);
   if (grad_logits.numel() == 0) return grad_logits;
   const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
 

@@ -6,6 +6,8 @@
 // the backward first accumulates grad_out rows vertically into input rows, then
 // applies the horizontal adjoint as a gather. Each plane is summed in a fixed
 // order by one thread, so results are bitwise identical run to run.
+#include "../ops/resample_skip.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,12 +16,8 @@
 
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
-#include "../ops/resample_skip.h"
 #include "fcn_fast/resample_skip_math.h"
+#include "huge_pages.h"
 
 namespace fcn_fast {
 namespace {
@@ -57,21 +55,6 @@ void interpolate_row(const scalar_t* src, int64_t in_w, bool clamp, const Column
     const acc_t* p = padded + taps.col[X];
     out[X] = taps.w0[X] * p[0] + taps.w1[X] * p[1];
   }
-}
-
-// A large fresh output (glibc mmaps anything over 32 MB) is otherwise first
-// touched in 4 KB pages: at the FCN-8s head (84 MB) the page faults cost more
-// than the kernel itself. Asking for transparent huge pages before the first
-// write cuts them 512-fold (what PyTorch's THP_MEM_ALLOC_ENABLE=1 does for
-// all tensors). Only a hint: if the kernel declines, nothing changes.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = begin + t.nbytes();
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
 }
 
 // out[X] = wa * a[X] + wb * b[X] (+ skip[X]): the streaming inner loop.
