@@ -16,7 +16,11 @@ import torch.nn.functional as F
 
 from fcn_fast import _backend
 from fcn_fast.ops._checks import check_float, check_same, check_tensor, int_pair
-from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample_skip_reference
+from fcn_fast.reference.resample_skip import (
+    interpolate_add_reference,
+    suggest_memory_format,
+    upsample_skip_reference,
+)
 
 _OP = "resample_skip"
 
@@ -61,7 +65,7 @@ def resample_skip(
 @resample_skip.register_fake
 def _(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend):
     return x.new_empty((x.shape[0], x.shape[1], out_h, out_w)).contiguous(
-        memory_format=x.suggest_memory_format()
+        memory_format=suggest_memory_format(x)
     )
 
 

@@ -11,6 +11,17 @@ import torch
 import torch.nn.functional as F
 
 
+def suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a channels_last (and not also NCHW-contiguous) tensor, else NCHW.
+
+    The Python Tensor API has no suggest_memory_format (it is C++ only).
+    """
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def bilinear_kernel(kernel_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """The k x k bilinear filter of FCN's upsampling layers (Caffe's `bilinear` filler)."""
     factor = (kernel_size + 1) // 2
@@ -42,7 +53,7 @@ def upsample_skip_reference(
     (cy, cx), (height, width) = crop, out_size
     out = up[:, :, cy : cy + height, cx : cx + width]
     if skip is None:
-        return out.contiguous(memory_format=coarse.suggest_memory_format())
+        return out.contiguous(memory_format=suggest_memory_format(coarse))
     sy, sx = skip_crop
     return out + skip[:, :, sy : sy + height, sx : sx + width]
 
