@@ -38,6 +38,9 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("bench_run", runs, ids=ids)
 
 
+_SESSION = {}
+
+
 @pytest.fixture(scope="session")
 def bench_session(pytestconfig):
     from fcn_fast.bench.runner import Bench
@@ -45,6 +48,20 @@ def bench_session(pytestconfig):
     device = _device(pytestconfig)
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("--bench-device=cuda but no CUDA GPU is visible")
-    return Bench(
-        device, pytestconfig.getoption("--bench-size"), pytestconfig.getoption("--bench-threads")
-    )
+    size = pytestconfig.getoption("--bench-size")
+    _SESSION["bench"] = Bench(device, size, pytestconfig.getoption("--bench-threads"))
+    return _SESSION["bench"]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
+def pytest_terminal_summary(terminalreporter):
+    """The report's table (op, backend, shape, dtype, ms, GB/s, % copy, x ref, numerics)."""
+    bench = _SESSION.get("bench")
+    if bench is None or not bench.results:
+        return
+    from fcn_fast.bench import report
+
+    meta = bench.environment()
+    terminalreporter.section(f"fcn_fast benchmarks: {report.describe_machine(meta)}")
+    terminalreporter.write_line(report.text_table(bench.results))
+    terminalreporter.write_line(f"{report.summary(bench.results)}; {meta['timing']}")

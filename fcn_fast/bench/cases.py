@@ -494,8 +494,10 @@ class ModelCase(Case):
     def _model(self, backend, device, dtype):
         cls = fcn_fast.FCN8s
         kwargs = reduced_width_kwargs(cls) if self.reduced else {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)  # the same initial weights for every backend
+        # Built on the device (VGG16's 134M parameters initialise slowly on a CPU), from one
+        # seed: every backend starts from the same weights.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+            torch.manual_seed(self.seed)
             model = cls(self.n_class, backend=backend, **kwargs)
         model = model.to(device)
         if self._channels_last(dtype):

@@ -31,8 +31,16 @@ COLUMNS = (
 )
 
 
-def _num(value, fmt):
-    return "-" if value is None else format(value, fmt)
+def _num(value, fmt=None):
+    """`fmt`, or about three significant digits without an exponent."""
+    if value is None:
+        return "-"
+    if fmt is not None:
+        return format(value, fmt)
+    for limit, f in ((100, ".0f"), (10, ".1f"), (1, ".2f"), (0.01, ".3f")):
+        if abs(value) >= limit:
+            return format(value, f)
+    return format(value, ".2g")
 
 
 def row_cells(r: Result) -> list[str]:
@@ -50,11 +58,11 @@ def row_cells(r: Result) -> list[str]:
         r.mode,
         r.dtype,
         r.backend,
-        _num(r.ms, ".3g" if r.ms is not None and r.ms < 1 else ".1f"),
-        _num(r.gbps, ".1f"),
-        _num(r.pct_of_copy, ".0f"),
+        _num(r.ms),
+        _num(r.gbps),
+        _num(r.pct_of_copy),
         _num(r.speedup, ".2f"),
-        _num(mem, ".0f"),
+        _num(mem),
         numerics,
     ]
 

@@ -96,6 +96,7 @@ class Bench:
         self._oracle: dict = {}
         self._ref_ms: dict = {}
         self._copy_s: dict = {}
+        self.results: list[Result] = []  # every row run() returned, in order
 
     # ---------------------------------------------------------------- environment
     def environment(self) -> dict:
@@ -183,6 +184,11 @@ class Bench:
     # ---------------------------------------------------------------- one row
     def run(self, case: Case, backend: str, dtype: torch.dtype, mode: str, runner=None) -> Result:
         """Check numerics, then time. Never raises for a mismatch: see Result.status."""
+        res = self._run(case, backend, dtype, mode, runner)
+        self.results.append(res)
+        return res
+
+    def _run(self, case, backend, dtype, mode, runner) -> Result:
         res = Result(
             op=case.op,
             case=case.label,
