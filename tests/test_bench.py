@@ -76,7 +76,7 @@ def test_table_has_every_column(quick_json, capsys):
     assert "upsample_skip" in out and "cpu" in out and "reference" in out
 
 
-def _wrong_forward(monkeypatch, scale_grad=False):
+def _wrong_forward(monkeypatch, how):
     """Replace fcn_fast.upsample_skip by one whose non-reference result is slightly wrong."""
     real = fcn_fast.upsample_skip
 
@@ -92,7 +92,9 @@ def _wrong_forward(monkeypatch, scale_grad=False):
     def wrong(coarse, skip=None, *, backend="auto", **kw):
         if backend == "reference":
             return real(coarse, skip, backend=backend, **kw)
-        if scale_grad:
+        if how == "raises":
+            raise RuntimeError("kernel exploded")
+        if how == "backward-only":
             return real(ScaleGrad.apply(coarse), skip, backend=backend, **kw)
         return real(coarse, skip, backend=backend, **kw) * 1.001
 
@@ -100,18 +102,19 @@ def _wrong_forward(monkeypatch, scale_grad=False):
 
 
 @needs_cpu_backend
-@pytest.mark.parametrize("scale_grad", [False, True], ids=["forward", "backward-only"])
-def test_numerics_failure_fails_the_row(monkeypatch, tmp_path, scale_grad):
-    _wrong_forward(monkeypatch, scale_grad)
+@pytest.mark.parametrize("how", ["forward", "backward-only", "raises"])
+def test_numerics_failure_fails_the_row(monkeypatch, tmp_path, how):
+    _wrong_forward(monkeypatch, how)
     path = str(tmp_path / "bad.json")
     assert cli.main(["--quick", "--ops", "upsample_skip", "-q", "--json", path]) == 1
     _, results = report.load_json(path)
     for r in results:
-        if r.backend == "reference" or (scale_grad and r.mode == "fwd"):
+        if r.backend == "reference" or (how == "backward-only" and r.mode == "fwd"):
             assert r.status == "ok", r
         else:
             assert r.status == "failed" and r.numerics.startswith("FAIL"), r
             assert r.ms is None  # never timed
+            assert ("kernel exploded" in r.reason) == (how == "raises")
 
 
 def test_compare_catches_nan_shape_and_error():
@@ -209,11 +212,8 @@ def test_fcn_fast_command(capsys):
     assert fcn_main.main([]) == 2
 
 
-@needs_cpu_backend
-def test_pytest_benchmarks_quick_mode(tmp_path):
-    """CI's smoke run of the main job: pytest benchmarks/ --benchmark-only --bench-size=quick."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
+def _pytest_benchmarks(*args, pythonpath=ROOT):
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -222,20 +222,26 @@ def test_pytest_benchmarks_quick_mode(tmp_path):
             "--benchmark-only",
             "--bench-size=quick",
             "--bench-device=cpu",
-            "-k",
-            "upsample_skip",
-            f"--benchmark-json={out}",
             "-q",
             "-p",
             "no:cacheprovider",
+            *args,
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env={**os.environ, "PYTHONPATH": pythonpath},
         timeout=300,
     )
+
+
+@needs_cpu_backend
+def test_pytest_benchmarks_quick_mode(tmp_path):
+    """CI's smoke run of the main job: pytest benchmarks/ --benchmark-only --bench-size=quick."""
+    out = tmp_path / "bench.json"
+    proc = _pytest_benchmarks("-k", "upsample_skip", f"--benchmark-json={out}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "× ref" in proc.stdout  # the summary table
     data = json.loads(out.read_text())
     assert len(data["benchmarks"]) == len(cases.select("quick", "cpu", ops=["upsample_skip"]))
     for bench in data["benchmarks"]:
@@ -244,6 +250,23 @@ def test_pytest_benchmarks_quick_mode(tmp_path):
             assert info[key] is not None, key
         assert info["speedup"] > 0 and info["threads"] >= 1 and "peak_mem_bytes" in info
         assert info["numerics"] == "reference" or info["numerics"].startswith("OK")
+
+
+@needs_cpu_backend
+def test_pytest_benchmarks_fail_on_a_wrong_kernel(tmp_path):
+    (tmp_path / "wrong_kernel.py").write_text(
+        "import fcn_fast\n"
+        "real = fcn_fast.upsample_skip\n"
+        "def wrong(coarse, skip=None, *, backend='auto', **kw):\n"
+        "    out = real(coarse, skip, backend=backend, **kw)\n"
+        "    return out if backend == 'reference' else out * 1.001\n"
+        "fcn_fast.upsample_skip = wrong\n"
+    )
+    proc = _pytest_benchmarks(
+        "-k", "upsample_skip-quick-skip-fwd-", "-p", "wrong_kernel", pythonpath=f"{ROOT}:{tmp_path}"
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 failed, 1 passed" in proc.stdout and "max rel err" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------

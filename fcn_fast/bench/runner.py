@@ -217,6 +217,10 @@ class Bench:
         ) as e:
             res.status, res.reason = "skipped", f"{type(e).__name__}: {e}"
             return res
+        except Exception as e:  # a kernel that raises is a failed row, not a dead sweep
+            res.status = "failed"
+            res.numerics = res.reason = f"FAIL: raised {type(e).__name__}: {e}"
+            return res
         if backend == "reference" and not (case.oracle_upcast and dtype != torch.float32):
             res.numerics = "reference"
             self._oracle.setdefault((dtype, mode), tuple(t.detach().clone() for t in got))
