@@ -55,6 +55,10 @@ def test_quick_run_passes_and_json_round_trips(quick_json, tmp_path):
         if r.bytes is not None:
             assert r.gbps == pytest.approx(r.bytes / r.ms / 1e6)
             assert r.pct_of_copy == pytest.approx(100 * r.copy_ms / r.ms)
+    # Peak memory is measured, not guessed: a cpu forward allocates at least its output.
+    final = next(r for r in results if r.case == "quick-final" and r.backend == "cpu")
+    assert final.peak_mem_bytes >= 1 * 21 * 73 * 73 * 4
+    assert all(r.held_mem_bytes > 0 for r in results if r.mode == "fwdbwd")
     # Round trip: what is written reads back identically and renders the same table.
     again = tmp_path / "again.json"
     report.write_json(str(again), meta, results)
@@ -125,6 +129,16 @@ def test_compare_catches_nan_shape_and_error():
     assert not compare((torch.tensor([1.0, float("nan"), 3.0]),), ref, 1e-5)[0]
     assert not compare((ref[0][:2],), ref, 1e-5)[0]
     assert not compare((ref[0], ref[0]), ref, 1e-5)[0]
+
+
+def test_exact_fp32_restores_the_tf32_flags():
+    from fcn_fast.bench.runner import exact_fp32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with exact_fp32():
+        assert not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_registry_and_selection():

@@ -99,6 +99,10 @@ class Case:
     def min_bytes(self, dtype: torch.dtype, mode: str) -> int | None:
         return None
 
+    def forward_for_backward(self, inputs, backend, dtype):
+        """A callable running the forward with autograd on (its result holds the graph), or None."""
+        return None
+
 
 _COMPILED: dict[Any, Callable] = {}
 
@@ -163,6 +167,11 @@ class OpCase(Case):
             return (out.detach(), *grads)
 
         return run
+
+    def forward_for_backward(self, inputs, backend, dtype):
+        fn = self._fn(backend)
+        leaves = {k: v.detach().requires_grad_(k in self.grads) for k, v in inputs.items()}
+        return lambda: fn(**leaves)
 
     def min_bytes(self, dtype, mode):
         fwd, bwd = self.bytes_fn(torch.empty((), dtype=dtype).element_size())

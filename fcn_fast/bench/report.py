@@ -189,7 +189,7 @@ def plot_speedups(results: list[Result], path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in results if r.status == "ok" and r.speedup and r.backend != "reference"]
-    groups = list(dict.fromkeys(f"{r.op}\n{r.case} {r.mode} {r.dtype}" for r in rows))
+    groups = list(dict.fromkeys(f"{r.op} {r.case} {r.mode} {r.dtype}" for r in rows))
     backends = list(dict.fromkeys(r.backend for r in rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) + 2), 4.5))
     width = 0.8 / max(len(backends), 1)
@@ -197,7 +197,7 @@ def plot_speedups(results: list[Result], path: str, title: str = "") -> None:
         xs, ys = [], []
         for g, group in enumerate(groups):
             for r in rows:
-                if r.backend == backend and f"{r.op}\n{r.case} {r.mode} {r.dtype}" == group:
+                if r.backend == backend and f"{r.op} {r.case} {r.mode} {r.dtype}" == group:
                     xs.append(g + (b - (len(backends) - 1) / 2) * width)
                     ys.append(r.speedup)
         ax.bar(xs, ys, width, label=backend)

@@ -6,6 +6,7 @@ several rows share (inputs, the numerics oracle, the reference's time, copy time
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -47,11 +48,29 @@ class Result:
     reference_ms: float | None = None
     speedup: float | None = None
     peak_mem_bytes: int | None = None
+    # fwdbwd rows: bytes the forward leaves allocated for backward (saved tensors + output).
+    held_mem_bytes: int | None = None
     threads: int = 0
 
     def extra_info(self) -> dict:
         """The fields pytest-benchmark stores with each case (its JSON's extra_info)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("op", "case")}
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """No TF32 in cuDNN convolutions or matmuls: fp32 checks need fp32 arithmetic.
+
+    PyTorch lets cuDNN use TF32 for fp32 convolutions by default, which would put the
+    reference's conv_transpose2d 1e-3 off. Numerics calls run under this; timing does
+    not (the reference is timed as users run it).
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _git_commit() -> str | None:
@@ -162,7 +181,8 @@ class Bench:
             if case.oracle_upcast and dtype != torch.float32:
                 inputs = {k: v.float() if v.is_floating_point() else v for k, v in inputs.items()}
             torch.manual_seed(1234)  # the same dropout masks for every backend
-            result = case.step(inputs, "reference", mode, dtype)()
+            with exact_fp32():
+                result = case.step(inputs, "reference", mode, dtype)()
             self._oracle[key] = tuple(t.detach().clone() for t in result)
         return self._oracle[key]
 
@@ -208,7 +228,10 @@ class Bench:
         try:
             fn = case.step(inputs, backend, mode, dtype)
             torch.manual_seed(1234)
-            got, estimate = timing.timed_once(fn, self.device)
+            # torch.compile guards on the TF32 flags: check it as it is timed (a baseline).
+            exact = exact_fp32() if backend != "compile" else contextlib.nullcontext()
+            with exact:
+                got, estimate = timing.timed_once(fn, self.device)
         except (
             Unsupported,
             ImportError,
@@ -256,6 +279,10 @@ class Bench:
             res.copy_gbps = res.bytes / res.copy_ms / 1e6
             res.pct_of_copy = 100.0 * res.copy_ms / res.ms
         res.peak_mem_bytes = timing.peak_memory(fn, self.device)
+        if mode == "fwdbwd" and backend != "compile":
+            forward = case.forward_for_backward(inputs, backend, dtype)
+            if forward is not None:
+                res.held_mem_bytes = timing.held_memory(forward, self.device)
         return res
 
 

@@ -165,14 +165,32 @@ def peak_memory(fn, device: torch.device) -> int | None:
     return _cpu_peak(fn)
 
 
-def _cpu_peak(fn) -> int | None:
+def held_memory(fn, device: torch.device) -> int | None:
+    """Bytes still allocated after `fn` returns while its result is alive (outputs + saved).
+
+    For a forward with autograd on, that is what forward holds for backward (and the output).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        held = torch.cuda.memory_allocated(device) - before
+        del result
+        return held
+    return _cpu_peak(fn, held=True)
+
+
+def _cpu_peak(fn, held: bool = False) -> int | None:
     from torch.profiler import ProfilerActivity, profile
 
     try:
         with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
             result = fn()
-            del result
+            if not held:
+                del result
         events = [e for e in p.profiler.kineto_results.events() if e.name() == "[memory]"]
+        result = None
     except Exception:
         return None  # a profiler without memory events: reported as "-", never guessed
     events.sort(key=lambda e: e.start_ns())
@@ -181,7 +199,7 @@ def _cpu_peak(fn) -> int | None:
         if event.device_type() == torch.autograd.DeviceType.CPU:
             live += event.nbytes()
             peak = max(peak, live)
-    return peak
+    return live if held else peak
 
 
 @contextlib.contextmanager
