@@ -15,6 +15,7 @@ import os
 from fcn_fast.bench.runner import Result
 
 SCHEMA = "fcn_fast.bench/1"
+_NUMERIC = ("ms", "GB/s", "% copy", "% fresh", "× ref", "peak MB")
 COLUMNS = (
     "op",
     "case",
@@ -25,6 +26,7 @@ COLUMNS = (
     "ms",
     "GB/s",
     "% copy",
+    "% fresh",
     "× ref",
     "peak MB",
     "numerics",
@@ -61,19 +63,29 @@ def row_cells(r: Result) -> list[str]:
         _num(r.ms),
         _num(r.gbps),
         _num(r.pct_of_copy),
+        _num(r.pct_of_fresh_copy),
         _num(r.speedup, ".2f"),
         _num(mem),
         numerics,
     ]
 
 
+def _columns(results):
+    """Column indexes to show: "% fresh" only where it was measured (CPU runs)."""
+    fresh = COLUMNS.index("% fresh")
+    has_fresh = any(r.pct_of_fresh_copy is not None for r in results)
+    return [i for i in range(len(COLUMNS)) if i != fresh or has_fresh]
+
+
 def text_table(results: list[Result], width_limit: int = 60) -> str:
-    rows = [list(COLUMNS)] + [row_cells(r) for r in results]
+    keep = _columns(results)
+    rows = [[list(COLUMNS)[i] for i in keep]]
+    rows += [[cells[i] for i in keep] for cells in map(row_cells, results)]
+    numeric = {k for k, i in enumerate(keep) if COLUMNS[i] in _NUMERIC}
     rows = [
         [c if len(c) <= width_limit else c[: width_limit - 1] + "…" for c in row] for row in rows
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    numeric = {6, 7, 8, 9, 10}
+    widths = [max(len(row[i]) for row in rows) for i in range(len(keep))]
     lines = []
     for k, row in enumerate(rows):
         cells = [
@@ -87,10 +99,11 @@ def text_table(results: list[Result], width_limit: int = 60) -> str:
 
 
 def markdown_table(results: list[Result]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    keep = _columns(results)
+    lines = ["| " + " | ".join(COLUMNS[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     for r in results:
-        cells = [c.replace("|", "\\|") for c in row_cells(r)]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = row_cells(r)
+        lines.append("| " + " | ".join(cells[i].replace("|", "\\|") for i in keep) + " |")
     return "\n".join(lines)
 
 

@@ -45,6 +45,10 @@ class Result:
     copy_ms: float | None = None
     copy_gbps: float | None = None
     pct_of_copy: float | None = None
+    # CPU only: the same copy into freshly allocated memory (page faults included), the floor
+    # for an op that returns a new tensor; and the share of it achieved.
+    fresh_copy_ms: float | None = None
+    pct_of_fresh_copy: float | None = None
     reference_ms: float | None = None
     speedup: float | None = None
     peak_mem_bytes: int | None = None
@@ -155,7 +159,8 @@ class Bench:
             "bytes": "fewest bytes the step must move: each input read once, each output "
             "written once; fwdbwd adds the backward's (DESIGN.md 6)",
             "copy": "median time of a device copy moving the same number of bytes "
-            "(half read, half written)",
+            "(half read, half written) into mapped memory; on CPU, % fresh: the same copy "
+            "into newly allocated memory (page faults included, as for a new output)",
             "memory": timing.memory_measure(self.device),
         }
 
@@ -196,10 +201,11 @@ class Bench:
             self._ref_ms[key] = timing.median(samples) * 1e3
         return self._ref_ms[key]
 
-    def copy_ms(self, nbytes: int) -> float:
-        if nbytes not in self._copy_s:
-            self._copy_s[nbytes] = timing.copy_seconds(nbytes, self.device, self.plan)
-        return self._copy_s[nbytes] * 1e3
+    def copy_ms(self, nbytes: int, fresh: bool = False) -> float:
+        if (nbytes, fresh) not in self._copy_s:
+            seconds = timing.copy_seconds(nbytes, self.device, self.plan, fresh)
+            self._copy_s[(nbytes, fresh)] = seconds
+        return self._copy_s[(nbytes, fresh)] * 1e3
 
     # ---------------------------------------------------------------- one row
     def run(self, case: Case, backend: str, dtype: torch.dtype, mode: str, runner=None) -> Result:
@@ -278,6 +284,9 @@ class Bench:
             res.copy_ms = self.copy_ms(res.bytes)
             res.copy_gbps = res.bytes / res.copy_ms / 1e6
             res.pct_of_copy = 100.0 * res.copy_ms / res.ms
+            if self.device.type == "cpu":
+                res.fresh_copy_ms = self.copy_ms(res.bytes, fresh=True)
+                res.pct_of_fresh_copy = 100.0 * res.fresh_copy_ms / res.ms
         res.peak_mem_bytes = timing.peak_memory(fn, self.device)
         if mode == "fwdbwd" and backend != "compile":
             forward = case.forward_for_backward(inputs, backend, dtype)

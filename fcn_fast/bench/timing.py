@@ -124,13 +124,21 @@ def median(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
-def copy_seconds(nbytes: int, device: torch.device, plan: Plan) -> float:
-    """Median time of a device copy moving `nbytes` in all (nbytes / 2 read, nbytes / 2 written)."""
+def copy_seconds(nbytes: int, device: torch.device, plan: Plan, fresh: bool = False) -> float:
+    """Median time of a device copy moving `nbytes` in all (nbytes / 2 read, nbytes / 2 written).
+
+    fresh=False copies into a buffer whose pages are already mapped (pure bandwidth);
+    fresh=True clones into newly allocated memory, as an op returning a new tensor must:
+    on a CPU, large allocations come straight from the OS and every page faults on first
+    write, which can cost more than the copy itself.
+    """
     half = max(nbytes // 2, 1)
     src = torch.ones(half, dtype=torch.uint8, device=device)
     dst = torch.zeros(half, dtype=torch.uint8, device=device)  # pages touched before timing
 
     def copy():
+        if fresh:
+            return src.clone()
         dst.copy_(src)
 
     _, estimate = timed_once(copy, device)
