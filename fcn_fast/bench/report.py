@@ -254,7 +254,9 @@ def readme_section(results_dir: str) -> str:
         "its numerics against the plain-PyTorch reference. `× ref` is the speed-up over the "
         "reference timed in the same run; `% copy` is the achieved bandwidth for the fewest "
         "bytes the op must move, as a share of a measured copy of that many bytes on the same "
-        "device.",
+        "device; `% fresh` (CPU) the same against a copy into newly allocated memory, which "
+        "pays the page faults a new output pays. Peak MB: memory allocated during one call "
+        "beyond its inputs. Details: `benchmarks/README.md`.",
         "",
     ]
     for device, title in (("cpu", "CPU"), ("cuda", "GPU")):
