@@ -348,3 +348,16 @@ def test_cross_entropy_and_model_cases(future_cases):
         assert (r.bytes is None) == (case.op == "fcn8s")
     assert any(c.label == "voc-500" for c, *_ in future_cases.select("default", "cpu"))
     assert any(c.label == "vgg16-512" for c, *_ in future_cases.select("default", "cuda"))
+
+
+@needs_cpu_backend
+def test_model_case_without_reduced_width_is_skipped(future_cases, monkeypatch):
+    class NoWidth(_FakeFCN8s):
+        def __init__(self, n_class=21, *, backend="auto"):
+            super().__init__(n_class, backend=backend)
+
+    monkeypatch.setattr(fcn_fast, "FCN8s", NoWidth)
+    runs = future_cases.select("quick", "cpu", ops=["fcn8s"])
+    bench = Bench("cpu", "quick")
+    results = [bench.run(*run) for run in runs]
+    assert results and all(r.status == "skipped" and "width" in r.reason for r in results)

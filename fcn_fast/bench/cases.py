@@ -503,6 +503,12 @@ class ModelCase(Case):
     def _model(self, backend, device, dtype):
         cls = fcn_fast.FCN8s
         kwargs = reduced_width_kwargs(cls) if self.reduced else {}
+        if self.reduced and not kwargs:
+            # A full-width VGG16 training step would take minutes on a small CPU.
+            raise Unsupported(
+                "fcn_fast.FCN8s has no reduced-width keyword (a parameter named *width*); "
+                "see reduced_width_kwargs in fcn_fast/bench/cases.py"
+            )
         # Built on the device (VGG16's 134M parameters initialise slowly on a CPU), from one
         # seed: every backend starts from the same weights.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:

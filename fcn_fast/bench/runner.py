@@ -17,8 +17,9 @@ import torch
 
 import fcn_fast
 from fcn_fast import _backend
+from fcn_fast.bench import cases as _cases
 from fcn_fast.bench import timing
-from fcn_fast.bench.cases import DTYPE_NAMES, Case, Unsupported, reset_compiled
+from fcn_fast.bench.cases import DTYPE_NAMES, Case, reset_compiled
 
 # What our kernels are compared with; their own numerics never fail a case.
 BASELINES = ("reference", "compile")
@@ -239,7 +240,7 @@ class Bench:
             with exact:
                 got, estimate = timing.timed_once(fn, self.device)
         except (
-            Unsupported,
+            _cases.Unsupported,  # looked up when raised: the registry module may be reloaded
             ImportError,
             NotImplementedError,
             _backend.BackendUnavailableError,
