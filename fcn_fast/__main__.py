@@ -1,0 +1,40 @@
+"""The `fcn-fast` command.
+
+fcn-fast bench [...]     the benchmark report (same as python -m fcn_fast.bench)
+fcn-fast backends        which backends run on this machine, and why the others don't
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: fcn-fast COMMAND [...]
+
+commands:
+  bench [...]   run the benchmark suite and print the table (fcn-fast bench --help)
+  backends      which backends run on this machine, and why the others don't
+"""
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from fcn_fast.bench.cli import main as bench_main
+
+        return bench_main(rest, prog="fcn-fast bench")
+    if command == "backends":
+        from fcn_fast import available_backends
+
+        for name, status in available_backends().items():
+            print(f"{name:10} {'yes' if status.available else 'no ':3}  {status.reason}")
+        return 0
+    print(f"fcn-fast: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""`python -m fcn_fast.bench` / `fcn-fast bench`: run the suite and print a table a person can read.
+
+    python -m fcn_fast.bench                    default sweep on the GPU if there is one, else CPU
+    python -m fcn_fast.bench --quick            smoke run (seconds)
+    python -m fcn_fast.bench --full             the long sweep
+    python -m fcn_fast.bench --json r.json --markdown r.md --plot r.png
+    python -m fcn_fast.bench show r.json        re-print a saved run
+    python -m fcn_fast.bench readme             the README performance section, from
+                                                benchmarks/results/
+
+Exit status: 0 when every row's numerics passed, 1 when one failed, 2 on bad usage,
+130 when interrupted (the rows measured so far are still printed and written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import time
+
+import torch
+
+from fcn_fast.bench import report
+from fcn_fast.bench.cases import DTYPE_NAMES, SIZES, select
+
+
+def _split(values):
+    if not values:
+        return None
+    return [v for value in values for v in value.split(",") if v]
+
+
+def _run_parser(prog):
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Benchmark fcn_fast's kernels against plain PyTorch (numerics checked first).",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", choices=SIZES, default="default", help="sweep size")
+    size.add_argument("--quick", action="store_const", const="quick", dest="size", help="smoke run")
+    size.add_argument("--full", action="store_const", const="full", dest="size", help="long sweep")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
+    p.add_argument("--ops", action="append", help="only these ops (comma-separated)")
+    p.add_argument("--backends", action="append", help="only these backends (comma-separated)")
+    p.add_argument("--dtypes", action="append", help="only these dtypes: fp32,bf16,fp16")
+    p.add_argument("--modes", action="append", help="only these modes: fwd,fwdbwd,train")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON (for machines)")
+    p.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
+    p.add_argument("--plot", metavar="PATH", help="bar chart of speed-ups (needs matplotlib)")
+    p.add_argument("--list", action="store_true", help="list the runs of this sweep and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _outputs(args, meta, results, title=""):
+    if args.json:
+        report.write_json(args.json, meta, results)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown_report(meta, results))
+    if getattr(args, "plot", None):
+        report.plot_speedups(results, args.plot, title)
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # `timeout` sends SIGTERM: finish like Ctrl-C, keeping the rows
+
+
+def run_main(argv, prog="python -m fcn_fast.bench") -> int:
+    args = _run_parser(prog).parse_args(argv)
+    if args.plot and not report.plot_available():
+        print(report.PLOT_MISSING, file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU is visible here", file=sys.stderr)
+        return 2
+    dtypes = _split(args.dtypes)
+    if dtypes and set(dtypes) - set(DTYPE_NAMES.values()):
+        print(f"--dtypes: choose from {sorted(DTYPE_NAMES.values())}", file=sys.stderr)
+        return 2
+    runs = select(
+        args.size,
+        device,
+        ops=_split(args.ops),
+        backends=_split(args.backends),
+        dtypes=dtypes,
+        modes=_split(args.modes),
+    )
+    if args.list:
+        for case, backend, dtype, mode in runs:
+            print(f"{case.op} {case.label} [{case.shape}] {mode} {DTYPE_NAMES[dtype]} {backend}")
+        return 0
+    if not runs:
+        print("no benchmark runs match these options (see --list)", file=sys.stderr)
+        return 2
+
+    from fcn_fast.bench.runner import Bench
+
+    bench = Bench(device, args.size, args.threads)
+    meta = bench.environment()
+    meta["command"] = " ".join([prog, *map(shlex.quote, argv)])
+    title = report.describe_machine(meta)
+    if not args.quiet:
+        print(f"fcn_fast.bench: {len(runs)} runs on {title}", file=sys.stderr)
+    results = []
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        for i, (case, backend, dtype, mode) in enumerate(runs, 1):
+            r = bench.run(case, backend, dtype, mode)
+            results.append(r)
+            if not args.quiet:
+                took = f"{r.ms:.3g} ms, {r.speedup:.2f}x ref" if r.ms is not None else r.status
+                elapsed = time.perf_counter() - start
+                print(
+                    f"[{i:>3}/{len(runs)} {elapsed:5.0f}s] {case.op} {case.label} {mode} "
+                    f"{DTYPE_NAMES[dtype]} {backend}: {took} {r.numerics}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if args.json:  # progressively, so a run cut short still leaves its rows
+                report.write_json(args.json, meta, results)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted after {len(results)} of {len(runs)} runs", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    meta["interrupted"] = interrupted
+    meta["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta["wall_s"] = round(time.perf_counter() - start, 1)
+    print(f"\n{title}\n")
+    print(report.text_table(results))
+    print(f"\n{report.summary(results)}; {meta['wall_s']} s")
+    _outputs(args, meta, results, title)
+    if interrupted:
+        return 130
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def show_main(argv, prog) -> int:
+    p = argparse.ArgumentParser(prog=f"{prog} show", description="Re-print a saved results file.")
+    p.add_argument("json_file")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--plot", metavar="PATH")
+    args = p.parse_args(argv)
+    if args.plot and not report.plot_available():
+        print(report.PLOT_MISSING, file=sys.stderr)
+        return 2
+    meta, results = report.load_json(args.json_file)
+    title = report.describe_machine(meta)
+    print(f"{title}\n")
+    print(report.text_table(results))
+    print(f"\n{report.summary(results)}")
+    args.json = None
+    _outputs(args, meta, results, title)
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def readme_main(argv, prog) -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} readme",
+        description="Print the README's performance section from committed results files.",
+    )
+    default = os.path.join(os.getcwd(), "benchmarks", "results")
+    p.add_argument("--results", default=default, help="folder of results JSON files")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.results):
+        print(f"no results folder at {args.results}", file=sys.stderr)
+        return 2
+    print(report.readme_section(args.results))
+    return 0
+
+
+def main(argv=None, prog="python -m fcn_fast.bench") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "readme":
+        return readme_main(argv[1:], prog)
+    if argv and argv[0] == "show":
+        return show_main(argv[1:], prog)
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    return run_main(argv, prog)

@@ -1,0 +1,269 @@
+"""Presenting results: the console table, markdown, JSON, the speed-up plot, the README section.
+
+Everything here reads Result rows (or the JSON written from them), so a saved
+results file renders exactly as the run that produced it. No number is ever
+computed here that was not measured: derived columns come from the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+
+from fcn_fast.bench.runner import Result
+
+SCHEMA = "fcn_fast.bench/1"
+_NUMERIC = ("ms", "GB/s", "% copy", "% fresh", "× ref", "peak MB")
+COLUMNS = (
+    "op",
+    "case",
+    "shape",
+    "mode",
+    "dtype",
+    "backend",
+    "ms",
+    "GB/s",
+    "% copy",
+    "% fresh",
+    "× ref",
+    "peak MB",
+    "numerics",
+)
+
+
+def _num(value, fmt=None):
+    """`fmt`, or about three significant digits without an exponent."""
+    if value is None:
+        return "-"
+    if fmt is not None:
+        return format(value, fmt)
+    for limit, f in ((100, ".0f"), (10, ".1f"), (1, ".2f"), (0.01, ".3f")):
+        if abs(value) >= limit:
+            return format(value, f)
+    return format(value, ".2g")
+
+
+def row_cells(r: Result) -> list[str]:
+    if r.status == "skipped":
+        numerics = f"skipped: {r.reason}"
+    elif r.status == "failed":
+        numerics = r.numerics or f"FAIL: {r.reason}"
+    else:
+        numerics = r.numerics
+    mem = None if r.peak_mem_bytes is None else r.peak_mem_bytes / 1e6
+    return [
+        r.op,
+        r.case,
+        r.shape,
+        r.mode,
+        r.dtype,
+        r.backend,
+        _num(r.ms),
+        _num(r.gbps),
+        _num(r.pct_of_copy),
+        _num(r.pct_of_fresh_copy),
+        _num(r.speedup, ".2f"),
+        _num(mem),
+        numerics,
+    ]
+
+
+def _columns(results):
+    """Column indexes to show: "% fresh" only where it was measured (CPU runs)."""
+    fresh = COLUMNS.index("% fresh")
+    has_fresh = any(r.pct_of_fresh_copy is not None for r in results)
+    return [i for i in range(len(COLUMNS)) if i != fresh or has_fresh]
+
+
+def text_table(results: list[Result], width_limit: int = 60) -> str:
+    keep = _columns(results)
+    rows = [[list(COLUMNS)[i] for i in keep]]
+    rows += [[cells[i] for i in keep] for cells in map(row_cells, results)]
+    numeric = {k for k, i in enumerate(keep) if COLUMNS[i] in _NUMERIC}
+    rows = [
+        [c if len(c) <= width_limit else c[: width_limit - 1] + "…" for c in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(keep))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(results: list[Result]) -> str:
+    keep = _columns(results)
+    lines = ["| " + " | ".join(COLUMNS[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    for r in results:
+        cells = row_cells(r)
+        lines.append("| " + " | ".join(cells[i].replace("|", "\\|") for i in keep) + " |")
+    return "\n".join(lines)
+
+
+def describe_machine(meta: dict) -> str:
+    if meta.get("device") == "cuda":
+        what = f"{meta.get('device_name')} (CUDA {meta.get('cuda')})"
+    else:
+        what = f"{meta.get('cpu_model')}, {meta.get('threads')} threads"
+    versions = f"torch {meta.get('torch')}"
+    if meta.get("triton"):
+        versions += f", triton {meta.get('triton')}"
+    return f"{what}; {versions}; {meta.get('date')}"
+
+
+def _load_note(meta: dict) -> str:
+    before, after = meta.get("loadavg"), meta.get("loadavg_after")
+    if not before:
+        return ""
+    note = f" Load average (1 min) at the start: {before[0]:.2f}"
+    if after:
+        note += f", at the end: {after[0]:.2f}"
+    return note + f" ({meta.get('cpu_count')} CPUs)."
+
+
+def summary(results: list[Result]) -> str:
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped")}
+    return f"{counts['ok']} ok, {counts['failed']} failed numerics, {counts['skipped']} skipped"
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def to_json(meta: dict, results: list[Result]) -> dict:
+    return {"schema": SCHEMA, "meta": meta, "results": [dataclasses.asdict(r) for r in results]}
+
+
+def write_json(path: str, meta: dict, results: list[Result]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_json(meta, results), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)  # a run killed mid-write leaves the previous complete file
+
+
+def load_json(path: str) -> tuple[dict, list[Result]]:
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("schema") != SCHEMA:
+        raise ValueError(
+            f"{path}: not a fcn_fast.bench results file (schema {data.get('schema')!r})"
+        )
+    fields = {f.name for f in dataclasses.fields(Result)}
+    results = [Result(**{k: v for k, v in r.items() if k in fields}) for r in data["results"]]
+    return data["meta"], results
+
+
+def markdown_report(meta: dict, results: list[Result]) -> str:
+    return "\n".join(
+        [
+            f"**{describe_machine(meta)}**",
+            "",
+            f"Command: `{meta.get('command', 'python -m fcn_fast.bench')}` "
+            f"(size {meta.get('size')}, git {meta.get('git_commit')})",
+            "",
+            markdown_table(results),
+            "",
+            f"{summary(results)}. Timing: {meta.get('timing')}. Bytes: {meta.get('bytes')}. "
+            f"% copy: {meta.get('copy')}. Peak memory: {meta.get('memory')}." + _load_note(meta),
+            "",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- plot
+
+
+PLOT_MISSING = (
+    "--plot needs matplotlib, which is not installed here. Install it with "
+    "`pip install matplotlib` (or `pip install fcn_fast[plot]`), or leave out --plot."
+)
+
+
+def plot_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def plot_speedups(results: list[Result], path: str, title: str = "") -> None:
+    """Bar chart: speed-up over the reference per case (op, shape, mode, dtype) and backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.status == "ok" and r.speedup and r.backend != "reference"]
+    groups = list(dict.fromkeys(f"{r.op} {r.case} {r.mode} {r.dtype}" for r in rows))
+    backends = list(dict.fromkeys(r.backend for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) + 2), 4.5))
+    width = 0.8 / max(len(backends), 1)
+    for b, backend in enumerate(backends):
+        xs, ys = [], []
+        for g, group in enumerate(groups):
+            for r in rows:
+                if r.backend == backend and f"{r.op} {r.case} {r.mode} {r.dtype}" == group:
+                    xs.append(g + (b - (len(backends) - 1) / 2) * width)
+                    ys.append(r.speedup)
+        ax.bar(xs, ys, width, label=backend)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("× faster than the reference (log)")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=60, ha="right", fontsize=7)
+    ax.set_title(title or "fcn_fast speed-up over plain PyTorch", fontsize=9)
+    if backends:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- README
+
+
+def newest_results(results_dir: str) -> dict[str, tuple[str, dict, list[Result]]]:
+    """The newest committed results file per device type ("cpu", "cuda")."""
+    newest: dict[str, tuple[str, dict, list[Result]]] = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        try:
+            meta, results = load_json(path)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            continue
+        device = meta.get("device", "cpu")
+        if device not in newest or meta.get("date", "") > newest[device][1].get("date", ""):
+            newest[device] = (path, meta, results)
+    return newest
+
+
+def readme_section(results_dir: str) -> str:
+    newest = newest_results(results_dir)
+    out = [
+        "## Performance",
+        "",
+        "Measured, never estimated: generated by `python -m fcn_fast.bench readme` from the "
+        "newest results files committed under `benchmarks/results/`. Every row first checked "
+        "its numerics against the plain-PyTorch reference. `× ref` is the speed-up over the "
+        "reference timed in the same run; `% copy` is the achieved bandwidth for the fewest "
+        "bytes the op must move, as a share of a measured copy of that many bytes on the same "
+        "device; `% fresh` (CPU) the same against a copy into newly allocated memory, which "
+        "pays the page faults a new output pays. Peak MB: memory allocated during one call "
+        "beyond its inputs. Details: `benchmarks/README.md`.",
+        "",
+    ]
+    for device, title in (("cpu", "CPU"), ("cuda", "GPU")):
+        out += [f"### {title}", ""]
+        if device not in newest:
+            out += [f"No {title} results have been committed yet.", ""]
+            continue
+        path, meta, results = newest[device]
+        out += [f"From `{os.path.relpath(path)}`.", "", markdown_report(meta, results)]
+    return "\n".join(out)
