@@ -4,7 +4,6 @@ Nothing here is timed: the runs use the `quick` shapes and only check that the
 figures are produced, parse back, and that a wrong kernel fails its row.
 """
 
-import importlib
 import json
 import os
 import subprocess
@@ -12,7 +11,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fcn_fast
 from fcn_fast import __main__ as fcn_main
@@ -156,7 +154,8 @@ def test_registry_and_selection():
         assert backend in ("reference", "cpu") and dtype == torch.float32
         if isinstance(case, cases.OpCase):
             assert case.min_bytes(dtype, mode) > 0
-    assert case.min_bytes(torch.float32, "fwdbwd") > case.min_bytes(torch.float32, "fwd")
+    head = next(c for c in cases.CASES if c.key == "upsample_skip/fcn8s-final")
+    assert head.min_bytes(torch.float32, "fwdbwd") > head.min_bytes(torch.float32, "fwd")
     gpu = cases.select("default", "cuda")
     assert {b for _, b, _, _ in gpu} == {"reference", "compile", "cuda", "triton"}
     assert {d for _, _, d, _ in gpu} == {torch.float32, torch.bfloat16}
@@ -284,54 +283,12 @@ def test_pytest_benchmarks_fail_on_a_wrong_kernel(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The cases for ops still being written (pixel_cross_entropy, FCN8s) run here on stand-ins,
-# so they are known to work the day the real ops merge.
-
-
-def _fake_cross_entropy(
-    logits,
-    target,
-    weight=None,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    *,
-    backend="auto",
-):
-    return F.cross_entropy(
-        logits, target, weight, None, ignore_index, None, reduction, label_smoothing
-    )
-
-
-class _FakeFCN8s(torch.nn.Module):
-    def __init__(self, n_class=21, *, backend="auto", width=1.0):
-        super().__init__()
-        channels = max(1, int(16 * width))
-        self.width, self.backend = width, backend
-        self.conv = torch.nn.Conv2d(3, channels, 3, stride=4, padding=1)
-        self.drop = torch.nn.Dropout2d()
-        self.score = torch.nn.Conv2d(channels, n_class, 1)
-
-    def forward(self, x):
-        h = self.score(self.drop(torch.relu(self.conv(x))))
-        return fcn_fast.upsample_skip(
-            h, factor=4, crop=2, out_size=tuple(x.shape[2:]), backend=self.backend
-        )
-
-
-@pytest.fixture
-def future_cases():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fcn_fast, "pixel_cross_entropy", _fake_cross_entropy, raising=False)
-        mp.setattr(fcn_fast, "FCN8s", _FakeFCN8s, raising=False)
-        importlib.reload(cases)
-        yield cases
-    importlib.reload(cases)
+# The pixel_cross_entropy and FCN-8s cases on the real ops.
 
 
 @needs_cpu_backend
-def test_cross_entropy_and_model_cases(future_cases):
-    runs = future_cases.select("quick", "cpu", ops=["pixel_cross_entropy", "fcn8s"])
+def test_cross_entropy_and_model_cases():
+    runs = cases.select("quick", "cpu", ops=["pixel_cross_entropy", "fcn8s"])
     assert {(c.op, m) for c, _, _, m in runs} == {
         ("pixel_cross_entropy", "fwd"),
         ("pixel_cross_entropy", "fwdbwd"),
@@ -339,25 +296,11 @@ def test_cross_entropy_and_model_cases(future_cases):
         ("fcn8s", "train"),
     }
     model_case = next(c for c, *_ in runs if c.op == "fcn8s")
-    assert future_cases.reduced_width_kwargs(_FakeFCN8s) == {"width": 0.125}
-    assert model_case._model("cpu", torch.device("cpu"), torch.float32).width == 0.125
+    assert model_case._model("cpu", torch.device("cpu"), torch.float32).width == cases.REDUCED_WIDTH
     bench = Bench("cpu", "quick")
     for case, backend, dtype, mode in runs:
         r = bench.run(case, backend, dtype, mode)
         assert r.status == "ok", r
         assert (r.bytes is None) == (case.op == "fcn8s")
-    assert any(c.label == "voc-500" for c, *_ in future_cases.select("default", "cpu"))
-    assert any(c.label == "vgg16-512" for c, *_ in future_cases.select("default", "cuda"))
-
-
-@needs_cpu_backend
-def test_model_case_without_reduced_width_is_skipped(future_cases, monkeypatch):
-    class NoWidth(_FakeFCN8s):
-        def __init__(self, n_class=21, *, backend="auto"):
-            super().__init__(n_class, backend=backend)
-
-    monkeypatch.setattr(fcn_fast, "FCN8s", NoWidth)
-    runs = future_cases.select("quick", "cpu", ops=["fcn8s"])
-    bench = Bench("cpu", "quick")
-    results = [bench.run(*run) for run in runs]
-    assert results and all(r.status == "skipped" and "width" in r.reason for r in results)
+    assert any(c.label == "voc-500" for c, *_ in cases.select("default", "cpu"))
+    assert any(c.label == "vgg16-512" for c, *_ in cases.select("default", "cuda"))

@@ -16,13 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import fcn_fast
 
@@ -421,30 +419,29 @@ def pixel_cross_entropy_case(label, n, c, h, w, *, ignored=0.05, ignore_index=25
     )
 
 
-if hasattr(fcn_fast, "pixel_cross_entropy"):
-    for _case in (
-        pixel_cross_entropy_case("voc-500", 4, 21, 500, 500, sizes=DEFAULT, headline=True),
-        # ADE20K (150 classes) and Cityscapes (19 classes, 1024x2048): GPU default, CPU full.
-        pixel_cross_entropy_case("ade20k", 4, 150, 512, 512, sizes=DEFAULT, devices=("cuda",)),
-        pixel_cross_entropy_case("ade20k", 4, 150, 512, 512, sizes=FULL, devices=("cpu",)),
-        pixel_cross_entropy_case(
-            "cityscapes", 2, 19, 1024, 2048, sizes=DEFAULT, devices=("cuda",), headline=True
-        ),
-        pixel_cross_entropy_case("cityscapes", 2, 19, 1024, 2048, sizes=FULL, devices=("cpu",)),
-        pixel_cross_entropy_case(
-            "large",
-            16,
-            21,
-            1024,
-            1024,
-            sizes=DEFAULT,
-            devices=("cuda",),
-            headline=True,
-            compare_compile=True,
-        ),
-        pixel_cross_entropy_case("quick", 2, 5, 33, 47, sizes=QUICK),
-    ):
-        register(_case)
+for _case in (
+    pixel_cross_entropy_case("voc-500", 4, 21, 500, 500, sizes=DEFAULT, headline=True),
+    # ADE20K (150 classes) and Cityscapes (19 classes, 1024x2048): GPU default, CPU full.
+    pixel_cross_entropy_case("ade20k", 4, 150, 512, 512, sizes=DEFAULT, devices=("cuda",)),
+    pixel_cross_entropy_case("ade20k", 4, 150, 512, 512, sizes=FULL, devices=("cpu",)),
+    pixel_cross_entropy_case(
+        "cityscapes", 2, 19, 1024, 2048, sizes=DEFAULT, devices=("cuda",), headline=True
+    ),
+    pixel_cross_entropy_case("cityscapes", 2, 19, 1024, 2048, sizes=FULL, devices=("cpu",)),
+    pixel_cross_entropy_case(
+        "large",
+        16,
+        21,
+        1024,
+        1024,
+        sizes=DEFAULT,
+        devices=("cuda",),
+        headline=True,
+        compare_compile=True,
+    ),
+    pixel_cross_entropy_case("quick", 2, 5, 33, 47, sizes=QUICK),
+):
+    register(_case)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,18 +450,8 @@ if hasattr(fcn_fast, "pixel_cross_entropy"):
 # Active once fcn_fast has FCN8s (and pixel_cross_entropy).
 
 
-def reduced_width_kwargs(cls) -> dict[str, Any]:
-    """Constructor keywords for the documented reduced-width option, read off the signature."""
-    params = inspect.signature(cls).parameters
-    for name, param in params.items():
-        if "width" not in name:
-            continue
-        default = param.default
-        if isinstance(default, float):
-            return {name: default / 8}  # a multiplier (1.0 = the published net)
-        if isinstance(default, int) and not isinstance(default, bool) and default >= 8:
-            return {name: default // 8}  # a base channel count (64 in VGG16)
-    return {}
+# The reduced-width FCN-8s of the CPU sweep: 1/8 of VGG16's channels, same layers and crops.
+REDUCED_WIDTH = 1 / 8
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -502,13 +489,8 @@ class ModelCase(Case):
 
     def _model(self, backend, device, dtype):
         cls = fcn_fast.FCN8s
-        kwargs = reduced_width_kwargs(cls) if self.reduced else {}
-        if self.reduced and not kwargs:
-            # A full-width VGG16 training step would take minutes on a small CPU.
-            raise Unsupported(
-                "fcn_fast.FCN8s has no reduced-width keyword (a parameter named *width*); "
-                "see reduced_width_kwargs in fcn_fast/bench/cases.py"
-            )
+        # A full-width VGG16 training step would take minutes on a small CPU.
+        kwargs = {"width": REDUCED_WIDTH} if self.reduced else {}
         # Built on the device (VGG16's 134M parameters initialise slowly on a CPU), from one
         # seed: every backend starts from the same weights.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
@@ -528,12 +510,9 @@ class ModelCase(Case):
             if dtype in LOW_PRECISION
             else contextlib.nullcontext()
         )
-        loss_backend = backend if hasattr(fcn_fast, "pixel_cross_entropy") else None
 
         def loss_fn(logits):
-            if loss_backend is None:
-                return F.cross_entropy(logits.float(), target)
-            return fcn_fast.pixel_cross_entropy(logits, target, backend=loss_backend)
+            return fcn_fast.pixel_cross_entropy(logits, target, backend=backend)
 
         if mode == "fwd":
             model.eval()
@@ -559,56 +538,55 @@ class ModelCase(Case):
         return train
 
 
-if hasattr(fcn_fast, "FCN8s"):
-    _FCN = {"modes": ("fwd", "train"), "headline": True}
-    for _case in (
-        ModelCase(
-            op="fcn8s",
-            label="reduced-224",
-            shape="FCN-8s reduced width, N2 3x224x224",
-            n=2,
-            height=224,
-            width=224,
-            reduced=True,
-            sizes=DEFAULT,
-            devices=("cpu",),
-            **_FCN,
-        ),
-        ModelCase(
-            op="fcn8s",
-            label="vgg16-500",
-            shape="FCN-8s VGG16, N1 3x500x500",
-            n=1,
-            height=500,
-            width=500,
-            sizes=FULL,
-            devices=("cpu",),
-            **_FCN,
-        ),
-        ModelCase(
-            op="fcn8s",
-            label="vgg16-512",
-            shape="FCN-8s VGG16, N8 3x512x512",
-            n=8,
-            height=512,
-            width=512,
-            sizes=DEFAULT,
-            devices=("cuda",),
-            **_FCN,
-        ),
-        ModelCase(
-            op="fcn8s",
-            label="quick",
-            shape="FCN-8s reduced width, N1 3x37x45",
-            n=1,
-            height=37,
-            width=45,
-            reduced=True,
-            sizes=QUICK,
-            **_FCN,
-        ),
-    ):
-        register(_case)
+_FCN = {"modes": ("fwd", "train"), "headline": True}
+for _case in (
+    ModelCase(
+        op="fcn8s",
+        label="reduced-224",
+        shape="FCN-8s reduced width, N2 3x224x224",
+        n=2,
+        height=224,
+        width=224,
+        reduced=True,
+        sizes=DEFAULT,
+        devices=("cpu",),
+        **_FCN,
+    ),
+    ModelCase(
+        op="fcn8s",
+        label="vgg16-500",
+        shape="FCN-8s VGG16, N1 3x500x500",
+        n=1,
+        height=500,
+        width=500,
+        sizes=FULL,
+        devices=("cpu",),
+        **_FCN,
+    ),
+    ModelCase(
+        op="fcn8s",
+        label="vgg16-512",
+        shape="FCN-8s VGG16, N8 3x512x512",
+        n=8,
+        height=512,
+        width=512,
+        sizes=DEFAULT,
+        devices=("cuda",),
+        **_FCN,
+    ),
+    ModelCase(
+        op="fcn8s",
+        label="quick",
+        shape="FCN-8s reduced width, N1 3x37x45",
+        n=1,
+        height=37,
+        width=45,
+        reduced=True,
+        sizes=QUICK,
+        **_FCN,
+    ),
+):
+    register(_case)
 
 
 def describe_bytes(nbytes: int | None) -> str:
