@@ -141,6 +141,7 @@ def to_json(meta: dict, results: list[Result]) -> dict:
 
 
 def write_json(path: str, meta: dict, results: list[Result]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(to_json(meta, results), f, indent=1)
