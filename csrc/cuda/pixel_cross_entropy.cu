@@ -7,10 +7,7 @@
 // one-block kernel in a fixed order: deterministic, no atomics, no host sync.
 // Out-of-range targets set an error flag that the binding turns into an async
 // device assert.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+#include "common.cuh"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 #include "pixel_cross_entropy.cuh"
 
@@ -20,32 +17,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxGridY = 65535;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t from_acc(float v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t from_acc(double v);
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) {
-  return v;
-}
 
 // Sum of v over the block in a fixed order (shuffle tree, then warps in order);
 // the result is valid in thread 0.
@@ -246,53 +217,34 @@ int64_t pce_forward_workspace(const PceGeometry& g) {
   return 1 + 2 * static_cast<int64_t>(grid.x) * grid.y;
 }
 
-cudaError_t pce_forward(PceDType dtype, const void* logits, const int64_t* target,
-                        const void* weight, void* loss, void* lse, void* weight_sum,
-                        void* workspace, int* error_flag, PceGeometry g, int64_t ignore_index,
-                        int64_t reduction, double label_smoothing, cudaStream_t stream) {
-#define FCN_PCE_FWD(T, A)                                                                          \
-  return forward_typed<T, A>(static_cast<const T*>(logits), target, static_cast<const T*>(weight), \
-                             static_cast<T*>(loss), static_cast<A*>(lse),                          \
-                             static_cast<A*>(weight_sum), static_cast<A*>(workspace), error_flag,  \
-                             g, ignore_index, reduction, label_smoothing, stream)
-  switch (dtype) {
-    case PceDType::kFloat:
-      FCN_PCE_FWD(float, float);
-    case PceDType::kDouble:
-      FCN_PCE_FWD(double, double);
-    case PceDType::kHalf:
-      FCN_PCE_FWD(__half, float);
-    case PceDType::kBFloat16:
-      FCN_PCE_FWD(__nv_bfloat16, float);
-  }
-#undef FCN_PCE_FWD
-  return cudaErrorInvalidValue;
+cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
+                        void* loss, void* lse, void* weight_sum, void* workspace, int* error_flag,
+                        PceGeometry g, int64_t ignore_index, int64_t reduction,
+                        double label_smoothing, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    return forward_typed<T, A>(static_cast<const T*>(logits), target, static_cast<const T*>(weight),
+                               static_cast<T*>(loss), static_cast<A*>(lse),
+                               static_cast<A*>(weight_sum), static_cast<A*>(workspace), error_flag,
+                               g, ignore_index, reduction, label_smoothing, stream);
+  });
 }
 
-cudaError_t pce_backward(PceDType dtype, const void* grad, int64_t gN, int64_t gS,
-                         const void* logits, const int64_t* target, const void* weight,
-                         const void* lse, const void* weight_sum, void* grad_logits, int64_t oN,
-                         int64_t oC, int64_t oS, void* workspace, PceGeometry g,
-                         int64_t ignore_index, int64_t reduction, double label_smoothing,
-                         cudaStream_t stream) {
-#define FCN_PCE_BWD(T, A)                                                                          \
-  return backward_typed<T, A>(static_cast<const T*>(grad), gN, gS, static_cast<const T*>(logits),  \
-                              target, static_cast<const T*>(weight), static_cast<const A*>(lse),   \
-                              static_cast<const A*>(weight_sum), static_cast<T*>(grad_logits), oN, \
-                              oC, oS, static_cast<A*>(workspace), g, ignore_index, reduction,      \
-                              label_smoothing, stream)
-  switch (dtype) {
-    case PceDType::kFloat:
-      FCN_PCE_BWD(float, float);
-    case PceDType::kDouble:
-      FCN_PCE_BWD(double, double);
-    case PceDType::kHalf:
-      FCN_PCE_BWD(__half, float);
-    case PceDType::kBFloat16:
-      FCN_PCE_BWD(__nv_bfloat16, float);
-  }
-#undef FCN_PCE_BWD
-  return cudaErrorInvalidValue;
+cudaError_t pce_backward(DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
+                         const int64_t* target, const void* weight, const void* lse,
+                         const void* weight_sum, void* grad_logits, int64_t oN, int64_t oC,
+                         int64_t oS, void* workspace, PceGeometry g, int64_t ignore_index,
+                         int64_t reduction, double label_smoothing, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    return backward_typed<T, A>(static_cast<const T*>(grad), gN, gS, static_cast<const T*>(logits),
+                                target, static_cast<const T*>(weight), static_cast<const A*>(lse),
+                                static_cast<const A*>(weight_sum), static_cast<T*>(grad_logits), oN,
+                                oC, oS, static_cast<A*>(workspace), g, ignore_index, reduction,
+                                label_smoothing, stream);
+  });
 }
 
 }  // namespace cuda

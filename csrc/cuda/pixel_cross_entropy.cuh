@@ -2,13 +2,13 @@
 // Launchers of the CUDA pixel_cross_entropy kernels (DESIGN.md 2.4): raw pointers,
 // sizes, strides and a stream in, cudaError_t out. No ATen here; the ATen side is
 // pixel_cross_entropy_binding.cpp.
-#include <cuda_runtime.h>
+#include <cuda_runtime_api.h>
 #include <stdint.h>
+
+#include "fcn_fast/kernel_types.h"
 
 namespace fcn_fast {
 namespace cuda {
-
-enum class PceDType { kFloat, kDouble, kHalf, kBFloat16 };
 
 // logits (N, C, S) with strides (sN, sC, sS); target (N, S) int64 with (tN, tS).
 struct PceGeometry {
@@ -17,7 +17,7 @@ struct PceGeometry {
   int64_t tN, tS;
 };
 
-// Elements (of the accumulation type: double for kDouble, else float) of the
+// Elements (of the accumulation type: double for Float64, else float) of the
 // forward's workspace: the class-weight total and two partial sums per block.
 int64_t pce_forward_workspace(const PceGeometry& g);
 
@@ -25,20 +25,19 @@ int64_t pce_forward_workspace(const PceGeometry& g);
 // lse: (N, S) contiguous, weight_sum: one element, both of the accumulation type.
 // weight: (C,) contiguous of the logits dtype, or nullptr. error_flag: one int,
 // zeroed by the caller; set to 1 when a target is outside [0, C) and not ignore_index.
-cudaError_t pce_forward(PceDType dtype, const void* logits, const int64_t* target,
-                        const void* weight, void* loss, void* lse, void* weight_sum,
-                        void* workspace, int* error_flag, PceGeometry g, int64_t ignore_index,
-                        int64_t reduction, double label_smoothing, cudaStream_t stream);
+cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
+                        void* loss, void* lse, void* weight_sum, void* workspace, int* error_flag,
+                        PceGeometry g, int64_t ignore_index, int64_t reduction,
+                        double label_smoothing, cudaStream_t stream);
 
 // grad: logits dtype; (N, S) with strides (gN, gS) (0 allowed) for none, else one
 // element. grad_logits (N, C, S) with strides (oN, oC, oS). workspace: one element of
 // the accumulation type.
-cudaError_t pce_backward(PceDType dtype, const void* grad, int64_t gN, int64_t gS,
-                         const void* logits, const int64_t* target, const void* weight,
-                         const void* lse, const void* weight_sum, void* grad_logits, int64_t oN,
-                         int64_t oC, int64_t oS, void* workspace, PceGeometry g,
-                         int64_t ignore_index, int64_t reduction, double label_smoothing,
-                         cudaStream_t stream);
+cudaError_t pce_backward(DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
+                         const int64_t* target, const void* weight, const void* lse,
+                         const void* weight_sum, void* grad_logits, int64_t oN, int64_t oC,
+                         int64_t oS, void* workspace, PceGeometry g, int64_t ignore_index,
+                         int64_t reduction, double label_smoothing, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fcn_fast

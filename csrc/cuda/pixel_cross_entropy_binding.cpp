@@ -2,36 +2,18 @@
 // current stream, dtype map, and the async target check. Compiled only when
 // torch is a CUDA build (setup.py).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda_utils.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 #include "pixel_cross_entropy.cuh"
 
 namespace fcn_fast {
 namespace {
 
-using cuda::PceDType;
 using cuda::PceGeometry;
-
-PceDType pce_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return PceDType::kFloat;
-    case at::kDouble:
-      return PceDType::kDouble;
-    case at::kHalf:
-      return PceDType::kHalf;
-    case at::kBFloat16:
-      return PceDType::kBFloat16;
-    default:
-      TORCH_CHECK(false,
-                  "pixel_cross_entropy: logits must be float16, bfloat16, float32 or "
-                  "float64, got ",
-                  t);
-  }
-}
 
 at::ScalarType acc_type(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -78,13 +60,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cuda(
   at::Tensor error_flag = at::zeros({1}, logits.options().dtype(at::kInt));
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   const cudaError_t err = cuda::pce_forward(
-      pce_dtype(logits.scalar_type()), logits.const_data_ptr(), target.const_data_ptr<int64_t>(),
+      cuda_dtype(logits), logits.const_data_ptr(), target.const_data_ptr<int64_t>(),
       w.defined() ? w.const_data_ptr() : nullptr, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
       weight_sum.mutable_data_ptr(), workspace.mutable_data_ptr(),
       error_flag.mutable_data_ptr<int>(), g, ignore_index, reduction, label_smoothing,
-      at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess,
-              "pixel_cross_entropy: CUDA launch failed: ", cudaGetErrorString(err));
+      c10::cuda::getCurrentCUDAStream());
+  check_cuda(err);
   // No host sync: a bad target fails as a device-side assert at the next sync.
   at::_assert_async(error_flag.eq(0),
                     "pixel_cross_entropy: target outside [0, C) that is not ignore_index");
@@ -117,13 +98,12 @@ at::Tensor pixel_cross_entropy_bwd_cuda(const at::Tensor& grad, const at::Tensor
   const int64_t gN = reduction == kReductionNone ? gradc.stride(0) : 0;
   const int64_t gS = reduction == kReductionNone ? gradc.stride(1) : 0;
   const cudaError_t err = cuda::pce_backward(
-      pce_dtype(logits.scalar_type()), gradc.const_data_ptr(), gN, gS, logits.const_data_ptr(),
+      cuda_dtype(logits), gradc.const_data_ptr(), gN, gS, logits.const_data_ptr(),
       target.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr() : nullptr,
       lsec.const_data_ptr(), wsum.const_data_ptr(), out.mutable_data_ptr(), out.stride(0),
       out.stride(1), out.stride(2), workspace.mutable_data_ptr(), g, ignore_index, reduction,
-      label_smoothing, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess,
-              "pixel_cross_entropy: CUDA launch failed: ", cudaGetErrorString(err));
+      label_smoothing, c10::cuda::getCurrentCUDAStream());
+  check_cuda(err);
   return out;
 }
 
