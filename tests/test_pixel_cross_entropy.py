@@ -296,8 +296,8 @@ def test_argument_errors():
         pce(x, t, torch.rand(4))
     with pytest.raises(ValueError, match="weight"):
         pce(x, t, torch.rand(3, 1))
-    with pytest.raises(TypeError, match="weight"):
-        pce(x, t, torch.rand(3).double())
+    with pytest.raises(TypeError, match="weight must be a floating-point"):
+        pce(x, t, torch.ones(3, dtype=torch.int64))
     with pytest.raises(TypeError, match="weight"):
         pce(x, t, [1.0, 1.0, 1.0])
     with pytest.raises(TypeError, match="ignore_index"):
@@ -349,12 +349,23 @@ def test_opcheck():
         x = torch.randn(2, 5, 6, dtype=dtype, requires_grad=True)
         t = torch.randint(0, 5, (2, 6))
         t[0, 1] = -100
-        w = torch.rand(5, dtype=dtype) if weighted else None
+        # The op reads class weights in the accumulation dtype (the front door converts them).
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        w = torch.rand(5, dtype=acc) if weighted else None
         torch.library.opcheck(pixel_cross_entropy_op, (x, t, w, -100, reduction, eps, "cpu"))
         loss, lse, wsum = pixel_cross_entropy_op(x, t, w, -100, reduction, eps, "cpu")
         g = torch.randn_like(loss)
         args = (g, x.detach(), t, w, lse, wsum, -100, reduction, eps, "cpu")
         torch.library.opcheck(pixel_cross_entropy_backward, args)
+        # The C++ kernel ops themselves: schema and fake kernel.
+        checks = ("test_schema", "test_faketensor")
+        fwd_args = (x.detach(), t, w, -100, reduction, eps)
+        torch.library.opcheck(
+            torch.ops.fcn_fast.pixel_cross_entropy_fwd, fwd_args, test_utils=checks
+        )
+        torch.library.opcheck(
+            torch.ops.fcn_fast.pixel_cross_entropy_bwd, args[:-1], test_utils=checks
+        )
 
 
 def test_gradcheck_fp64():
@@ -415,3 +426,19 @@ def test_module_matches_nn_cross_entropy(backend):
         legacy = PixelCrossEntropyLoss(None, None, 255, False, backend=backend)
     assert legacy.reduction == "none" and legacy(logits, target).shape == target.shape
     assert "backend" in repr(ours)
+
+
+def test_weight_layout_and_dtype(backend, device):
+    """A non-contiguous weight, and fp32 weights with bf16 logits (a loss module's buffer
+    under autocast): read at full precision, as F.cross_entropy does under autocast."""
+    logits = torch.randn(2, 5, 7, device=device)
+    target = torch.randint(0, 5, (2, 7), device=device)
+    weight = (torch.rand(10, dtype=torch.float64, device=device) + 0.1)[::2]
+    expected = F.cross_entropy(logits.double(), target, weight, label_smoothing=0.1)
+    got = pixel_cross_entropy(logits.double(), target, weight, label_smoothing=0.1, backend=backend)
+    torch.testing.assert_close(got, expected)
+    low = logits.bfloat16()
+    expected = F.cross_entropy(low.double(), target, weight.float().double(), label_smoothing=0.1)
+    got = pixel_cross_entropy(low, target, weight.float(), label_smoothing=0.1, backend=backend)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=1e-2)

@@ -266,8 +266,9 @@ void check_args(const at::Tensor& logits, const at::Tensor& target,
     TORCH_CHECK(weight->dim() == 1 && weight->size(0) == logits.size(1),
                 "pixel_cross_entropy: weight must be (C,) = (", logits.size(1), ",), got ",
                 weight->sizes());
-    TORCH_CHECK(weight->scalar_type() == logits.scalar_type(),
-                "pixel_cross_entropy: weight dtype must be the logits dtype");
+    TORCH_CHECK(
+        weight->scalar_type() == (logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
+        "pixel_cross_entropy: weight must be float32 (float64 for float64 logits)");
   }
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "pixel_cross_entropy: bad reduction code ",
               reduction);

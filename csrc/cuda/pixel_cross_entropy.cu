@@ -35,14 +35,14 @@ __device__ acc_t block_sum(acc_t v, acc_t* shared) {
 }
 
 // workspace[0] = sum_c w[c] (C without weights), in a fixed order.
-template <typename scalar_t, typename acc_t>
-__global__ void weight_total_kernel(const scalar_t* weight, int64_t C, acc_t* out) {
+template <typename acc_t>
+__global__ void weight_total_kernel(const acc_t* weight, int64_t C, acc_t* out) {
   __shared__ acc_t shared[kThreads / 32];
   acc_t v = acc_t(0);
   if (weight == nullptr) {
     v = threadIdx.x == 0 ? static_cast<acc_t>(C) : acc_t(0);
   } else {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) v += to_acc(weight[c]);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) v += weight[c];
   }
   v = block_sum(v, shared);
   if (threadIdx.x == 0) out[0] = v;
@@ -51,7 +51,7 @@ __global__ void weight_total_kernel(const scalar_t* weight, int64_t C, acc_t* ou
 template <typename scalar_t, typename acc_t, bool kSmooth>
 __global__ void __launch_bounds__(kThreads)
     pce_forward_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
-                       const scalar_t* __restrict__ weight, scalar_t* __restrict__ loss_none,
+                       const acc_t* __restrict__ weight, scalar_t* __restrict__ loss_none,
                        acc_t* __restrict__ lse, acc_t* __restrict__ partials,
                        const acc_t* __restrict__ wtotal_ptr, int* __restrict__ error_flag,
                        PceGeometry g, int64_t ignore_index, acc_t eps, acc_t eps_over_c) {
@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads)
     OnlineLse<acc_t> st;
 #pragma unroll 4
     for (int64_t c = 0; c < g.C; ++c) {
-      const acc_t wc = (kSmooth && weight != nullptr) ? to_acc(weight[c]) : acc_t(1);
+      const acc_t wc = (kSmooth && weight != nullptr) ? weight[c] : acc_t(1);
       st.add(to_acc(px[c * g.sC]), wc, kSmooth);
     }
     const acc_t logs = fcn_log(st.s);
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads)
       if (tv < 0 || tv >= g.C) {
         *error_flag = 1;  // every writer stores the same value: no atomic needed
       } else {
-        const acc_t wt = weight == nullptr ? acc_t(1) : to_acc(weight[tv]);
+        const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
         const acc_t xt_m = shifted_logit(to_acc(px[tv * g.sC]), st.m);
         value = pixel_loss(logs, xt_m, wt, kSmooth ? st.swx : acc_t(0), wtotal, eps, eps_over_c);
         sum_loss += value;
@@ -117,7 +117,7 @@ template <typename scalar_t, typename acc_t, bool kSmooth>
 __global__ void __launch_bounds__(kThreads)
     pce_backward_kernel(const scalar_t* __restrict__ grad, int64_t gN, int64_t gS,
                         const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
-                        const scalar_t* __restrict__ weight, const acc_t* __restrict__ lse,
+                        const acc_t* __restrict__ weight, const acc_t* __restrict__ lse,
                         const acc_t* __restrict__ weight_sum, const acc_t* __restrict__ wtotal_ptr,
                         scalar_t* __restrict__ out, int64_t oN, int64_t oC, int64_t oS,
                         PceGeometry g, int64_t ignore_index, int64_t reduction, acc_t eps,
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
         scale = to_acc(grad[0]);
         if (reduction == kReductionMean) scale /= weight_sum[0];
       }
-      const acc_t wt = weight == nullptr ? acc_t(1) : to_acc(weight[tv]);
+      const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
       coef = grad_coef(scale, wt, wtotal, eps, eps_over_c);
     }
     const acc_t l = lse[n * g.S + s];
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 4
     for (int64_t c = 0; c < g.C; ++c) {
       const acc_t p = fcn_exp(shifted_logit(to_acc(px[c * g.sC]), l));
-      const acc_t wc = (kSmooth && weight != nullptr) ? to_acc(weight[c]) : acc_t(1);
+      const acc_t wc = (kSmooth && weight != nullptr) ? weight[c] : acc_t(1);
       po[c * oC] = from_acc<scalar_t>(grad_element(p, coef, wc, c == tv));
     }
   }
@@ -159,13 +159,13 @@ dim3 pixel_grid(const PceGeometry& g) {
 }
 
 template <typename scalar_t, typename acc_t>
-cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const scalar_t* weight,
+cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t* weight,
                           scalar_t* loss, acc_t* lse, acc_t* weight_sum, acc_t* workspace,
                           int* error_flag, const PceGeometry& g, int64_t ignore_index,
                           int64_t reduction, double label_smoothing, cudaStream_t stream) {
   acc_t* wtotal = workspace;
   acc_t* partials = workspace + 1;
-  weight_total_kernel<scalar_t, acc_t><<<1, kThreads, 0, stream>>>(weight, g.C, wtotal);
+  weight_total_kernel<acc_t><<<1, kThreads, 0, stream>>>(weight, g.C, wtotal);
   const dim3 grid = pixel_grid(g);
   const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y;
   const acc_t eps = static_cast<acc_t>(label_smoothing);
@@ -189,11 +189,11 @@ cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const scalar
 
 template <typename scalar_t, typename acc_t>
 cudaError_t backward_typed(const scalar_t* grad, int64_t gN, int64_t gS, const scalar_t* x,
-                           const int64_t* target, const scalar_t* weight, const acc_t* lse,
+                           const int64_t* target, const acc_t* weight, const acc_t* lse,
                            const acc_t* weight_sum, scalar_t* out, int64_t oN, int64_t oC,
                            int64_t oS, acc_t* workspace, const PceGeometry& g, int64_t ignore_index,
                            int64_t reduction, double label_smoothing, cudaStream_t stream) {
-  weight_total_kernel<scalar_t, acc_t><<<1, kThreads, 0, stream>>>(weight, g.C, workspace);
+  weight_total_kernel<acc_t><<<1, kThreads, 0, stream>>>(weight, g.C, workspace);
   const dim3 grid = pixel_grid(g);
   if (static_cast<int64_t>(grid.x) * grid.y == 0) return cudaGetLastError();
   const acc_t eps = static_cast<acc_t>(label_smoothing);
@@ -224,7 +224,7 @@ cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, 
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    return forward_typed<T, A>(static_cast<const T*>(logits), target, static_cast<const T*>(weight),
+    return forward_typed<T, A>(static_cast<const T*>(logits), target, static_cast<const A*>(weight),
                                static_cast<T*>(loss), static_cast<A*>(lse),
                                static_cast<A*>(weight_sum), static_cast<A*>(workspace), error_flag,
                                g, ignore_index, reduction, label_smoothing, stream);
@@ -240,7 +240,7 @@ cudaError_t pce_backward(DType dtype, const void* grad, int64_t gN, int64_t gS, 
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     return backward_typed<T, A>(static_cast<const T*>(grad), gN, gS, static_cast<const T*>(logits),
-                                target, static_cast<const T*>(weight), static_cast<const A*>(lse),
+                                target, static_cast<const A*>(weight), static_cast<const A*>(lse),
                                 static_cast<const A*>(weight_sum), static_cast<T*>(grad_logits), oN,
                                 oC, oS, static_cast<A*>(workspace), g, ignore_index, reduction,
                                 label_smoothing, stream);

@@ -31,10 +31,10 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& target,
       target.dim() == 2 && target.size(0) == logits.size(0) && target.size(1) == logits.size(2),
       "pixel_cross_entropy: target must be (N, S), got ", target.sizes());
   if (weight.has_value()) {
-    TORCH_CHECK(weight->device() == logits.device() &&
-                    weight->scalar_type() == logits.scalar_type() && weight->dim() == 1 &&
-                    weight->size(0) == logits.size(1),
-                "pixel_cross_entropy: weight must be (C,) with the logits device and dtype");
+    TORCH_CHECK(weight->device() == logits.device() && weight->scalar_type() == acc_type(logits) &&
+                    weight->dim() == 1 && weight->size(0) == logits.size(1),
+                "pixel_cross_entropy: weight must be (C,) on the logits device, float32 "
+                "(float64 for float64 logits)");
   }
   TORCH_CHECK(reduction >= 0 && reduction <= 2, "pixel_cross_entropy: bad reduction code");
   TORCH_CHECK(eps >= 0.0 && eps <= 1.0, "pixel_cross_entropy: label_smoothing must be in [0, 1]");

@@ -15,7 +15,8 @@ inline void check_resample_skip_fwd_args(const at::Tensor& x, const std::optiona
                                          int64_t skip_x) {
   check_plane_tensor(x, "x");
   TORCH_CHECK(out_h >= 0 && out_w >= 0, "fcn_fast: negative output size");
-  TORCH_CHECK(x.numel() == 0 || (x.size(2) > 0 && x.size(3) > 0),
+  // An empty input plane has nothing to sample: only an empty output is defined.
+  TORCH_CHECK((x.size(2) > 0 && x.size(3) > 0) || x.size(0) * x.size(1) * out_h * out_w == 0,
               "fcn_fast: x has an empty spatial axis");
   if (!skip.has_value()) return;
   check_plane_tensor(*skip, "skip");

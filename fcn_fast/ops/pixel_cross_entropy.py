@@ -67,12 +67,16 @@ def pixel_cross_entropy_op(
     )
 
 
-@pixel_cross_entropy_op.register_fake
-def _(logits, target, weight, ignore_index, reduction, label_smoothing, backend):
+def _fake_forward(logits, reduction):
     n, s = logits.shape[0], logits.shape[2]
     acc = _acc_dtype(logits.dtype)
     loss = logits.new_empty((n, s) if reduction == 0 else ())
     return loss, logits.new_empty((n, s), dtype=acc), logits.new_empty((), dtype=acc)
+
+
+@pixel_cross_entropy_op.register_fake
+def _(logits, target, weight, ignore_index, reduction, label_smoothing, backend):
+    return _fake_forward(logits, reduction)
 
 
 @torch.library.custom_op("fcn_fast::pixel_cross_entropy_backward", mutates_args=())
@@ -99,6 +103,18 @@ def _(
     grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing, backend
 ):
     return torch.empty_like(logits)
+
+
+if _backend.extension_loaded():
+    # The C++ kernel ops are called only inside the custom ops above, but get fake
+    # kernels too so that they can be traced and opchecked on their own.
+    @torch.library.register_fake("fcn_fast::pixel_cross_entropy_fwd")
+    def _(logits, target, weight, ignore_index, reduction, label_smoothing):
+        return _fake_forward(logits, reduction)
+
+    @torch.library.register_fake("fcn_fast::pixel_cross_entropy_bwd")
+    def _(grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing):
+        return torch.empty_like(logits)
 
 
 def _setup_context(ctx, inputs, output):
@@ -163,10 +179,8 @@ def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
                 f"{op}: weight must be a 1-D tensor of C = {c} class weights, "
                 f"got shape {tuple(weight.shape)}"
             )
-        if weight.dtype != logits.dtype:
-            raise TypeError(
-                f"{op}: weight must have the logits dtype {logits.dtype}, got {weight.dtype}"
-            )
+        if not weight.is_floating_point():
+            raise TypeError(f"{op}: weight must be a floating-point tensor, got {weight.dtype}")
         if weight.device != logits.device:
             raise ValueError(
                 f"{op}: weight is on {weight.device} but logits is on {logits.device}; "
@@ -203,6 +217,12 @@ def pixel_cross_entropy(
     _check(logits, target, weight, ignore_index, reduction, label_smoothing)
     name = _backend.resolve_backend(backend, _OP, logits.device)
     if name == "reference":
+        if (
+            weight is not None
+            and weight.dtype != logits.dtype
+            and not torch.is_autocast_enabled(logits.device.type)
+        ):
+            weight = weight.to(logits.dtype)  # F.cross_entropy wants them equal
         return pixel_cross_entropy_reference(
             logits, target, weight, ignore_index, reduction, float(label_smoothing)
         )
@@ -216,6 +236,10 @@ def pixel_cross_entropy(
         n, c = logits.shape[:2]
         s = math.prod(logits.shape[2:])
         x3, t2 = logits.reshape(n, c, s), target.reshape(n, s)  # a view for NCHW/NHWC
+    if weight is not None:
+        # Class weights are read in the accumulation dtype whatever their own: fp32 weights
+        # with bf16 logits (a loss module's buffer under autocast) keep their precision.
+        weight = weight.to(_acc_dtype(logits.dtype)).contiguous()
     loss, _, _ = pixel_cross_entropy_op(
         x3, t2, weight, ignore_index, _REDUCTIONS[reduction], float(label_smoothing), name
     )

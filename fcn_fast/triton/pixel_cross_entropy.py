@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fcn_fast.triton._launch import device_guard
+
 
 @triton.jit
 def _fwd_kernel(
@@ -41,8 +43,11 @@ def _fwd_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid_s = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    # One grid axis (axis 1 is limited to 65535 programs, too few for large N).
+    pid = tl.program_id(0).to(tl.int64)
+    tiles_s = tl.cdiv(S, BLOCK_P)
+    n = pid // tiles_s
+    pid_s = pid % tiles_s
     acc_ty = lse_ptr.dtype.element_ty
     wtotal = tl.load(wtotal_ptr)
     offs_s = pid_s * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -92,7 +97,7 @@ def _fwd_kernel(
     loss = tl.where(valid, loss, 0.0)
     if STORE_LOSS:
         tl.store(loss_ptr + n * S + offs_s, loss.to(loss_ptr.dtype.element_ty), mask=mask_s)
-    part = n * tl.num_programs(0) + pid_s
+    part = pid
     tl.store(part_ptr + 2 * part, tl.sum(loss, axis=0))
     tl.store(part_ptr + 2 * part + 1, tl.sum(wt, axis=0))
 
@@ -143,8 +148,11 @@ def _bwd_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid_s = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    # One grid axis (axis 1 is limited to 65535 programs, too few for large N).
+    pid = tl.program_id(0).to(tl.int64)
+    tiles_s = tl.cdiv(S, BLOCK_P)
+    n = pid // tiles_s
+    pid_s = pid % tiles_s
     acc_ty = lse_ptr.dtype.element_ty
     wtotal = tl.load(wtotal_ptr)
     offs_s = pid_s * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -201,14 +209,19 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def pixel_cross_entropy_fwd(logits, target, weight, ignore_index, reduction, label_smoothing):
     """(loss, lse, weight_sum) for logits (N, C, S), target (N, S); see the C++ schema."""
+    with device_guard(logits):
+        return _forward(logits, target, weight, ignore_index, reduction, label_smoothing)
+
+
+def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
     N, C, S = logits.shape
     acc = _acc_dtype(logits.dtype)
     device = logits.device
     BLOCK_P, BLOCK_C = _blocks(C, device)
-    grid = (triton.cdiv(S, BLOCK_P), N)
+    grid = (triton.cdiv(S, BLOCK_P) * N,)
     lse = torch.empty((N, S), dtype=acc, device=device)
     loss = torch.empty((N, S) if reduction == 0 else (), dtype=logits.dtype, device=device)
-    parts = torch.zeros((grid[0] * grid[1], 2), dtype=acc, device=device)
+    parts = torch.zeros((grid[0], 2), dtype=acc, device=device)
     err = torch.zeros(1, dtype=torch.int32, device=device)
     wtotal = _wtotal(weight, C, acc, device)
     if S > 0 and N > 0:
@@ -266,13 +279,22 @@ def pixel_cross_entropy_bwd(
     grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing
 ):
     """grad_logits from lse: grad * (softmax - onehot) with weight and smoothing."""
+    with device_guard(logits):
+        return _backward(
+            grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing
+        )
+
+
+def _backward(
+    grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing
+):
     N, C, S = logits.shape
     out = torch.empty_like(logits)
     if out.numel() == 0:
         return out
     acc = _acc_dtype(logits.dtype)
     BLOCK_P, BLOCK_C = _blocks(C, logits.device)
-    grid = (triton.cdiv(S, BLOCK_P), N)
+    grid = (triton.cdiv(S, BLOCK_P) * N,)
     gN, gS = grad.stride() if reduction == 0 else (0, 0)
     _bwd_kernel[grid](
         grad,

@@ -17,7 +17,6 @@ matrix: that one does span / (2 * factor) times more multiply-adds than there ar
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -26,6 +25,7 @@ import triton
 import triton.language as tl
 
 from fcn_fast.ops._checks import output_memory_format
+from fcn_fast.triton._launch import device_guard
 
 # Elements per program-wide 2-D tile (forward tile, backward [BJ, KX] window tile), and
 # warps per program: 8 keeps registers near 110 per thread for these tiles (ptxas, sm_90;
@@ -189,8 +189,8 @@ def _resample_skip_fwd_kernel(
     x10 = tl.load(base + row1 + col0, mask=m1y & ok0x[None, :], other=0.0).to(ACC)
     x01 = tl.load(base + row0 + col1, mask=m0y & ok1x[None, :], other=0.0).to(ACC)
     x11 = tl.load(base + row1 + col1, mask=m1y & ok1x[None, :], other=0.0).to(ACC)
-    # Vertical blend first, then horizontal: the C++ kernel's order.
-    v = w0x * (w0y * x00 + w1y * x10) + w1x * (w0y * x01 + w1y * x11)
+    # Horizontal blend first, then vertical: the order of the C++ and CUDA kernels.
+    v = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
     if HAS_SKIP:
         s_off = (
             n * ss_n + c * ss_c + ((oy + skip_y) * ss_h)[:, None] + ((ox + skip_x) * ss_w)[None, :]
@@ -342,11 +342,6 @@ def _check_plane_tensor(t, name: str) -> None:
         raise TypeError(f"fcn_fast triton: {name} must be floating point, got {t.dtype}")
 
 
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _fwd_blocks(out_h: int, out_w: int) -> tuple[int, int]:
     block_w = min(128, max(16, _pow2(out_w)))
     block_h = max(1, min(_pow2(out_h), _TILE // block_w))
@@ -395,7 +390,7 @@ def resample_skip_fwd(
     tiles_h, tiles_w = triton.cdiv(out_h, block_h), triton.cdiv(out_w, block_w)
     grid = (N * C * tiles_h * tiles_w,)
     skip_arg = skip if skip is not None else out
-    with _device_guard(x):
+    with device_guard(x):
         _resample_skip_fwd_kernel[grid](
             x,
             skip_arg,
@@ -481,7 +476,7 @@ def resample_skip_bwd(
     bi, bj, kx = _blocks or _bwd_blocks(N * C, in_h, in_w, win_w, scale_w, min_programs)
     tiles_i, tiles_j = triton.cdiv(in_h, bi), triton.cdiv(in_w, bj)
     grid = (N * C * tiles_i * tiles_j,)
-    with _device_guard(grad_out):
+    with device_guard(grad_out):
         _resample_skip_bwd_kernel[grid](
             grad_out,
             grad_x,
