@@ -442,3 +442,18 @@ def test_weight_layout_and_dtype(backend, device):
     got = pixel_cross_entropy(low, target, weight.float(), label_smoothing=0.1, backend=backend)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_autocast_returns_float32_like_pytorch(backend, device):
+    """Under autocast F.cross_entropy runs in float32 and returns float32: so does the fused loss,
+    reading the bf16 logits directly and rounding the fp32 result once."""
+    logits = torch.randn(2, 7, 5, 6, device=device).bfloat16()
+    target = torch.randint(0, 7, (2, 5, 6), device=device)
+    weight = torch.rand(7, device=device) + 0.1
+    for reduction in ("mean", "sum", "none"):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            expected = F.cross_entropy(logits, target, weight, reduction=reduction)
+            got = pixel_cross_entropy(logits, target, weight, reduction=reduction, backend=backend)
+        assert expected.dtype == got.dtype == torch.float32
+        tol = dict(rtol=1e-5, atol=1e-5) if reduction != "none" else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(got, expected, **tol)

@@ -330,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
   const at::ScalarType acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor lse = at::empty({g.N, g.S}, logits.options().dtype(acc_type));
   at::Tensor loss = reduction == kReductionNone ? at::empty({g.N, g.S}, logits.options())
-                                                : at::empty({}, logits.options());
+                                                : at::empty({}, logits.options().dtype(acc_type));
   at::Tensor weight_sum = at::empty({}, logits.options().dtype(acc_type));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(

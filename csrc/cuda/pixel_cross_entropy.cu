@@ -95,8 +95,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Adds the block partials in a fixed order; writes weight_sum and the mean/sum loss.
-template <typename scalar_t, typename acc_t>
-__global__ void pce_finish_kernel(const acc_t* partials, int64_t count, scalar_t* loss,
+template <typename acc_t>
+__global__ void pce_finish_kernel(const acc_t* partials, int64_t count, acc_t* loss,
                                   acc_t* weight_sum, int64_t reduction) {
   __shared__ acc_t shared[kThreads / 32];
   acc_t l = acc_t(0), w = acc_t(0);
@@ -108,8 +108,8 @@ __global__ void pce_finish_kernel(const acc_t* partials, int64_t count, scalar_t
   w = block_sum(w, shared);
   if (threadIdx.x == 0) {
     weight_sum[0] = w;
-    if (reduction == kReductionMean) loss[0] = from_acc<scalar_t>(l / w);  // 0/0: NaN
-    if (reduction == kReductionSum) loss[0] = from_acc<scalar_t>(l);
+    if (reduction == kReductionMean) loss[0] = l / w;  // 0/0: NaN
+    if (reduction == kReductionSum) loss[0] = l;
   }
 }
 
@@ -160,7 +160,7 @@ dim3 pixel_grid(const PceGeometry& g) {
 
 template <typename scalar_t, typename acc_t>
 cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t* weight,
-                          scalar_t* loss, acc_t* lse, acc_t* weight_sum, acc_t* workspace,
+                          void* loss, acc_t* lse, acc_t* weight_sum, acc_t* workspace,
                           int* error_flag, const PceGeometry& g, int64_t ignore_index,
                           int64_t reduction, double label_smoothing, cudaStream_t stream) {
   acc_t* wtotal = workspace;
@@ -170,7 +170,9 @@ cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t*
   const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y;
   const acc_t eps = static_cast<acc_t>(label_smoothing);
   const acc_t eps_over_c = eps / static_cast<acc_t>(g.C);
-  scalar_t* loss_none = reduction == kReductionNone ? loss : nullptr;
+  // loss: (N, S) of scalar_t for reduction none, else one acc_t.
+  scalar_t* loss_none = reduction == kReductionNone ? static_cast<scalar_t*>(loss) : nullptr;
+  acc_t* loss_reduced = reduction == kReductionNone ? nullptr : static_cast<acc_t*>(loss);
   if (blocks > 0) {
     if (label_smoothing > 0.0) {
       pce_forward_kernel<scalar_t, acc_t, true>
@@ -182,8 +184,8 @@ cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t*
                                           error_flag, g, ignore_index, eps, eps_over_c);
     }
   }
-  pce_finish_kernel<scalar_t, acc_t>
-      <<<1, kThreads, 0, stream>>>(partials, blocks, loss, weight_sum, reduction);
+  pce_finish_kernel<acc_t>
+      <<<1, kThreads, 0, stream>>>(partials, blocks, loss_reduced, weight_sum, reduction);
   return cudaGetLastError();
 }
 
@@ -225,7 +227,7 @@ cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, 
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     return forward_typed<T, A>(static_cast<const T*>(logits), target, static_cast<const A*>(weight),
-                               static_cast<T*>(loss), static_cast<A*>(lse),
+                               loss, static_cast<A*>(lse),
                                static_cast<A*>(weight_sum), static_cast<A*>(workspace), error_flag,
                                g, ignore_index, reduction, label_smoothing, stream);
   });

@@ -7,9 +7,11 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
-  // -> (loss, lse, weight_sum): loss is (N, S) for none, else 0-dim, in the logits dtype;
-  // lse (N, S) float32 (float64 for float64 logits) is all backward keeps; weight_sum
-  // (0-dim, lse dtype) = sum of w[target] over non-ignored pixels, the mean's divisor.
+  // -> (loss, lse, weight_sum): loss is (N, S) in the logits dtype for none, else 0-dim in
+  // the accumulation dtype, float32 (float64 for float64 logits), rounded once by the
+  // caller to the dtype PyTorch would return; lse (N, S, accumulation dtype) is all
+  // backward keeps; weight_sum (0-dim, accumulation dtype) = sum of w[target] over
+  // non-ignored pixels, the mean's divisor. weight (C,) is in the accumulation dtype.
   m.def(
       "pixel_cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
       "int reduction, float label_smoothing) -> (Tensor, Tensor, Tensor)");

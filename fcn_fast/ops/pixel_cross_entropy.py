@@ -29,6 +29,7 @@ from fcn_fast.reference.pixel_cross_entropy import pixel_cross_entropy_reference
 
 _OP = "pixel_cross_entropy"
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -70,7 +71,7 @@ def pixel_cross_entropy_op(
 def _fake_forward(logits, reduction):
     n, s = logits.shape[0], logits.shape[2]
     acc = _acc_dtype(logits.dtype)
-    loss = logits.new_empty((n, s) if reduction == 0 else ())
+    loss = logits.new_empty((n, s)) if reduction == 0 else logits.new_empty((), dtype=acc)
     return loss, logits.new_empty((n, s), dtype=acc), logits.new_empty((), dtype=acc)
 
 
@@ -212,7 +213,8 @@ def pixel_cross_entropy(
     strides (channels_last included); target: int64 class indices shaped like logits
     without the class dimension. The weighted mean is sum w[t] * loss / sum w[t] over
     non-ignored elements; `mean` is NaN when every element is ignored (as PyTorch).
-    The result has the logits dtype; arithmetic is float32 (float64 for float64).
+    The result has the logits dtype (float32 under autocast, as F.cross_entropy); arithmetic
+    is float32 (float64 for float64).
     """
     _check(logits, target, weight, ignore_index, reduction, label_smoothing)
     name = _backend.resolve_backend(backend, _OP, logits.device)
@@ -243,4 +245,9 @@ def pixel_cross_entropy(
     loss, _, _ = pixel_cross_entropy_op(
         x3, t2, weight, ignore_index, _REDUCTIONS[reduction], float(label_smoothing), name
     )
+    # PyTorch's dtype: the logits', or float32 under autocast (its fp32 policy for the loss).
+    # A reduced loss comes out of the kernels in the accumulation dtype and is rounded once.
+    autocast = torch.is_autocast_enabled(logits.device.type)
+    out_dtype = torch.float32 if autocast and logits.dtype in _LOW_PRECISION else logits.dtype
+    loss = loss.to(out_dtype)
     return loss.reshape(target.shape) if reduction == "none" else loss

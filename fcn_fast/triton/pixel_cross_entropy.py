@@ -251,9 +251,9 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
     _sum_partials_kernel[(1,)](parts, sums, parts.shape[0], BLOCK=256)
     _check_targets(err, C, ignore_index)
     if reduction == 1:
-        loss = (sums[0] / sums[1]).to(logits.dtype)  # 0 / 0 = NaN when all are ignored
+        loss = sums[0] / sums[1]  # 0 / 0 = NaN when all are ignored
     elif reduction == 2:
-        loss = sums[0].to(logits.dtype)
+        loss = sums[0].clone()
     return loss, lse, sums[1].clone()
 
 
