@@ -159,10 +159,10 @@ dim3 pixel_grid(const PceGeometry& g) {
 }
 
 template <typename scalar_t, typename acc_t>
-cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t* weight,
-                          void* loss, acc_t* lse, acc_t* weight_sum, acc_t* workspace,
-                          int* error_flag, const PceGeometry& g, int64_t ignore_index,
-                          int64_t reduction, double label_smoothing, cudaStream_t stream) {
+cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t* weight, void* loss,
+                          acc_t* lse, acc_t* weight_sum, acc_t* workspace, int* error_flag,
+                          const PceGeometry& g, int64_t ignore_index, int64_t reduction,
+                          double label_smoothing, cudaStream_t stream) {
   acc_t* wtotal = workspace;
   acc_t* partials = workspace + 1;
   weight_total_kernel<acc_t><<<1, kThreads, 0, stream>>>(weight, g.C, wtotal);
@@ -227,9 +227,9 @@ cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, 
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     return forward_typed<T, A>(static_cast<const T*>(logits), target, static_cast<const A*>(weight),
-                               loss, static_cast<A*>(lse),
-                               static_cast<A*>(weight_sum), static_cast<A*>(workspace), error_flag,
-                               g, ignore_index, reduction, label_smoothing, stream);
+                               loss, static_cast<A*>(lse), static_cast<A*>(weight_sum),
+                               static_cast<A*>(workspace), error_flag, g, ignore_index, reduction,
+                               label_smoothing, stream);
   });
 }
 

@@ -23,8 +23,8 @@ int64_t pce_forward_workspace(const PceGeometry& g);
 
 // loss: (N, S) contiguous of the logits dtype for reduction 0 (none), else one element
 // of the accumulation type. lse: (N, S) contiguous, weight_sum: one element, both of
-// the accumulation type. weight: (C,) contiguous of the accumulation type, or nullptr. error_flag: one int,
-// zeroed by the caller; set to 1 when a target is outside [0, C) and not ignore_index.
+// the accumulation type. weight: (C,) contiguous of the accumulation type, or nullptr. error_flag:
+// one int, zeroed by the caller; set to 1 when a target is outside [0, C) and not ignore_index.
 cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
                         void* loss, void* lse, void* weight_sum, void* workspace, int* error_flag,
                         PceGeometry g, int64_t ignore_index, int64_t reduction,

@@ -53,8 +53,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cuda(
   const PceGeometry g = geometry(logits, target);
   const auto acc = logits.options().dtype(acc_type(logits));
   at::Tensor lse = at::empty({g.N, g.S}, acc);
-  at::Tensor loss = reduction == kReductionNone ? at::empty({g.N, g.S}, logits.options())
-                                                : at::empty({}, acc);
+  at::Tensor loss =
+      reduction == kReductionNone ? at::empty({g.N, g.S}, logits.options()) : at::empty({}, acc);
   at::Tensor weight_sum = at::empty({}, acc);
   at::Tensor workspace = at::empty({cuda::pce_forward_workspace(g)}, acc);
   at::Tensor error_flag = at::zeros({1}, logits.options().dtype(at::kInt));

@@ -3,8 +3,8 @@
 //
 // Forward: one thread per output element, blocks of 32 x 8 over (X, Y), planes
 // on grid z: no integer division per element, coalesced along X for NCHW.
-// Backward: one thread per input element gathers its window of grad_out, so
-// there are no atomics and the result is bitwise deterministic.
+// Backward: two gathers, vertical then horizontal, through an fp32 workspace
+// 1/factor the size of grad_out: no atomics, bitwise deterministic.
 #include "common.cuh"
 #include "fcn_fast/resample_skip_math.h"
 #include "resample_skip.cuh"
@@ -53,14 +53,14 @@ __global__ void resample_skip_fwd_kernel(ResampleGeometry g, const T* __restrict
   }
 }
 
-template <typename T>
-__global__ void resample_skip_bwd_kernel(ResampleGeometry g, const T* __restrict__ grad,
-                                         Strides4 gs, T* __restrict__ grad_x) {
-  using acc_t = typename Acc<T>::type;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x;
-  if (j >= g.in_w) return;
-  const int64_t x_first = resample_first_output(j, g.scale_w, g.bias_w);
-  const int64_t x_end = min(x_first + resample_window(g.scale_w, g.out_w), g.out_w);
+// Backward, pass 1 (vertical adjoint): vsum[plane, i, X] = sum over the outputs Y that
+// read input row i of weight(Y, i) * grad_out[plane, Y, X]. One thread per (i, X):
+// coalesced along X; grad_out rows are shared by neighbouring i through L2.
+template <typename T, typename acc_t>
+__global__ void resample_bwd_rows_kernel(ResampleGeometry g, const T* __restrict__ grad,
+                                         Strides4 gs, acc_t* __restrict__ vsum) {
+  const int64_t X = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x;
+  if (X >= g.out_w) return;
   const int64_t y_window = resample_window(g.scale_h, g.out_h);
   const int64_t planes = g.N * g.C;
   for (int64_t i = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; i < g.in_h;
@@ -68,18 +68,36 @@ __global__ void resample_skip_bwd_kernel(ResampleGeometry g, const T* __restrict
     const int64_t y_first = resample_first_output(i, g.scale_h, g.bias_h);
     const int64_t y_end = min(y_first + y_window, g.out_h);
     for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
-      const T* gp = grad + (plane / g.C) * gs.n + (plane % g.C) * gs.c;
+      const T* column = grad + (plane / g.C) * gs.n + (plane % g.C) * gs.c + X * gs.w;
       acc_t acc = acc_t(0);
       for (int64_t Y = y_first; Y < y_end; ++Y) {
-        const acc_t wy = resample_weight<acc_t>(Y, i, g.scale_h, g.bias_h, g.in_h, g.clamp);
-        if (wy == acc_t(0)) continue;  // the guard rows of the window
-        const T* row = gp + Y * gs.h;
-        acc_t row_sum = acc_t(0);
-        for (int64_t X = x_first; X < x_end; ++X) {
-          const acc_t wx = resample_weight<acc_t>(X, j, g.scale_w, g.bias_w, g.in_w, g.clamp);
-          if (wx != acc_t(0)) row_sum += wx * to_acc(row[X * gs.w]);
-        }
-        acc += wy * row_sum;
+        const acc_t w = resample_weight<acc_t>(Y, i, g.scale_h, g.bias_h, g.in_h, g.clamp);
+        if (w != acc_t(0)) acc += w * to_acc(column[Y * gs.h]);
+      }
+      vsum[(plane * g.in_h + i) * g.out_w + X] = acc;
+    }
+  }
+}
+
+// Backward, pass 2 (horizontal adjoint): grad_x[plane, i, j] = sum over the outputs X
+// that read input column j of weight(X, j) * vsum[plane, i, X]. Both passes gather in a
+// fixed order: no atomics, bitwise deterministic, the summation order of the CPU kernel.
+template <typename T, typename acc_t>
+__global__ void resample_bwd_cols_kernel(ResampleGeometry g, const acc_t* __restrict__ vsum,
+                                         T* __restrict__ grad_x) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x;
+  if (j >= g.in_w) return;
+  const int64_t x_first = resample_first_output(j, g.scale_w, g.bias_w);
+  const int64_t x_end = min(x_first + resample_window(g.scale_w, g.out_w), g.out_w);
+  const int64_t planes = g.N * g.C;
+  for (int64_t i = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; i < g.in_h;
+       i += static_cast<int64_t>(gridDim.y) * kBlockY) {
+    for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
+      const acc_t* row = vsum + (plane * g.in_h + i) * g.out_w;
+      acc_t acc = acc_t(0);
+      for (int64_t X = x_first; X < x_end; ++X) {
+        const acc_t w = resample_weight<acc_t>(X, j, g.scale_w, g.bias_w, g.in_w, g.clamp);
+        if (w != acc_t(0)) acc += w * row[X];
       }
       grad_x[(plane * g.in_h + i) * g.in_w + j] = from_acc<T>(acc);
     }
@@ -108,14 +126,24 @@ cudaError_t launch_resample_skip_fwd(DType dtype, const ResampleGeometry& g, con
   });
 }
 
+int64_t resample_skip_bwd_workspace(const ResampleGeometry& g) {
+  return g.N * g.C * g.in_h * g.out_w;
+}
+
 cudaError_t launch_resample_skip_bwd(DType dtype, const ResampleGeometry& g, const void* grad_out,
-                                     Strides4 grad_out_strides, void* grad_x, cudaStream_t stream) {
+                                     Strides4 grad_out_strides, void* grad_x, void* workspace,
+                                     cudaStream_t stream) {
   if (g.N * g.C * g.in_h * g.in_w == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    resample_skip_bwd_kernel<T>
+    using acc_t = typename Acc<T>::type;
+    acc_t* vsum = static_cast<acc_t*>(workspace);
+    resample_bwd_rows_kernel<T, acc_t>
+        <<<plane_grid(g.out_w, g.in_h, g.N * g.C), dim3(kBlockX, kBlockY), 0, stream>>>(
+            g, static_cast<const T*>(grad_out), grad_out_strides, vsum);
+    resample_bwd_cols_kernel<T, acc_t>
         <<<plane_grid(g.in_w, g.in_h, g.N * g.C), dim3(kBlockX, kBlockY), 0, stream>>>(
-            g, static_cast<const T*>(grad_out), grad_out_strides, static_cast<T*>(grad_x));
+            g, vsum, static_cast<T*>(grad_x));
     return cudaGetLastError();
   });
 }

@@ -21,8 +21,13 @@ cudaError_t launch_resample_skip_fwd(DType dtype, const ResampleGeometry& g, con
                                      int64_t skip_y, int64_t skip_x, void* out,
                                      Strides4 out_strides, cudaStream_t stream);
 
+// Elements of the accumulation type (float; double for Float64) the backward needs
+// as workspace: the vertically reduced grad_out, (N, C, in_h, out_w).
+int64_t resample_skip_bwd_workspace(const ResampleGeometry& g);
+
 // grad_x (contiguous N, C, in_h, in_w) = adjoint of the resampler applied to grad_out.
 cudaError_t launch_resample_skip_bwd(DType dtype, const ResampleGeometry& g, const void* grad_out,
-                                     Strides4 grad_out_strides, void* grad_x, cudaStream_t stream);
+                                     Strides4 grad_out_strides, void* grad_x, void* workspace,
+                                     cudaStream_t stream);
 
 }  // namespace fcn_fast

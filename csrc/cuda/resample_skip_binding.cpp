@@ -50,9 +50,12 @@ at::Tensor resample_skip_bwd_cuda(const at::Tensor& grad_out, int64_t in_h, int6
       geometry(grad_out.size(0), grad_out.size(1), in_h, in_w, grad_out.size(2), grad_out.size(3),
                scale_h, bias_h, scale_w, bias_w, clamp);
   if (grad_out.size(2) == 0 || grad_out.size(3) == 0) return grad_x.zero_();
-  check_cuda(launch_resample_skip_bwd(cuda_dtype(grad_out), g, grad_out.const_data_ptr(),
-                                      strides4(grad_out), grad_x.mutable_data_ptr(),
-                                      c10::cuda::getCurrentCUDAStream()));
+  const at::Tensor workspace = at::empty(
+      {resample_skip_bwd_workspace(g)},
+      grad_out.options().dtype(grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  check_cuda(launch_resample_skip_bwd(
+      cuda_dtype(grad_out), g, grad_out.const_data_ptr(), strides4(grad_out),
+      grad_x.mutable_data_ptr(), workspace.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return grad_x;
 }
 
