@@ -14,13 +14,14 @@ from conftest import backend_device
 from fcn_fast.reference.resample_skip import bilinear_weight
 
 triton_rs = pytest.importorskip("fcn_fast.triton.resample_skip")
+split3 = pytest.importorskip("fcn_fast.triton._launch").split3
 
 
 @pytest.mark.parametrize(
     "v", [1 / 3, 1 / 29, 2 / 599, 2.5 / 3 - 1.0, 1 / 0.6, 0.5 / 0.6 - 0.5, -1e-3 / 7]
 )
 def test_split3_is_exact(v):
-    parts = triton_rs._split3(v)
+    parts = split3(v)
     assert all(float(np.float32(p)) == p for p in parts)  # each survives the fp32 argument
     assert float(np.float32(v)) != v  # a single float32 would not do
     hi, mid, lo = (np.float64(p) for p in parts)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fcn_fast.triton._launch import device_guard
+from fcn_fast.triton._launch import device_guard, f64, split3
 
 
 @triton.jit
@@ -34,8 +34,12 @@ def _fwd_kernel(
     tN,
     tS,
     ignore_index,
-    eps,
-    eps_over_c,
+    eps0,
+    eps1,
+    eps2,
+    epc0,
+    epc1,
+    epc2,
     wtotal_ptr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr,
@@ -50,6 +54,9 @@ def _fwd_kernel(
     pid_s = pid % tiles_s
     acc_ty = lse_ptr.dtype.element_ty
     wtotal = tl.load(wtotal_ptr)
+    # label_smoothing and label_smoothing / C, exact doubles (see split3).
+    eps = f64(eps0, eps1, eps2).to(acc_ty)
+    eps_over_c = f64(epc0, epc1, epc2).to(acc_ty)
     offs_s = pid_s * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_s = offs_s < S
     base = x_ptr + n * sN + offs_s.to(tl.int64) * sS
@@ -139,8 +146,12 @@ def _bwd_kernel(
     oC,
     oS,
     ignore_index,
-    eps,
-    eps_over_c,
+    eps0,
+    eps1,
+    eps2,
+    epc0,
+    epc1,
+    epc2,
     wtotal_ptr,
     REDUCTION: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -155,6 +166,9 @@ def _bwd_kernel(
     pid_s = pid % tiles_s
     acc_ty = lse_ptr.dtype.element_ty
     wtotal = tl.load(wtotal_ptr)
+    # label_smoothing and label_smoothing / C, exact doubles (see split3).
+    eps = f64(eps0, eps1, eps2).to(acc_ty)
+    eps_over_c = f64(epc0, epc1, epc2).to(acc_ty)
     offs_s = pid_s * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_s = offs_s < S
     offs_s64 = offs_s.to(tl.int64)
@@ -238,8 +252,8 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
             *logits.stride(),
             *target.stride(),
             ignore_index,
-            label_smoothing,
-            label_smoothing / C,
+            *split3(label_smoothing),
+            *split3(label_smoothing / C),
             wtotal,
             HAS_WEIGHT=weight is not None,
             SMOOTH=label_smoothing > 0,
@@ -312,8 +326,8 @@ def _backward(
         gS,
         *out.stride(),
         ignore_index,
-        label_smoothing,
-        label_smoothing / C,
+        *split3(label_smoothing),
+        *split3(label_smoothing / C),
         _wtotal(weight, C, acc, logits.device),
         REDUCTION=reduction,
         HAS_WEIGHT=weight is not None,

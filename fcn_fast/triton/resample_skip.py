@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from fcn_fast.ops._checks import output_memory_format
-from fcn_fast.triton._launch import device_guard
+from fcn_fast.triton._launch import device_guard, f64, split3
 
 # Elements per program-wide 2-D tile (forward tile, backward [BJ, KX] window tile), and
 # warps per program: 8 keeps registers near 110 per thread for these tiles (ptxas, sm_90;
@@ -35,22 +34,6 @@ _NUM_WARPS = 8
 # Widest column window handled in one gather; wider windows (factors > ~60, or
 # align_corners onto a huge output) loop over chunks of this many outputs.
 _MAX_KX = 256
-
-
-def _split3(v: float) -> tuple[float, float, float]:
-    """Three float32 values whose float64 sum is exactly v.
-
-    Triton passes Python float scalars to kernels as float32, which would round
-    scale and bias to 24 bits; s = Y * scale + bias would then be off by ~1e-5 at
-    Y ~ 200 and taps would differ from the C++ kernels. hi = f32(v) leaves a residual
-    v - hi that is exact in float64 and has <= 29 significant bits; mid = f32(of that)
-    leaves <= 5 bits, which lo holds exactly. So hi + mid + lo == v (each partial sum
-    is exact), for |v| within float32's normal range, which covers every scale/bias.
-    """
-    hi = float(np.float32(v))
-    mid = float(np.float32(v - hi))
-    lo = float(np.float32(v - hi - mid))
-    return hi, mid, lo
 
 
 def _pow2(n: int) -> int:
@@ -64,13 +47,6 @@ def _window(scale: float, out_size: int) -> int:
         return out_size
     w = math.floor(2.0 / scale) + 4.0
     return int(w) if w < out_size else out_size
-
-
-@triton.jit
-def _f64(hi, mid, lo):
-    # Rebuild the double that _split3 split; each addition is exact. tl.cast, not .to:
-    # the interpreter may hand float arguments over as Python floats.
-    return tl.cast(hi, tl.float64) + tl.cast(mid, tl.float64) + tl.cast(lo, tl.float64)
 
 
 @triton.jit
@@ -169,8 +145,8 @@ def _resample_skip_fwd_kernel(
     in_y = oy < out_h
     in_x = ox < out_w
 
-    i0y, i1y, w0y, w1y, ok0y, ok1y = _tap(oy, _f64(sh0, sh1, sh2), _f64(bh0, bh1, bh2), in_h, CLAMP)
-    i0x, i1x, w0x, w1x, ok0x, ok1x = _tap(ox, _f64(sw0, sw1, sw2), _f64(bw0, bw1, bw2), in_w, CLAMP)
+    i0y, i1y, w0y, w1y, ok0y, ok1y = _tap(oy, f64(sh0, sh1, sh2), f64(bh0, bh1, bh2), in_h, CLAMP)
+    i0x, i1x, w0x, w1x, ok0x, ok1x = _tap(ox, f64(sw0, sw1, sw2), f64(bw0, bw1, bw2), in_w, CLAMP)
     w0y = w0y.to(ACC)[:, None]
     w1y = w1y.to(ACC)[:, None]
     w0x = w0x.to(ACC)[None, :]
@@ -273,10 +249,10 @@ def _resample_skip_bwd_kernel(
     tj = tile - ti * tiles_j
     rows = ti * BI + tl.arange(0, BI)
     cols = tj * BJ + tl.arange(0, BJ)
-    scale_h = _f64(sh0, sh1, sh2)
-    bias_h = _f64(bh0, bh1, bh2)
-    scale_w = _f64(sw0, sw1, sw2)
-    bias_w = _f64(bw0, bw1, bw2)
+    scale_h = f64(sh0, sh1, sh2)
+    bias_h = f64(bh0, bh1, bh2)
+    scale_w = f64(sw0, sw1, sw2)
+    bias_w = f64(bw0, bw1, bw2)
 
     # Rows: input row i is read by outputs [row_first[i], row_end[i]) (C++ first/count).
     row_first = tl.minimum(_first_output(rows, scale_h, bias_h), out_h)
@@ -407,10 +383,10 @@ def resample_skip_fwd(
             *out.stride(),
             skip_y,
             skip_x,
-            *_split3(scale_h),
-            *_split3(bias_h),
-            *_split3(scale_w),
-            *_split3(bias_w),
+            *split3(scale_h),
+            *split3(bias_h),
+            *split3(scale_w),
+            *split3(bias_w),
             CLAMP=bool(clamp),
             HAS_SKIP=skip is not None,
             ACC=_acc_dtype(x.dtype),
@@ -490,10 +466,10 @@ def resample_skip_bwd(
             *grad_out.stride(),
             win_h,
             win_w,
-            *_split3(scale_h),
-            *_split3(bias_h),
-            *_split3(scale_w),
-            *_split3(bias_w),
+            *split3(scale_h),
+            *split3(bias_h),
+            *split3(scale_w),
+            *split3(bias_w),
             CLAMP=bool(clamp),
             ACC=_acc_dtype(grad_out.dtype),
             BI=bi,
