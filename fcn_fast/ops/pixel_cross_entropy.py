@@ -231,8 +231,9 @@ def pixel_cross_entropy(
     if logits.dim() == 1:  # one sample: (C,) -> (1, C, 1)
         x3, t2 = logits.reshape(1, -1, 1), target.reshape(1, 1)
     elif logits.dim() == 2:
-        # (N, C): the samples play the pixels, (1, C, N) with the classes contiguous
-        # (the kernels pack such chunks; no copy here).
+        # (N, C): the samples play the pixels, (1, C, N) with the classes contiguous; no
+        # copy. The CPU kernel packs such chunks; the GPU kernels read them strided
+        # (correct, but not coalesced: one pixel per thread, as for channels_last).
         x3, t2 = logits.t().unsqueeze(0), target.unsqueeze(0)
     else:
         n, c = logits.shape[:2]
