@@ -304,3 +304,16 @@ def test_cross_entropy_and_model_cases():
         assert (r.bytes is None) == (case.op == "fcn8s")
     assert any(c.label == "voc-500" for c, *_ in cases.select("default", "cpu"))
     assert any(c.label == "vgg16-512" for c, *_ in cases.select("default", "cuda"))
+
+
+@needs_cpu_backend
+def test_low_precision_rows_report_speedup_over_fp32_reference():
+    case = next(c for c, *_ in cases.select("quick", "cpu", ops=["pixel_cross_entropy"]))
+    bench = Bench("cpu", "quick")
+    fp32 = bench.run(case, "cpu", torch.float32, "fwd")
+    bf16 = bench.run(case, "cpu", torch.bfloat16, "fwd")
+    assert fp32.status == bf16.status == "ok", (fp32, bf16)
+    assert fp32.speedup_vs_fp32_reference is None
+    fp32_reference_ms = bench.reference_ms(case, torch.float32, "fwd")
+    assert bf16.speedup_vs_fp32_reference == pytest.approx(fp32_reference_ms / bf16.ms)
+    assert "speedup_vs_fp32_reference" in bf16.extra_info()

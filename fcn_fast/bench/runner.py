@@ -52,6 +52,9 @@ class Result:
     pct_of_fresh_copy: float | None = None
     reference_ms: float | None = None
     speedup: float | None = None
+    # Low-precision rows: speed-up over the reference in float32 (NCHW for the models), i.e.
+    # what the low-precision recipe and fcn_fast gain together over plain fp32 PyTorch.
+    speedup_vs_fp32_reference: float | None = None
     peak_mem_bytes: int | None = None
     # fwdbwd rows: bytes the forward leaves allocated for backward (saved tensors + output).
     held_mem_bytes: int | None = None
@@ -279,6 +282,8 @@ class Bench:
             self._ref_ms[(case.key, case.shape, dtype, mode)] = res.ms
         res.reference_ms = self.reference_ms(case, dtype, mode)
         res.speedup = res.reference_ms / res.ms
+        if dtype != torch.float32:
+            res.speedup_vs_fp32_reference = self.reference_ms(case, torch.float32, mode) / res.ms
         res.bytes = case.min_bytes(dtype, mode)
         if res.bytes:
             res.gbps = res.bytes / res.ms / 1e6
