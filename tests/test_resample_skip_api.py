@@ -50,14 +50,19 @@ def test_gradcheck_interpolate_add_cpu(kwargs):
     )
 
 
-def _op_args(skip: bool):
+def _op_args(skip: str | None):
+    """skip: None, "window" (a window inside a larger skip), "whole" (skip is the window)."""
     coarse = randn(2, 3, 4, 5, requires_grad=True)
-    skip_t = randn(2, 3, 16, 16, requires_grad=True) if skip else None
-    return (coarse, skip_t, 0.5, -0.25, 0.5, 0.25, False, 9, 11, 1, 2, "cpu")
+    skip_t, at = None, (0, 0)
+    if skip == "window":
+        skip_t, at = randn(2, 3, 16, 16, requires_grad=True), (1, 2)
+    elif skip == "whole":
+        skip_t = randn(2, 3, 9, 11, requires_grad=True)
+    return (coarse, skip_t, 0.5, -0.25, 0.5, 0.25, False, 9, 11, *at, "cpu")
 
 
 @needs_cpu
-@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("skip", [None, "window", "whole"])
 def test_opcheck_resample_skip(skip):
     torch.library.opcheck(torch.ops.fcn_fast.resample_skip.default, _op_args(skip))
 
@@ -71,7 +76,7 @@ def test_opcheck_backward_and_kernel_ops():
     )
     torch.library.opcheck(
         torch.ops.fcn_fast.resample_skip_fwd.default,
-        _op_args(True)[:-1],
+        _op_args("window")[:-1],
         test_utils=("test_schema", "test_faketensor"),
     )
     torch.library.opcheck(

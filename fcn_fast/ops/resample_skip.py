@@ -127,7 +127,9 @@ def _backward(ctx, grad_out):
     if ctx.needs_input_grad[0]:
         grad_x = resample_skip_backward(grad_out, *ctx.in_size, *ctx.params, ctx.backend)
     if ctx.skip_pad is not None and ctx.needs_input_grad[1]:
-        grad_skip = F.pad(grad_out, ctx.skip_pad)
+        # A window covering all of skip (interpolate_add) passes grad_out through as
+        # the add's own backward does, instead of copying it.
+        grad_skip = F.pad(grad_out, ctx.skip_pad) if any(ctx.skip_pad) else grad_out
     return (grad_x, grad_skip) + (None,) * 10
 
 
