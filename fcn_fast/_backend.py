@@ -50,14 +50,21 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Read once, at import: resolve_backend then only reads plain Python values, which
+# torch.compile traces without graph breaks. find_spec, not import: importing triton
+# here would fix TRITON_INTERPRET too early.
+_INTERPRET = triton_interpret()
+_HAS_CUDA_KERNELS = extension_has_cuda()
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_status() -> BackendStatus:
-    # find_spec, not import: importing triton here would fix TRITON_INTERPRET too early.
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return BackendStatus(False, "Triton is not installed (pip install triton)")
     version = importlib.metadata.version("triton")
     if torch.cuda.is_available():
         return BackendStatus(True, f"Triton {version} on CUDA")
-    if triton_interpret():
+    if _INTERPRET:
         return BackendStatus(
             True, f"Triton {version} interpreter (TRITON_INTERPRET=1), CPU tensors"
         )
@@ -72,7 +79,7 @@ def _compute_status() -> dict[str, BackendStatus]:
         cpu = cuda = BackendStatus(False, why)
     else:
         cpu = BackendStatus(True, "C++ extension fcn_fast._C")
-        if not extension_has_cuda():
+        if not _HAS_CUDA_KERNELS:
             cuda = BackendStatus(
                 False, "the extension was built without CUDA kernels (see README: build with CUDA)"
             )
@@ -88,12 +95,7 @@ def _compute_status() -> dict[str, BackendStatus]:
     }
 
 
-# Computed once, at import: resolve_backend then only reads plain Python values, which
-# torch.compile traces without graph breaks.
 _STATUS = _compute_status()
-_INTERPRET = triton_interpret()
-_HAS_CUDA_KERNELS = extension_has_cuda()
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def available_backends() -> dict[str, BackendStatus]:
@@ -159,3 +161,13 @@ def resolve_backend(backend: str, op: str, device: torch.device) -> str:
     if device.type == "cpu" and _can_run("cpu", device) is None:
         return "cpu"
     return "reference"
+
+
+def kernel(backend: str, op: str, stage: str):
+    """The kernel function `<op>_<stage>` (stage "fwd" or "bwd") of a kernel backend: the
+    C++ op torch.ops.fcn_fast.<op>_<stage> for cpu/cuda (it dispatches on the device), or
+    fcn_fast.triton.<op>.<op>_<stage>, imported on first use."""
+    name = f"{op}_{stage}"
+    if backend == "triton":
+        return getattr(importlib.import_module(f"fcn_fast.triton.{op}"), name)
+    return getattr(torch.ops.fcn_fast, name)

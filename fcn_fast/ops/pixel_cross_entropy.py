@@ -36,22 +36,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _kernel_forward(backend: str):
-    if backend == "triton":
-        from fcn_fast.triton.pixel_cross_entropy import pixel_cross_entropy_fwd
-
-        return pixel_cross_entropy_fwd
-    return torch.ops.fcn_fast.pixel_cross_entropy_fwd
-
-
-def _kernel_backward(backend: str):
-    if backend == "triton":
-        from fcn_fast.triton.pixel_cross_entropy import pixel_cross_entropy_bwd
-
-        return pixel_cross_entropy_bwd
-    return torch.ops.fcn_fast.pixel_cross_entropy_bwd
-
-
 @torch.library.custom_op("fcn_fast::pixel_cross_entropy", mutates_args=())
 def pixel_cross_entropy_op(
     logits: torch.Tensor,
@@ -63,7 +47,7 @@ def pixel_cross_entropy_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, lse, weight_sum) for logits (N, C, S), target (N, S); see the C++ schema."""
-    return _kernel_forward(backend)(
+    return _backend.kernel(backend, _OP, "fwd")(
         logits, target, weight, ignore_index, reduction, label_smoothing
     )
 
@@ -94,7 +78,7 @@ def pixel_cross_entropy_backward(
     backend: str,
 ) -> torch.Tensor:
     """grad_logits, recomputing softmax from lse (no saved log-probabilities)."""
-    return _kernel_backward(backend)(
+    return _backend.kernel(backend, _OP, "bwd")(
         grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing
     )
 

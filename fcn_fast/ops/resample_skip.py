@@ -27,22 +27,6 @@ from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample
 _OP = "resample_skip"
 
 
-def _kernel_forward(backend: str):
-    if backend == "triton":
-        from fcn_fast.triton.resample_skip import resample_skip_fwd
-
-        return resample_skip_fwd
-    return torch.ops.fcn_fast.resample_skip_fwd
-
-
-def _kernel_backward(backend: str):
-    if backend == "triton":
-        from fcn_fast.triton.resample_skip import resample_skip_bwd
-
-        return resample_skip_bwd
-    return torch.ops.fcn_fast.resample_skip_bwd
-
-
 @torch.library.custom_op("fcn_fast::resample_skip", mutates_args=())
 def resample_skip(
     x: torch.Tensor,
@@ -59,7 +43,7 @@ def resample_skip(
     backend: str,
 ) -> torch.Tensor:
     """out = bilinear resample of x (4 taps per output) + skip[..., skip_y:, skip_x:] window."""
-    return _kernel_forward(backend)(
+    return _backend.kernel(backend, _OP, "fwd")(
         x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x
     )
 
@@ -84,7 +68,9 @@ def resample_skip_backward(
     backend: str,
 ) -> torch.Tensor:
     """grad_x: the adjoint of the resampler, a gather per input element (deterministic)."""
-    return _kernel_backward(backend)(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp)
+    return _backend.kernel(backend, _OP, "bwd")(
+        grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp
+    )
 
 
 @resample_skip_backward.register_fake

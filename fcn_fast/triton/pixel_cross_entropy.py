@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fcn_fast.ops.pixel_cross_entropy import _acc_dtype
 from fcn_fast.triton._launch import device_guard, f64, split3
 
 
@@ -215,10 +216,6 @@ def _blocks(C: int, device: torch.device) -> tuple[int, int]:
     if device.type == "cuda":
         return 128, min(triton.next_power_of_2(C), 32)
     return 32, min(triton.next_power_of_2(C), 16)  # interpreter: small tiles, still online
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def pixel_cross_entropy_fwd(logits, target, weight, ignore_index, reduction, label_smoothing):
