@@ -138,7 +138,7 @@ def _check_inputs(x, skip, x_name, op):
         )
 
 
-def _run(x, skip, scale, bias, clamp, out_size, skip_crop, backend, reference, op):
+def _run(x, skip, scale, bias, clamp, out_size, skip_crop, backend, reference):
     name = _backend.resolve_backend(backend, _OP, x.device)
     if name == "reference":
         return reference()
@@ -215,7 +215,6 @@ def upsample_skip(
         lambda: upsample_skip_reference(
             coarse, skip, factor, kernel_size, crop, skip_crop, out_size
         ),
-        op,
     )
 
 
@@ -306,5 +305,4 @@ def interpolate_add(
         (0, 0),
         backend,
         lambda: interpolate_add_reference(x, skip, size, scale_factor, align_corners),
-        op,
     )
