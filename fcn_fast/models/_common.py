@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fcn_fast._backend import BACKENDS
-from fcn_fast.ops import upsample_skip
+from fcn_fast.ops import pixel_cross_entropy, upsample_skip
 from fcn_fast.reference import bilinear_weight
 
 _BACKEND_CHOICES = ("auto", *BACKENDS)
@@ -128,6 +128,21 @@ class BilinearUpscore(nn.Module):
         sy, sx = (skip_crop, skip_crop) if isinstance(skip_crop, int) else skip_crop
         return out + skip[:, :, sy : sy + h, sx : sx + w]
 
+    def cross_entropy(self, coarse, target, *, crop=0, **ce_kwargs):
+        """F.cross_entropy(self(coarse, crop=crop, out_size=target.shape[-2:]), target, ...)."""
+        logits = self(coarse, crop=crop, out_size=tuple(target.shape[-2:]))
+        return pixel_cross_entropy(logits, target, backend=self.backend, **ce_kwargs)
+
+    def argmax(
+        self, coarse, *, crop=0, out_size=None, out_dtype=torch.int64, return_confidence=False
+    ):
+        """self(coarse, crop=crop, out_size=out_size).argmax(1), optionally with confidence."""
+        logits = self(coarse, crop=crop, out_size=out_size)
+        labels = logits.argmax(1).to(out_dtype)
+        if not return_confidence:
+            return labels
+        return labels, torch.softmax(logits.float(), 1).amax(1)
+
 
 def unwrap_state_dict(state_dict):
     """The model state of a plain state_dict or of a {"model_state_dict": ...} checkpoint."""
@@ -158,6 +173,59 @@ class FCNBase(nn.Module):
 
     def _make_upscore(self, channels, kernel_size, stride) -> BilinearUpscore:
         return BilinearUpscore(channels, kernel_size, stride, self._backend)
+
+    def final_head(self, x):
+        """(coarse scores, the final upsampling layer, its crop): everything but the last step.
+
+        forward, loss and predict all end with that layer: forward upsamples the scores to
+        the input's size, loss and predict fuse the upsampling with the loss or the argmax.
+        """
+        raise NotImplementedError
+
+    def forward(self, x):
+        """Class scores (N, n_class, H, W) aligned with the input (N, 3, H, W)."""
+        scores, upscore, crop = self.final_head(x)
+        return upscore(scores, crop=crop, out_size=x.shape[2:])
+
+    def loss(
+        self,
+        x,
+        target,
+        weight=None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
+        """F.cross_entropy(self(x), target, ...) without materialising the full-size scores.
+
+        target: (N, H, W) int64 class indices for the input x (N, 3, H, W); the keyword
+        arguments are F.cross_entropy's.
+        """
+        scores, upscore, crop = self.final_head(x)
+        return upscore.cross_entropy(
+            scores,
+            target,
+            crop=crop,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+
+    def predict(self, x, *, out_dtype=torch.int64, return_confidence: bool = False):
+        """self(x).argmax(1) (ties to the lowest class), without the full-size scores.
+
+        out_dtype: torch.int64 or torch.uint8 (n_class <= 256). return_confidence=True also
+        returns the winning class's softmax probability (float32), as (labels, confidence).
+        """
+        scores, upscore, crop = self.final_head(x)
+        return upscore.argmax(
+            scores,
+            crop=crop,
+            out_size=x.shape[2:],
+            out_dtype=out_dtype,
+            return_confidence=return_confidence,
+        )
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module.load_state_dict that also accepts pytorch-fcn's training checkpoints,

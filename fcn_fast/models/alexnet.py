@@ -52,7 +52,7 @@ class FCNAlexNet(FCNBase):
         self.upscore = self._make_upscore(self.n_class, 63, 32)
         self.init_weights(("score_fr",))
 
-    def forward(self, x):
+    def final_head(self, x):
         h = self.norm1(self.pool1(F.relu(self.conv1(x), inplace=True)))
         h = self.norm2(self.pool2(F.relu(self.conv2(h), inplace=True)))
         h = F.relu(self.conv3(h), inplace=True)
@@ -60,4 +60,4 @@ class FCNAlexNet(FCNBase):
         h = self.pool5(F.relu(self.conv5(h), inplace=True))
         h = self.drop6(F.relu(self.fc6(h), inplace=True))
         h = self.drop7(F.relu(self.fc7(h), inplace=True))
-        return self.upscore(self.score_fr(h), crop=CROP, out_size=x.shape[2:])
+        return self.score_fr(h), self.upscore, CROP

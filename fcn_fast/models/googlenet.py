@@ -105,7 +105,7 @@ class FCNGoogLeNet(FCNBase):
         self.upscore = self._make_upscore(self.n_class, 63, 32)
         self.init_weights(("score_fr",))
 
-    def forward(self, x):
+    def final_head(self, x):
         h = self.norm1(self.pool1(_conv_relu(x, self.conv1)))
         h = _conv_relu(_conv_relu(h, self.conv2_reduce), self.conv2)
         h = self.pool2(self.norm2(h))
@@ -114,4 +114,4 @@ class FCNGoogLeNet(FCNBase):
             if name in _POOL_AFTER:
                 h = getattr(self, _POOL_AFTER[name])(h)
         h = self.drop(h)
-        return self.upscore(self.score_fr(h), crop=CROP, out_size=x.shape[2:])
+        return self.score_fr(h), self.upscore, CROP

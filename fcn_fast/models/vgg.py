@@ -117,9 +117,9 @@ class FCN32s(VGG16FCN):
     def _build_head(self):
         self.upscore = self._make_upscore(self.n_class, 64, 32)
 
-    def forward(self, x):
+    def final_head(self, x):
         _, _, h = self.features(x)
-        return self.upscore(self.score_fr(h), crop=19, out_size=x.shape[2:])
+        return self.score_fr(h), self.upscore, 19
 
 
 class FCN16s(VGG16FCN):
@@ -130,10 +130,10 @@ class FCN16s(VGG16FCN):
         self.upscore2 = self._make_upscore(self.n_class, 4, 2)
         self.upscore16 = self._make_upscore(self.n_class, 32, 16)
 
-    def forward(self, x):
+    def final_head(self, x):
         _, pool4, h = self.features(x)
         h = self.upscore2(self.score_fr(h), self.score_pool4(pool4), skip_crop=5)
-        return self.upscore16(h, crop=27, out_size=x.shape[2:])
+        return h, self.upscore16, 27
 
     def copy_params_from_fcn32s(self, fcn32s: nn.Module) -> None:
         """Warm-start from a trained FCN-32s (every layer both nets have)."""
@@ -154,14 +154,14 @@ class FCN8s(VGG16FCN):
         self.upscore8 = self._make_upscore(self.n_class, 16, 8)
         self.upscore_pool4 = self._make_upscore(self.n_class, 4, 2)
 
-    def forward(self, x):
+    def final_head(self, x):
         pool3, pool4, h = self.features(x)
         if self.pool4_scale is not None:
             pool4 = pool4 * self.pool4_scale
             pool3 = pool3 * self.pool3_scale
         h = self.upscore2(self.score_fr(h), self.score_pool4(pool4), skip_crop=5)
         h = self.upscore_pool4(h, self.score_pool3(pool3), skip_crop=9)
-        return self.upscore8(h, crop=31, out_size=x.shape[2:])
+        return h, self.upscore8, 31
 
     def copy_params_from_fcn16s(self, fcn16s: nn.Module) -> None:
         """Warm-start from a trained FCN-16s (every layer both nets have)."""
