@@ -1,7 +1,11 @@
-"""Which kernel implementation runs an op: backend names, availability, `auto` (DESIGN.md 4).
+"""Which implementation runs an op: backend names, availability, `auto` (docs/design.md).
 
-Importing this never fails because a backend is missing: a missing extension or
-Triton only makes that backend unavailable, with the reason recorded.
+Backends: "reference" (plain PyTorch, in Python), and the kernels of the C++ extension
+fcn_fast._C: "cpu" (C++), "cuda" (CUDA C++, when built), "triton" (Triton kernels that the
+extension's ops call; see fcn_fast/triton/__init__.py). Importing this never fails because
+a backend is missing: a missing extension or Triton only makes that backend unavailable,
+with the reason recorded. Every fact is read once, at import, so that resolve_backend is
+two dictionary lookups (cheap per call, and traced by torch.compile without graph breaks).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 class BackendStatus(NamedTuple):
@@ -41,28 +46,29 @@ def extension_loaded() -> bool:
 
 
 def extension_has_cuda() -> bool:
-    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "fcn_fast::resample_skip_fwd", "CUDA"
-    )
+    """Whether fcn_fast._C was built with its CUDA kernels (it says so itself)."""
+    return bool(getattr(_C, "with_cuda", 0))
 
 
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-# Read once, at import: resolve_backend then only reads plain Python values, which
-# torch.compile traces without graph breaks. find_spec, not import: importing triton
-# here would fix TRITON_INTERPRET too early.
+# find_spec, not import: importing triton here would fix TRITON_INTERPRET too early.
 _INTERPRET = triton_interpret()
 _HAS_CUDA_KERNELS = extension_has_cuda()
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_GPU = torch.cuda.is_available()
+_NOT_BUILT = f"the C++ extension fcn_fast._C is not built ({_C_ERROR}); see the README's set-up"
 
 
 def _triton_status() -> BackendStatus:
     if not _TRITON_INSTALLED:
         return BackendStatus(False, "Triton is not installed (pip install triton)")
+    if _C is None:  # the extension's ops call the Triton kernels
+        return BackendStatus(False, _NOT_BUILT)
     version = importlib.metadata.version("triton")
-    if torch.cuda.is_available():
+    if _GPU:
         return BackendStatus(True, f"Triton {version} on CUDA")
     if _INTERPRET:
         return BackendStatus(
@@ -73,29 +79,26 @@ def _triton_status() -> BackendStatus:
     )
 
 
-def _compute_status() -> dict[str, BackendStatus]:
+def _cuda_status() -> BackendStatus:
     if _C is None:
-        why = f"the C++ extension fcn_fast._C is not built ({_C_ERROR}); pip install -e ."
-        cpu = cuda = BackendStatus(False, why)
-    else:
-        cpu = BackendStatus(True, "C++ extension fcn_fast._C")
-        if not _HAS_CUDA_KERNELS:
-            cuda = BackendStatus(
-                False, "the extension was built without CUDA kernels (see README: build with CUDA)"
-            )
-        elif not torch.cuda.is_available():
-            cuda = BackendStatus(False, "CUDA kernels are built but no CUDA GPU is visible")
-        else:
-            cuda = BackendStatus(True, "CUDA kernels built; a CUDA GPU is visible")
-    return {
-        "reference": BackendStatus(True, "plain PyTorch"),
-        "cpu": cpu,
-        "cuda": cuda,
-        "triton": _triton_status(),
-    }
+        return BackendStatus(False, _NOT_BUILT)
+    if not _HAS_CUDA_KERNELS:
+        return BackendStatus(
+            False, "the extension was built without CUDA kernels (see README: build with CUDA)"
+        )
+    if not _GPU:
+        return BackendStatus(False, "CUDA kernels are built but no CUDA GPU is visible")
+    return BackendStatus(True, "CUDA kernels built; a CUDA GPU is visible")
 
 
-_STATUS = _compute_status()
+_STATUS = {
+    "reference": BackendStatus(True, "plain PyTorch"),
+    "cpu": BackendStatus(True, "C++ extension fcn_fast._C")
+    if _C is not None
+    else BackendStatus(False, _NOT_BUILT),
+    "cuda": _cuda_status(),
+    "triton": _triton_status(),
+}
 
 
 def available_backends() -> dict[str, BackendStatus]:
@@ -103,71 +106,85 @@ def available_backends() -> dict[str, BackendStatus]:
     return dict(_STATUS)
 
 
-def _unavailable(
-    backend: str, op: str, reason: str, device: torch.device
-) -> BackendUnavailableError:
-    usable = [name for name in BACKENDS if _can_run(name, device) is None]
-    return BackendUnavailableError(
-        f"{op}: backend={backend!r} cannot run here: {reason}. "
-        f"Backends that can run {device.type} tensors here: {usable} (or backend='auto')."
-    )
-
-
-def _can_run(backend: str, device: torch.device) -> str | None:
-    """None if `backend` can run tensors on `device`, else the reason it can't."""
+def _why_not(backend: str, device_type: str) -> str | None:
+    """None if `backend` can run tensors of `device_type` here, else the reason it can't."""
     if backend == "reference":
         return None
-    status = _STATUS[backend]
-    if backend == "cpu":
-        if not status.available:
-            return status.reason
-        return None if device.type == "cpu" else f"it runs CPU tensors, got {device.type} tensors"
-    if backend == "cuda":
-        if not _HAS_CUDA_KERNELS:
-            return status.reason
-        return None if device.type == "cuda" else f"it runs CUDA tensors, got {device.type} tensors"
-    # triton
-    if not _TRITON_INSTALLED:
-        return status.reason
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and _INTERPRET:
-        return None
-    return f"Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device.type}"
+    if backend == "triton":
+        if not _TRITON_INSTALLED or _C is None:
+            return _STATUS["triton"].reason
+        if device_type == "cuda" or (device_type == "cpu" and _INTERPRET):
+            return None
+        return (
+            "Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
+            f"got {device_type} tensors"
+        )
+    if backend == "cuda" and not _HAS_CUDA_KERNELS:
+        return _STATUS["cuda"].reason
+    if backend == "cpu" and _C is None:
+        return _STATUS["cpu"].reason
+    if device_type != backend:
+        return f"it runs {backend.upper()} tensors, got {device_type} tensors"
+    return None
 
 
-# Preferred GPU backend per op for backend="auto", from the benchmark table
-# (benchmarks/results/). Until a GPU table exists, CUDA C++ first.
+_WHY_NOT = {(b, d): _why_not(b, d) for b in BACKENDS for d in DEVICE_TYPES}
+
+
+def can_run(backend: str, device: torch.device) -> str | None:
+    """None if `backend` can run tensors on `device` here, else the reason it can't."""
+    key = (backend, device.type)
+    return _WHY_NOT[key] if key in _WHY_NOT else _why_not(backend, device.type)
+
+
+# backend="auto" on a GPU: the faster kernel per public op, from the GPU benchmark table
+# (benchmarks/results/). Set from the first measured table (H200, 2026-11-26): Triton was
+# faster on the large resampling rows, CUDA on every loss row.
 GPU_PREFERENCE = {
-    "resample_skip": ("cuda", "triton"),
+    "upsample_skip": ("triton", "cuda"),
+    "interpolate_add": ("triton", "cuda"),
     "pixel_cross_entropy": ("cuda", "triton"),
 }
 
 
-def resolve_backend(backend: str, op: str, device: torch.device) -> str:
-    """The backend that runs `op` on tensors of `device`; raises if the request can't run."""
-    if not isinstance(backend, str) or backend not in ("auto", *BACKENDS):
-        raise ValueError(f"{op}: backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
-    if backend != "auto":
-        reason = _can_run(backend, device)
-        if reason is not None:
-            raise _unavailable(backend, op, reason, device)
-        return backend
-    if device.type == "cuda":
+def _auto(op: str, device_type: str) -> str:
+    if device_type == "cuda":
         for name in GPU_PREFERENCE.get(op, ("cuda", "triton")):
-            if _can_run(name, device) is None:
+            if _WHY_NOT[(name, "cuda")] is None:
                 return name
         return "reference"
-    if device.type == "cpu" and _can_run("cpu", device) is None:
+    if device_type == "cpu" and _WHY_NOT[("cpu", "cpu")] is None:
         return "cpu"
     return "reference"
 
 
-def kernel(backend: str, op: str, stage: str):
-    """The kernel function `<op>_<stage>` (stage "fwd" or "bwd") of a kernel backend: the
-    C++ op torch.ops.fcn_fast.<op>_<stage> for cpu/cuda (it dispatches on the device), or
-    fcn_fast.triton.<op>.<op>_<stage>, imported on first use."""
-    name = f"{op}_{stage}"
-    if backend == "triton":
-        return getattr(importlib.import_module(f"fcn_fast.triton.{op}"), name)
-    return getattr(torch.ops.fcn_fast, name)
+def resolve_backend(backend: str, op: str, device: torch.device) -> str:
+    """The backend that runs public op `op` on tensors of `device`; raises if it can't run.
+
+    `op` is the function the user called: errors name it.
+    """
+    if backend == "auto":
+        return _auto(op, device.type)
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
+    reason = can_run(backend, device)
+    if reason is not None:
+        usable = [name for name in BACKENDS if can_run(name, device) is None]
+        raise BackendUnavailableError(
+            f"{op}: backend={backend!r} cannot run here: {reason}. "
+            f"Backends that can run {device.type} tensors here: {usable} (or backend='auto')."
+        )
+    return backend
+
+
+def register_fake(*qualnames: str):
+    """Decorator: `fn` is the fake (shape and dtype only) kernel of the extension's ops
+    `qualnames`, for torch.compile and opcheck. Nothing to register without the extension."""
+
+    def register(fn):
+        if _C is not None:
+            for name in qualnames:
+                torch.library.register_fake(name)(fn)
+        return fn
+
+    return register

@@ -12,22 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-
-from fcn_fast import available_backends  # noqa: E402
-
-KERNEL_BACKENDS = ("cpu", "cuda", "triton")
-
-
-def backend_device(backend: str) -> torch.device:
-    """The device a backend's tests run on here, or skip with the reason it can't run."""
-    status = available_backends()[backend]
-    if not status.available:
-        pytest.skip(f"backend {backend!r} unavailable: {status.reason}")
-    if backend == "cpu":
-        return torch.device("cpu")
-    if backend == "triton" and not torch.cuda.is_available():
-        return torch.device("cpu")  # interpreted
-    return torch.device("cuda")
+from backends import KERNEL_BACKENDS, backend_device  # noqa: E402
 
 
 @pytest.fixture(params=KERNEL_BACKENDS)

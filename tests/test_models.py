@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import backend_device
+from backends import backend_device
 
 import fcn_fast
 from fcn_fast.models import (

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import backend_device
+from backends import backend_device
 
 import fcn_fast
 from fcn_fast import pixel_cross_entropy
@@ -336,36 +336,42 @@ def test_auto_and_reference_backends():
 
 def test_opcheck():
     backend_device("cpu")
-    from fcn_fast.ops.pixel_cross_entropy import (
-        pixel_cross_entropy_backward,
-        pixel_cross_entropy_op,
-    )
-
+    op = torch.ops.fcn_fast.pixel_cross_entropy.default
+    backward = torch.ops.fcn_fast.pixel_cross_entropy_backward.default
     for dtype, reduction, weighted, eps in (
         (torch.float32, 1, True, 0.1),
         (torch.float64, 0, False, 0.0),
         (torch.bfloat16, 2, True, 0.0),
     ):
-        x = torch.randn(2, 5, 6, dtype=dtype, requires_grad=True)
-        t = torch.randint(0, 5, (2, 6))
-        t[0, 1] = -100
-        # The op reads class weights in the accumulation dtype (the front door converts them).
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        w = torch.rand(5, dtype=acc) if weighted else None
-        torch.library.opcheck(pixel_cross_entropy_op, (x, t, w, -100, reduction, eps, "cpu"))
-        loss, lse, wsum = pixel_cross_entropy_op(x, t, w, -100, reduction, eps, "cpu")
-        g = torch.randn_like(loss)
-        args = (g, x.detach(), t, w, lse, wsum, -100, reduction, eps, "cpu")
-        torch.library.opcheck(pixel_cross_entropy_backward, args)
-        # The C++ kernel ops themselves: schema and fake kernel.
-        checks = ("test_schema", "test_faketensor")
-        fwd_args = (x.detach(), t, w, -100, reduction, eps)
-        torch.library.opcheck(
-            torch.ops.fcn_fast.pixel_cross_entropy_fwd, fwd_args, test_utils=checks
-        )
-        torch.library.opcheck(
-            torch.ops.fcn_fast.pixel_cross_entropy_bwd, args[:-1], test_utils=checks
-        )
+        # N-D logits as the public op takes them, and the (N, C) case it transposes.
+        for shape in ((2, 5, 3, 2), (7, 5)):
+            x = torch.randn(shape, dtype=dtype, requires_grad=True)
+            t = torch.randint(0, 5, shape[:1] + shape[2:])
+            t.view(-1)[1] = -100
+            # The op reads class weights in the accumulation dtype (the front door converts).
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            w = torch.rand(5, dtype=acc) if weighted else None
+            torch.library.opcheck(op, (x, t, w, -100, reduction, eps, "cpu"))
+            loss, lse, wsum = op(x, t, w, -100, reduction, eps, "cpu")
+            g = torch.randn_like(loss)
+            args = (g, x.detach(), t, w, lse, wsum, -100, reduction, eps, "cpu")
+            torch.library.opcheck(backward, args)
+        # The Triton twins the routers call, on the kernels' (N, C, S) contract: schema and
+        # fake kernel.
+        if fcn_fast.available_backends()["triton"].available:
+            checks = ("test_schema", "test_faketensor")
+            x3, t2 = torch.randn(2, 5, 6, dtype=dtype), torch.randint(0, 5, (2, 6))
+            fwd_args = (x3, t2, w, -100, reduction, eps)
+            torch.library.opcheck(
+                torch.ops.fcn_fast.pixel_cross_entropy_triton, fwd_args, test_utils=checks
+            )
+            loss, lse, wsum = torch.ops.fcn_fast.pixel_cross_entropy_triton(*fwd_args)
+            bwd_args = (torch.randn_like(loss), x3, t2, w, lse, wsum, -100, reduction, eps)
+            torch.library.opcheck(
+                torch.ops.fcn_fast.pixel_cross_entropy_backward_triton,
+                bwd_args,
+                test_utils=checks,
+            )
 
 
 def test_gradcheck_fp64():

@@ -246,7 +246,7 @@ def test_64bit_indexing(backend):
     """More than 2**31 output elements: the far end matches a small computation of it."""
     if backend == "cpu" or not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (cuda/triton backends)")
-    from conftest import backend_device
+    from backends import backend_device
 
     device = backend_device(backend)
     h, w = 2**13 + 3, 2**14  # output (2h + 2) x (2w + 2) > 2**31 elements

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import backend_device
+from backends import backend_device
 
 from fcn_fast.reference.resample_skip import bilinear_weight
 
@@ -55,7 +55,7 @@ def test_backward_tilings(case, blocks):
     expected = _reference_grad(case, grad_out)
     # A transposed view: every tiling also reads non-unit strides.
     g = grad_out.transpose(2, 3).contiguous().transpose(2, 3).to(device)
-    got = triton_rs.resample_skip_bwd(g, *expected.shape[2:], *params, _blocks=blocks)
+    got = triton_rs.resample_skip_backward_triton(g, *expected.shape[2:], *params, _blocks=blocks)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -63,6 +63,6 @@ def test_forward_zero_boundary_masks_outside_taps():
     # Outside taps have weight 0; multiplying an inf by it would give NaN.
     device = backend_device("triton")
     x = torch.full((1, 1, 3, 3), float("inf"), device=device)
-    out = triton_rs.resample_skip_fwd(x, None, 0.5, -0.75, 0.5, -0.75, False, 8, 8, 0, 0)
+    out = triton_rs.resample_skip_triton(x, None, 0.5, -0.75, 0.5, -0.75, False, 8, 8, 0, 0)
     assert not out.isnan().any()
     assert out.isinf().all()

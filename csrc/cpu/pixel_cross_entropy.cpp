@@ -7,12 +7,13 @@
 // into a float (double for fp64) [C][P] buffer. Each chunk reads its logits
 // from memory once; the max pass brings them into L1, the exp pass reuses them.
 // Per-chunk partial sums go to a vector and are added in chunk order.
+#include "../ops/pixel_cross_entropy.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +23,7 @@
 
 #include "fcn_fast/pixel_cross_entropy_math.h"
 #include "huge_pages.h"
+#include "vec_math.h"
 
 // The fp32 hot loops are compiled twice, for AVX2+FMA and for the baseline ISA,
 // and picked at load time by CPU features (GCC function multiversioning; not
@@ -29,94 +31,17 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FCN_MULTIVERSION 1
 #endif
-#if defined(__GNUC__)
-#define FCN_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FCN_ALWAYS_INLINE inline
-#endif
 
 namespace fcn_fast {
 namespace {
+
+using vec_math::exp_any;
+using vec_math::log_any;
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
 #endif
-
-// ---- branch-free float exp/log that compilers vectorize (libm calls don't) ----
-
-FCN_ALWAYS_INLINE float bits_to_float(int32_t i) {
-  float f;
-  std::memcpy(&f, &i, 4);
-  return f;
-}
-FCN_ALWAYS_INLINE int32_t float_to_bits(float f) {
-  int32_t i;
-  std::memcpy(&i, &f, 4);
-  return i;
-}
-
-// exp(x), ~1 ulp on [-87, 88]; 0 below (incl. -inf); NaN stays NaN.
-FCN_ALWAYS_INLINE float exp_vec(float x) {
-  float xc = x < -87.0f ? -87.0f : x;  // comparisons are false for NaN: it passes through
-  xc = xc > 88.0f ? 88.0f : xc;
-  const float t = xc * 1.44269504088896341f + 12582912.0f;  // round(x log2 e) in t's low bits
-  const float n = t - 12582912.0f;
-  float r = xc - n * 0.693145751953125f;  // Cody-Waite: ln2 = hi + lo
-  r = r - n * 1.428606765330187e-06f;
-  float p = 1.0f / 5040;  // Taylor to degree 7 on |r| <= ln2/2: error < 1e-8
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t k = float_to_bits(t) - 0x4B400000;  // the integer n
-  const float v = p * bits_to_float((k + 127) << 23);
-  return x < -87.0f ? 0.0f : v;
-}
-
-// log(s) for s >= 0: -inf at 0, inf at inf, NaN stays NaN; normal s only otherwise
-// (here s >= 1 or exactly 0: s is a sum of exp(x - max) including exp(0)).
-FCN_ALWAYS_INLINE float log_vec(float s) {
-  const int32_t bits = float_to_bits(s);
-  int32_t e = ((bits >> 23) & 0xff) - 127;
-  float f = bits_to_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
-  const bool big = f > 1.41421356f;
-  f = big ? f * 0.5f : f;
-  e = big ? e + 1 : e;
-  const float z = (f - 1.0f) / (f + 1.0f);  // log f = 2 atanh z, |z| <= 0.172
-  const float z2 = z * z;
-  float q = 1.0f / 11;
-  q = q * z2 + 1.0f / 9;
-  q = q * z2 + 1.0f / 7;
-  q = q * z2 + 1.0f / 5;
-  q = q * z2 + 1.0f / 3;
-  q = q * z2 + 1.0f;
-  const float ef = static_cast<float>(e);
-  float v = ef * 0.693359375f + (ef * -2.12194440e-4f + 2.0f * z * q);
-  v = s == 0.0f ? -HUGE_VALF : v;
-  v = s == HUGE_VALF ? HUGE_VALF : v;
-  return s != s ? s : v;
-}
-
-template <typename T>
-FCN_ALWAYS_INLINE T exp_any(T x) {
-  if constexpr (std::is_same<T, float>::value) {
-    return exp_vec(x);
-  } else {
-    return std::exp(x);
-  }
-}
-template <typename T>
-FCN_ALWAYS_INLINE T log_any(T x) {
-  if constexpr (std::is_same<T, float>::value) {
-    return log_vec(x);
-  } else {
-    return std::log(x);
-  }
-}
 
 // ---- chunk kernels: rows x[c * ld + p], c < C, p < P ----
 
@@ -249,32 +174,6 @@ Geometry geometry(const at::Tensor& logits, const at::Tensor& target) {
   return g;
 }
 
-void check_args(const at::Tensor& logits, const at::Tensor& target,
-                const std::optional<at::Tensor>& weight, int64_t reduction, double eps) {
-  TORCH_CHECK(logits.dim() == 3, "pixel_cross_entropy: logits must be (N, C, S), got ",
-              logits.sizes());
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()),
-              "pixel_cross_entropy: logits must be floating point, got ", logits.scalar_type());
-  TORCH_CHECK(logits.size(1) >= 1, "pixel_cross_entropy: logits need at least one class");
-  TORCH_CHECK(
-      target.dim() == 2 && target.size(0) == logits.size(0) && target.size(1) == logits.size(2),
-      "pixel_cross_entropy: target must be (N, S) = (", logits.size(0), ", ", logits.size(2),
-      "), got ", target.sizes());
-  TORCH_CHECK(target.scalar_type() == at::kLong, "pixel_cross_entropy: target must be int64, got ",
-              target.scalar_type());
-  if (weight.has_value()) {
-    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == logits.size(1),
-                "pixel_cross_entropy: weight must be (C,) = (", logits.size(1), ",), got ",
-                weight->sizes());
-    TORCH_CHECK(
-        weight->scalar_type() == (logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
-        "pixel_cross_entropy: weight must be float32 (float64 for float64 logits)");
-  }
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "pixel_cross_entropy: bad reduction code ",
-              reduction);
-  TORCH_CHECK(eps >= 0.0 && eps <= 1.0, "pixel_cross_entropy: label_smoothing must be in [0, 1]");
-}
-
 template <typename acc_t>
 std::vector<acc_t> weight_vector(const std::optional<at::Tensor>& weight, acc_t* total, int64_t C) {
   std::vector<acc_t> w;
@@ -322,19 +221,26 @@ const acc_t* chunk_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t
   return buf;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, int64_t reduction, double label_smoothing) {
-  check_args(logits, target, weight, reduction, label_smoothing);
+  check_pixel_cross_entropy_args(logits, target, weight, reduction, label_smoothing);
+  check_device(logits, at::kCPU, "logits", "pixel_cross_entropy_cpu");
   const Geometry g = geometry(logits, target);
-  const at::ScalarType acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc_type = accumulation_type(logits.scalar_type());
+  // The loss in the accumulation dtype for every reduction: the caller rounds it once to
+  // the dtype PyTorch returns, and its gradient then arrives in float32 too (a GradScaler's
+  // 65536 would overflow float16).
   at::Tensor lse = at::empty({g.N, g.S}, logits.options().dtype(acc_type));
-  at::Tensor loss = reduction == kReductionNone ? at::empty({g.N, g.S}, logits.options())
-                                                : at::empty({}, logits.options().dtype(acc_type));
+  at::Tensor loss = reduction == kReductionNone
+                        ? at::empty({g.N, g.S}, logits.options().dtype(acc_type))
+                        : at::empty({}, logits.options().dtype(acc_type));
   at::Tensor weight_sum = at::empty({}, logits.options().dtype(acc_type));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_fwd", [&] {
+      at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         acc_t wtotal;
         const std::vector<acc_t> wv = weight_vector<acc_t>(weight, &wtotal, g.C);
@@ -349,8 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
         const scalar_t* x = logits.const_data_ptr<scalar_t>();
         const int64_t* t = target.const_data_ptr<int64_t>();
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
-        scalar_t* loss_none =
-            reduction == kReductionNone ? loss.mutable_data_ptr<scalar_t>() : nullptr;
+        acc_t* loss_none = reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
         at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(g.C * g.P), m(g.P), logs(g.P), swx(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -379,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
                   sum_w += static_cast<double>(wt);
                 }
               }
-              if (loss_none != nullptr) loss_none[n * g.S + s] = static_cast<scalar_t>(value);
+              if (loss_none != nullptr) loss_none[n * g.S + s] = value;
             }
             part_loss[chunk] = sum_loss;
             part_w[chunk] = sum_w;
@@ -391,34 +296,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_fwd_cpu(
           total_loss += part_loss[chunk];
           total_w += part_w[chunk];
         }
-        weight_sum.fill_(total_w);
+        // Plain stores, not fill_: at tiny sizes each dispatcher call costs more than the loss.
+        *weight_sum.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total_w);
         if (reduction == kReductionMean) {
-          loss.fill_(total_loss / total_w);  // 0 / 0 = NaN when every pixel is ignored
+          // 0 / 0 = NaN when every pixel is ignored, as PyTorch.
+          *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total_loss / total_w);
         } else if (reduction == kReductionSum) {
-          loss.fill_(total_loss);
+          *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(total_loss);
         }
       });
   return {loss, lse, weight_sum};
 }
 
-at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor& logits,
-                                       const at::Tensor& target,
-                                       const std::optional<at::Tensor>& weight,
-                                       const at::Tensor& lse_in, const at::Tensor& weight_sum,
-                                       int64_t ignore_index, int64_t reduction,
-                                       double label_smoothing) {
-  check_args(logits, target, weight, reduction, label_smoothing);
+at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
+                                            const at::Tensor& target,
+                                            const std::optional<at::Tensor>& weight,
+                                            const at::Tensor& lse_in, const at::Tensor& weight_sum,
+                                            int64_t ignore_index, int64_t reduction,
+                                            double label_smoothing) {
+  check_pixel_cross_entropy_args(logits, target, weight, reduction, label_smoothing);
+  check_pixel_cross_entropy_backward_args(grad, logits, lse_in, reduction);
+  check_device(logits, at::kCPU, "logits", "pixel_cross_entropy_backward_cpu");
   const Geometry g = geometry(logits, target);
-  const at::ScalarType acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  if (reduction == kReductionNone) {
-    TORCH_CHECK(grad.dim() == 2 && grad.size(0) == g.N && grad.size(1) == g.S,
-                "pixel_cross_entropy: grad must be (N, S) for reduction none, got ", grad.sizes());
-  } else {
-    TORCH_CHECK(grad.numel() == 1, "pixel_cross_entropy: grad must be a scalar, got ",
-                grad.sizes());
-  }
-  TORCH_CHECK(lse_in.dim() == 2 && lse_in.size(0) == g.N && lse_in.size(1) == g.S,
-              "pixel_cross_entropy: lse must be (N, S), got ", lse_in.sizes());
+  const at::ScalarType acc_type = accumulation_type(logits.scalar_type());
   const at::Tensor lse = lse_in.to(acc_type).contiguous();
   const at::Tensor gradc = grad.to(acc_type);  // keeps strides (also stride 0)
   at::Tensor grad_logits = at::empty_like(logits);
@@ -427,7 +327,7 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
   const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_bwd", [&] {
+      at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         acc_t wtotal;
         const std::vector<acc_t> wv = weight_vector<acc_t>(weight, &wtotal, g.C);
@@ -510,13 +410,6 @@ at::Tensor pixel_cross_entropy_bwd_cpu(const at::Tensor& grad, const at::Tensor&
         }
       });
   return grad_logits;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fcn_fast, CPU, m) {
-  m.impl("pixel_cross_entropy_fwd", &pixel_cross_entropy_fwd_cpu);
-  m.impl("pixel_cross_entropy_bwd", &pixel_cross_entropy_bwd_cpu);
 }
 
 }  // namespace fcn_fast

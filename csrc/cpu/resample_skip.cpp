@@ -12,7 +12,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <vector>
 
@@ -76,11 +75,14 @@ void blend_rows(scalar_t* out, int64_t out_stride, const scalar_t* skip, int64_t
   }
 }
 
-at::Tensor resample_skip_fwd_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                                 double scale_h, double bias_h, double scale_w, double bias_w,
-                                 bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
-                                 int64_t skip_x) {
-  check_resample_skip_fwd_args(x, skip, out_h, out_w, skip_y, skip_x);
+}  // namespace
+
+at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                             double scale_h, double bias_h, double scale_w, double bias_w,
+                             bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                             int64_t skip_x) {
+  check_resample_skip_args(x, skip, out_h, out_w, skip_y, skip_x);
+  check_device(x, at::kCPU, "x", "resample_skip_cpu");
   const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
   at::Tensor out =
       at::empty({N, C, out_h, out_w}, x.options().memory_format(output_memory_format(x)));
@@ -89,7 +91,7 @@ at::Tensor resample_skip_fwd_cpu(const at::Tensor& x, const std::optional<at::Te
   const at::Tensor xc = x.contiguous();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_skip_fwd", [&] {
+      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_skip_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const ColumnTaps<acc_t> taps(out_w, in_w, scale_w, bias_w, clamp);
         const scalar_t* x_ptr = xc.const_data_ptr<scalar_t>();
@@ -133,6 +135,8 @@ at::Tensor resample_skip_fwd_cpu(const at::Tensor& x, const std::optional<at::Te
   return out;
 }
 
+namespace {
+
 // The horizontal adjoint as a gather: input column j is read by output
 // columns first[j] + k, k < count[j], with weight weights[j * window + k].
 template <typename acc_t>
@@ -156,10 +160,13 @@ struct AdjointColumns {
   }
 };
 
-at::Tensor resample_skip_bwd_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                 double scale_h, double bias_h, double scale_w, double bias_w,
-                                 bool clamp) {
-  check_resample_skip_bwd_args(grad_out, in_h, in_w);
+}  // namespace
+
+at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
+                                      double scale_h, double bias_h, double scale_w, double bias_w,
+                                      bool clamp) {
+  check_resample_skip_backward_args(grad_out, in_h, in_w);
+  check_device(grad_out, at::kCPU, "grad_out", "resample_skip_backward_cpu");
   const int64_t N = grad_out.size(0), C = grad_out.size(1);
   const int64_t out_h = grad_out.size(2), out_w = grad_out.size(3);
   at::Tensor grad_x = at::empty({N, C, in_h, in_w}, grad_out.options());
@@ -167,7 +174,7 @@ at::Tensor resample_skip_bwd_cpu(const at::Tensor& grad_out, int64_t in_h, int64
   if (out_h == 0 || out_w == 0) return grad_x.zero_();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "resample_skip_bwd", [&] {
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "resample_skip_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const AdjointColumns<acc_t> cols(in_w, out_w, scale_w, bias_w, clamp);
         const scalar_t* g_ptr = grad_out.const_data_ptr<scalar_t>();
@@ -210,13 +217,6 @@ at::Tensor resample_skip_bwd_cpu(const at::Tensor& grad_out, int64_t in_h, int64
         });
       });
   return grad_x;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fcn_fast, CPU, m) {
-  m.impl("resample_skip_fwd", &resample_skip_fwd_cpu);
-  m.impl("resample_skip_bwd", &resample_skip_bwd_cpu);
 }
 
 }  // namespace fcn_fast

@@ -12,7 +12,6 @@
 #include "pixel_cross_entropy.cuh"
 
 namespace fcn_fast {
-namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
@@ -50,11 +49,11 @@ __global__ void weight_total_kernel(const acc_t* weight, int64_t C, acc_t* out) 
 
 template <typename scalar_t, typename acc_t, bool kSmooth>
 __global__ void __launch_bounds__(kThreads)
-    pce_forward_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
-                       const acc_t* __restrict__ weight, scalar_t* __restrict__ loss_none,
-                       acc_t* __restrict__ lse, acc_t* __restrict__ partials,
-                       const acc_t* __restrict__ wtotal_ptr, int* __restrict__ error_flag,
-                       PceGeometry g, int64_t ignore_index, acc_t eps, acc_t eps_over_c) {
+    loss_forward_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+                        const acc_t* __restrict__ weight, acc_t* __restrict__ loss_none,
+                        acc_t* __restrict__ lse, acc_t* __restrict__ partials,
+                        const acc_t* __restrict__ wtotal_ptr, int* __restrict__ error_flag,
+                        LossGeometry g, int64_t ignore_index, acc_t eps, acc_t eps_over_c) {
   __shared__ acc_t shared[kThreads / 32];
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const acc_t wtotal = *wtotal_ptr;
@@ -83,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
         sum_w += wt;
       }
     }
-    if (loss_none != nullptr) loss_none[n * g.S + s] = from_acc<scalar_t>(value);
+    if (loss_none != nullptr) loss_none[n * g.S + s] = value;
   }
   sum_loss = block_sum(sum_loss, shared);
   sum_w = block_sum(sum_w, shared);
@@ -96,8 +95,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // Adds the block partials in a fixed order; writes weight_sum and the mean/sum loss.
 template <typename acc_t>
-__global__ void pce_finish_kernel(const acc_t* partials, int64_t count, acc_t* loss,
-                                  acc_t* weight_sum, int64_t reduction) {
+__global__ void loss_finish_kernel(const acc_t* partials, int64_t count, acc_t* loss,
+                                   acc_t* weight_sum, int64_t reduction) {
   __shared__ acc_t shared[kThreads / 32];
   acc_t l = acc_t(0), w = acc_t(0);
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
@@ -115,13 +114,13 @@ __global__ void pce_finish_kernel(const acc_t* partials, int64_t count, acc_t* l
 
 template <typename scalar_t, typename acc_t, bool kSmooth>
 __global__ void __launch_bounds__(kThreads)
-    pce_backward_kernel(const scalar_t* __restrict__ grad, int64_t gN, int64_t gS,
-                        const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
-                        const acc_t* __restrict__ weight, const acc_t* __restrict__ lse,
-                        const acc_t* __restrict__ weight_sum, const acc_t* __restrict__ wtotal_ptr,
-                        scalar_t* __restrict__ out, int64_t oN, int64_t oC, int64_t oS,
-                        PceGeometry g, int64_t ignore_index, int64_t reduction, acc_t eps,
-                        acc_t eps_over_c) {
+    loss_backward_kernel(const acc_t* __restrict__ grad, int64_t gN, int64_t gS,
+                         const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+                         const acc_t* __restrict__ weight, const acc_t* __restrict__ lse,
+                         const acc_t* __restrict__ weight_sum, const acc_t* __restrict__ wtotal_ptr,
+                         scalar_t* __restrict__ out, int64_t oN, int64_t oC, int64_t oS,
+                         LossGeometry g, int64_t ignore_index, int64_t reduction, acc_t eps,
+                         acc_t eps_over_c) {
   const int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= g.S) return;
   const acc_t wtotal = *wtotal_ptr;
@@ -132,9 +131,9 @@ __global__ void __launch_bounds__(kThreads)
     if (valid) {
       acc_t scale;
       if (reduction == kReductionNone) {
-        scale = to_acc(grad[n * gN + s * gS]);
+        scale = grad[n * gN + s * gS];
       } else {
-        scale = to_acc(grad[0]);
+        scale = grad[0];
         if (reduction == kReductionMean) scale /= weight_sum[0];
       }
       const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
@@ -152,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-dim3 pixel_grid(const PceGeometry& g) {
+dim3 pixel_grid(const LossGeometry& g) {
   const int64_t gx = (g.S + kThreads - 1) / kThreads;
   const int64_t gy = g.N < kMaxGridY ? g.N : kMaxGridY;
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), 1);
@@ -161,7 +160,7 @@ dim3 pixel_grid(const PceGeometry& g) {
 template <typename scalar_t, typename acc_t>
 cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t* weight, void* loss,
                           acc_t* lse, acc_t* weight_sum, acc_t* workspace, int* error_flag,
-                          const PceGeometry& g, int64_t ignore_index, int64_t reduction,
+                          const LossGeometry& g, int64_t ignore_index, int64_t reduction,
                           double label_smoothing, cudaStream_t stream) {
   acc_t* wtotal = workspace;
   acc_t* partials = workspace + 1;
@@ -170,42 +169,43 @@ cudaError_t forward_typed(const scalar_t* x, const int64_t* target, const acc_t*
   const int64_t blocks = static_cast<int64_t>(grid.x) * grid.y;
   const acc_t eps = static_cast<acc_t>(label_smoothing);
   const acc_t eps_over_c = eps / static_cast<acc_t>(g.C);
-  // loss: (N, S) of scalar_t for reduction none, else one acc_t.
-  scalar_t* loss_none = reduction == kReductionNone ? static_cast<scalar_t*>(loss) : nullptr;
+  // loss: (N, S) for reduction none, else one element; both in acc_t.
+  acc_t* loss_none = reduction == kReductionNone ? static_cast<acc_t*>(loss) : nullptr;
   acc_t* loss_reduced = reduction == kReductionNone ? nullptr : static_cast<acc_t*>(loss);
   if (blocks > 0) {
     if (label_smoothing > 0.0) {
-      pce_forward_kernel<scalar_t, acc_t, true>
+      loss_forward_kernel<scalar_t, acc_t, true>
           <<<grid, kThreads, 0, stream>>>(x, target, weight, loss_none, lse, partials, wtotal,
                                           error_flag, g, ignore_index, eps, eps_over_c);
     } else {
-      pce_forward_kernel<scalar_t, acc_t, false>
+      loss_forward_kernel<scalar_t, acc_t, false>
           <<<grid, kThreads, 0, stream>>>(x, target, weight, loss_none, lse, partials, wtotal,
                                           error_flag, g, ignore_index, eps, eps_over_c);
     }
   }
-  pce_finish_kernel<acc_t>
+  loss_finish_kernel<acc_t>
       <<<1, kThreads, 0, stream>>>(partials, blocks, loss_reduced, weight_sum, reduction);
   return cudaGetLastError();
 }
 
 template <typename scalar_t, typename acc_t>
-cudaError_t backward_typed(const scalar_t* grad, int64_t gN, int64_t gS, const scalar_t* x,
+cudaError_t backward_typed(const acc_t* grad, int64_t gN, int64_t gS, const scalar_t* x,
                            const int64_t* target, const acc_t* weight, const acc_t* lse,
                            const acc_t* weight_sum, scalar_t* out, int64_t oN, int64_t oC,
-                           int64_t oS, acc_t* workspace, const PceGeometry& g, int64_t ignore_index,
-                           int64_t reduction, double label_smoothing, cudaStream_t stream) {
+                           int64_t oS, acc_t* workspace, const LossGeometry& g,
+                           int64_t ignore_index, int64_t reduction, double label_smoothing,
+                           cudaStream_t stream) {
   weight_total_kernel<acc_t><<<1, kThreads, 0, stream>>>(weight, g.C, workspace);
   const dim3 grid = pixel_grid(g);
   if (static_cast<int64_t>(grid.x) * grid.y == 0) return cudaGetLastError();
   const acc_t eps = static_cast<acc_t>(label_smoothing);
   const acc_t eps_over_c = eps / static_cast<acc_t>(g.C);
   if (label_smoothing > 0.0) {
-    pce_backward_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
+    loss_backward_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
         grad, gN, gS, x, target, weight, lse, weight_sum, workspace, out, oN, oC, oS, g,
         ignore_index, reduction, eps, eps_over_c);
   } else {
-    pce_backward_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
+    loss_backward_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
         grad, gN, gS, x, target, weight, lse, weight_sum, workspace, out, oN, oC, oS, g,
         ignore_index, reduction, eps, eps_over_c);
   }
@@ -214,15 +214,16 @@ cudaError_t backward_typed(const scalar_t* grad, int64_t gN, int64_t gS, const s
 
 }  // namespace
 
-int64_t pce_forward_workspace(const PceGeometry& g) {
+int64_t pixel_cross_entropy_workspace(const LossGeometry& g) {
   const dim3 grid = pixel_grid(g);
   return 1 + 2 * static_cast<int64_t>(grid.x) * grid.y;
 }
 
-cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
-                        void* loss, void* lse, void* weight_sum, void* workspace, int* error_flag,
-                        PceGeometry g, int64_t ignore_index, int64_t reduction,
-                        double label_smoothing, cudaStream_t stream) {
+cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const int64_t* target,
+                                       const void* weight, void* loss, void* lse, void* weight_sum,
+                                       void* workspace, int* error_flag, LossGeometry g,
+                                       int64_t ignore_index, int64_t reduction,
+                                       double label_smoothing, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
@@ -233,15 +234,15 @@ cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, 
   });
 }
 
-cudaError_t pce_backward(DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
-                         const int64_t* target, const void* weight, const void* lse,
-                         const void* weight_sum, void* grad_logits, int64_t oN, int64_t oC,
-                         int64_t oS, void* workspace, PceGeometry g, int64_t ignore_index,
-                         int64_t reduction, double label_smoothing, cudaStream_t stream) {
+cudaError_t launch_pixel_cross_entropy_backward(
+    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
+    const int64_t* target, const void* weight, const void* lse, const void* weight_sum,
+    void* grad_logits, int64_t oN, int64_t oC, int64_t oS, void* workspace, LossGeometry g,
+    int64_t ignore_index, int64_t reduction, double label_smoothing, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    return backward_typed<T, A>(static_cast<const T*>(grad), gN, gS, static_cast<const T*>(logits),
+    return backward_typed<T, A>(static_cast<const A*>(grad), gN, gS, static_cast<const T*>(logits),
                                 target, static_cast<const A*>(weight), static_cast<const A*>(lse),
                                 static_cast<const A*>(weight_sum), static_cast<T*>(grad_logits), oN,
                                 oC, oS, static_cast<A*>(workspace), g, ignore_index, reduction,
@@ -249,5 +250,4 @@ cudaError_t pce_backward(DType dtype, const void* grad, int64_t gN, int64_t gS, 
   });
 }
 
-}  // namespace cuda
 }  // namespace fcn_fast

@@ -8,10 +8,9 @@
 #include "fcn_fast/kernel_types.h"
 
 namespace fcn_fast {
-namespace cuda {
 
 // logits (N, C, S) with strides (sN, sC, sS); target (N, S) int64 with (tN, tS).
-struct PceGeometry {
+struct LossGeometry {
   int64_t N, C, S;
   int64_t sN, sC, sS;
   int64_t tN, tS;
@@ -19,25 +18,25 @@ struct PceGeometry {
 
 // Elements (of the accumulation type: double for Float64, else float) of the
 // forward's workspace: the class-weight total and two partial sums per block.
-int64_t pce_forward_workspace(const PceGeometry& g);
+int64_t pixel_cross_entropy_workspace(const LossGeometry& g);
 
-// loss: (N, S) contiguous of the logits dtype for reduction 0 (none), else one element
-// of the accumulation type. lse: (N, S) contiguous, weight_sum: one element, both of
-// the accumulation type. weight: (C,) contiguous of the accumulation type, or nullptr. error_flag:
-// one int, zeroed by the caller; set to 1 when a target is outside [0, C) and not ignore_index.
-cudaError_t pce_forward(DType dtype, const void* logits, const int64_t* target, const void* weight,
-                        void* loss, void* lse, void* weight_sum, void* workspace, int* error_flag,
-                        PceGeometry g, int64_t ignore_index, int64_t reduction,
-                        double label_smoothing, cudaStream_t stream);
+// loss: (N, S) contiguous for reduction 0 (none), else one element; of the accumulation type. lse:
+// (N, S) contiguous, weight_sum: one element, both of the accumulation type. weight: (C,)
+// contiguous of the accumulation type, or nullptr. error_flag: one int, zeroed by the caller; set
+// to 1 when a target is outside [0, C) and not ignore_index.
+cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const int64_t* target,
+                                       const void* weight, void* loss, void* lse, void* weight_sum,
+                                       void* workspace, int* error_flag, LossGeometry g,
+                                       int64_t ignore_index, int64_t reduction,
+                                       double label_smoothing, cudaStream_t stream);
 
-// grad: logits dtype; (N, S) with strides (gN, gS) (0 allowed) for none, else one
+// grad: accumulation type; (N, S) with strides (gN, gS) (0 allowed) for none, else one
 // element. grad_logits (N, C, S) with strides (oN, oC, oS). workspace: one element of
 // the accumulation type.
-cudaError_t pce_backward(DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
-                         const int64_t* target, const void* weight, const void* lse,
-                         const void* weight_sum, void* grad_logits, int64_t oN, int64_t oC,
-                         int64_t oS, void* workspace, PceGeometry g, int64_t ignore_index,
-                         int64_t reduction, double label_smoothing, cudaStream_t stream);
+cudaError_t launch_pixel_cross_entropy_backward(
+    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
+    const int64_t* target, const void* weight, const void* lse, const void* weight_sum,
+    void* grad_logits, int64_t oN, int64_t oC, int64_t oS, void* workspace, LossGeometry g,
+    int64_t ignore_index, int64_t reduction, double label_smoothing, cudaStream_t stream);
 
-}  // namespace cuda
 }  // namespace fcn_fast

@@ -111,10 +111,10 @@ dim3 plane_grid(int64_t width, int64_t height, int64_t planes) {
 
 }  // namespace
 
-cudaError_t launch_resample_skip_fwd(DType dtype, const ResampleGeometry& g, const void* x,
-                                     Strides4 x_strides, const void* skip, Strides4 skip_strides,
-                                     int64_t skip_y, int64_t skip_x, void* out,
-                                     Strides4 out_strides, cudaStream_t stream) {
+cudaError_t launch_resample_skip(DType dtype, const ResampleGeometry& g, const void* x,
+                                 Strides4 x_strides, const void* skip, Strides4 skip_strides,
+                                 int64_t skip_y, int64_t skip_x, void* out, Strides4 out_strides,
+                                 cudaStream_t stream) {
   if (g.N * g.C * g.out_h * g.out_w == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -126,13 +126,13 @@ cudaError_t launch_resample_skip_fwd(DType dtype, const ResampleGeometry& g, con
   });
 }
 
-int64_t resample_skip_bwd_workspace(const ResampleGeometry& g) {
+int64_t resample_skip_backward_workspace(const ResampleGeometry& g) {
   return g.N * g.C * g.in_h * g.out_w;
 }
 
-cudaError_t launch_resample_skip_bwd(DType dtype, const ResampleGeometry& g, const void* grad_out,
-                                     Strides4 grad_out_strides, void* grad_x, void* workspace,
-                                     cudaStream_t stream) {
+cudaError_t launch_resample_skip_backward(DType dtype, const ResampleGeometry& g,
+                                          const void* grad_out, Strides4 grad_out_strides,
+                                          void* grad_x, void* workspace, cudaStream_t stream) {
   if (g.N * g.C * g.in_h * g.in_w == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);

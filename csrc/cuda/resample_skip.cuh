@@ -16,18 +16,18 @@ struct ResampleGeometry {
 };
 
 // out[n,c,Y,X] = 4-tap resample of x at (Y, X) + skip[n,c,Y+skip_y,X+skip_x] (skip may be null).
-cudaError_t launch_resample_skip_fwd(DType dtype, const ResampleGeometry& g, const void* x,
-                                     Strides4 x_strides, const void* skip, Strides4 skip_strides,
-                                     int64_t skip_y, int64_t skip_x, void* out,
-                                     Strides4 out_strides, cudaStream_t stream);
+cudaError_t launch_resample_skip(DType dtype, const ResampleGeometry& g, const void* x,
+                                 Strides4 x_strides, const void* skip, Strides4 skip_strides,
+                                 int64_t skip_y, int64_t skip_x, void* out, Strides4 out_strides,
+                                 cudaStream_t stream);
 
 // Elements of the accumulation type (float; double for Float64) the backward needs
 // as workspace: the vertically reduced grad_out, (N, C, in_h, out_w).
-int64_t resample_skip_bwd_workspace(const ResampleGeometry& g);
+int64_t resample_skip_backward_workspace(const ResampleGeometry& g);
 
 // grad_x (contiguous N, C, in_h, in_w) = adjoint of the resampler applied to grad_out.
-cudaError_t launch_resample_skip_bwd(DType dtype, const ResampleGeometry& g, const void* grad_out,
-                                     Strides4 grad_out_strides, void* grad_x, void* workspace,
-                                     cudaStream_t stream);
+cudaError_t launch_resample_skip_backward(DType dtype, const ResampleGeometry& g,
+                                          const void* grad_out, Strides4 grad_out_strides,
+                                          void* grad_x, void* workspace, cudaStream_t stream);
 
 }  // namespace fcn_fast

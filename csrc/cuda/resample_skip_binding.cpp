@@ -1,9 +1,9 @@
-// ATen side of the CUDA resample-skip kernels: checks, device guard, current
-// stream, dtype mapping; the kernels themselves are in resample_skip.cu.
+// ATen side of the CUDA resample-skip kernels (resample_skip_cuda and its backward, called by
+// csrc/ops/resample_skip.cpp): device guard, current stream, dtype mapping; the kernels
+// themselves are in resample_skip.cu.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "../ops/resample_skip.h"
 #include "cuda_utils.h"
@@ -18,31 +18,33 @@ ResampleGeometry geometry(int64_t N, int64_t C, int64_t in_h, int64_t in_w, int6
   return ResampleGeometry{N, C, in_h, in_w, out_h, out_w, scale_h, bias_h, scale_w, bias_w, clamp};
 }
 
-at::Tensor resample_skip_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                                  double scale_h, double bias_h, double scale_w, double bias_w,
-                                  bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
-                                  int64_t skip_x) {
-  check_resample_skip_fwd_args(x, skip, out_h, out_w, skip_y, skip_x);
-  TORCH_CHECK(x.is_cuda(), "fcn_fast: x must be a CUDA tensor");
+}  // namespace
+
+at::Tensor resample_skip_cuda(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                              double scale_h, double bias_h, double scale_w, double bias_w,
+                              bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                              int64_t skip_x) {
+  check_resample_skip_args(x, skip, out_h, out_w, skip_y, skip_x);
+  check_device(x, at::kCUDA, "x", "resample_skip_cuda");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({x.size(0), x.size(1), out_h, out_w},
                              x.options().memory_format(output_memory_format(x)));
   const ResampleGeometry g = geometry(x.size(0), x.size(1), x.size(2), x.size(3), out_h, out_w,
                                       scale_h, bias_h, scale_w, bias_w, clamp);
   const Strides4 no_strides{0, 0, 0, 0};
-  check_cuda(launch_resample_skip_fwd(cuda_dtype(x), g, x.const_data_ptr(), strides4(x),
-                                      skip.has_value() ? skip->const_data_ptr() : nullptr,
-                                      skip.has_value() ? strides4(*skip) : no_strides, skip_y,
-                                      skip_x, out.mutable_data_ptr(), strides4(out),
-                                      c10::cuda::getCurrentCUDAStream()));
+  check_cuda(launch_resample_skip(cuda_dtype(x), g, x.const_data_ptr(), strides4(x),
+                                  skip.has_value() ? skip->const_data_ptr() : nullptr,
+                                  skip.has_value() ? strides4(*skip) : no_strides, skip_y, skip_x,
+                                  out.mutable_data_ptr(), strides4(out),
+                                  c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
-at::Tensor resample_skip_bwd_cuda(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                  double scale_h, double bias_h, double scale_w, double bias_w,
-                                  bool clamp) {
-  check_resample_skip_bwd_args(grad_out, in_h, in_w);
-  TORCH_CHECK(grad_out.is_cuda(), "fcn_fast: grad_out must be a CUDA tensor");
+at::Tensor resample_skip_backward_cuda(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
+                                       double scale_h, double bias_h, double scale_w, double bias_w,
+                                       bool clamp) {
+  check_resample_skip_backward_args(grad_out, in_h, in_w);
+  check_device(grad_out, at::kCUDA, "grad_out", "resample_skip_backward_cuda");
   const c10::cuda::CUDAGuard guard(grad_out.device());
   at::Tensor grad_x =
       at::empty({grad_out.size(0), grad_out.size(1), in_h, in_w}, grad_out.options());
@@ -51,19 +53,12 @@ at::Tensor resample_skip_bwd_cuda(const at::Tensor& grad_out, int64_t in_h, int6
                scale_h, bias_h, scale_w, bias_w, clamp);
   if (grad_out.size(2) == 0 || grad_out.size(3) == 0) return grad_x.zero_();
   const at::Tensor workspace = at::empty(
-      {resample_skip_bwd_workspace(g)},
+      {resample_skip_backward_workspace(g)},
       grad_out.options().dtype(grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-  check_cuda(launch_resample_skip_bwd(
+  check_cuda(launch_resample_skip_backward(
       cuda_dtype(grad_out), g, grad_out.const_data_ptr(), strides4(grad_out),
       grad_x.mutable_data_ptr(), workspace.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return grad_x;
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fcn_fast, CUDA, m) {
-  m.impl("resample_skip_fwd", &resample_skip_fwd_cuda);
-  m.impl("resample_skip_bwd", &resample_skip_bwd_cuda);
 }
 
 }  // namespace fcn_fast

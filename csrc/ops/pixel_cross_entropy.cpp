@@ -1,24 +1,252 @@
-// Schemas of the fused per-pixel log-softmax + NLL kernels (DESIGN.md 2.4). The
-// public, autograd-aware op fcn_fast::pixel_cross_entropy is defined in Python
-// (fcn_fast/ops/pixel_cross_entropy.py) and calls these for the cpu/cuda backends.
+// fcn_fast::pixel_cross_entropy, the op behind fcn_fast.pixel_cross_entropy (fcn_fast/ops/
+// pixel_cross_entropy.py): its schemas, which kernel runs for each backend, and its autograd.
 //
-// logits (N, C, S) with any strides, target (N, S) int64, weight (C,) or None;
-// reduction: 0 none, 1 mean, 2 sum.
+//   pixel_cross_entropy           -> (loss, lse, weight_sum); only loss is differentiable
+//   pixel_cross_entropy_backward  grad_logits, recomputed from lse (no saved log-softmax)
+//   *_triton                      the same two, in fcn_fast/triton/pixel_cross_entropy.py
+//
+// logits (N, C, d1, ..., dk), (N, C) or (C,); target: the logits' shape without C. Returns
+// loss (target's shape for reduction none, else 0-dim), lse (target's shape) and weight_sum;
+// dtypes: pixel_cross_entropy.h, where the kernels' (N, C, S) contract is. Autograd is here in C++,
+// so a call from Python costs one dispatcher call, not a Python autograd.Function.
+#include "pixel_cross_entropy.h"
+
+#include <torch/autograd.h>
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
-  // -> (loss, lse, weight_sum): loss is (N, S) in the logits dtype for none, else 0-dim in
-  // the accumulation dtype, float32 (float64 for float64 logits), rounded once by the
-  // caller to the dtype PyTorch would return; lse (N, S, accumulation dtype) is all
-  // backward keeps; weight_sum (0-dim, accumulation dtype) = sum of w[target] over
-  // non-ignored pixels, the mean's divisor. weight (C,) is in the accumulation dtype.
-  m.def(
-      "pixel_cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
-      "int reduction, float label_smoothing) -> (Tensor, Tensor, Tensor)");
-  // grad_logits = grad * (softmax - onehot) with weight and smoothing, recomputed from lse.
-  // grad is (N, S) (any strides, stride 0 allowed) for none, else 0-dim.
-  m.def(
-      "pixel_cross_entropy_bwd(Tensor grad, Tensor logits, Tensor target, Tensor? weight, "
-      "Tensor lse, Tensor weight_sum, int ignore_index, int reduction, float label_smoothing) "
-      "-> Tensor");
+#include "backend.h"
+
+namespace fcn_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+using ForwardSignature = Outputs(const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&, int64_t, int64_t, double);
+using BackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     const std::optional<at::Tensor>&, const at::Tensor&,
+                                     const at::Tensor&, int64_t, int64_t, double);
+
+// The kernels see logits as (N, C, S) and the rest as (N, S), views without copies:
+// (N, C, d1..dk) keeps N; (N, C) becomes one image of N pixels whose classes are contiguous;
+// (C,) one pixel.
+at::Tensor pixels_of(const at::Tensor& logits) {
+  if (logits.dim() == 1) return logits.view({1, -1, 1});
+  if (logits.dim() == 2) return logits.t().unsqueeze(0);
+  return logits.flatten(2);
 }
+
+at::Tensor per_pixel(const at::Tensor& t, int64_t logits_dim) {
+  if (logits_dim == 1) return t.view({1, 1});
+  if (logits_dim == 2) return t.unsqueeze(0);
+  return t.flatten(1);
+}
+
+Outputs pixel_cross_entropy_kernel(const at::Tensor& logits, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                   int64_t reduction, double label_smoothing,
+                                   c10::string_view backend) {
+  check_logits_and_target(logits, target);
+  const at::Tensor x = pixels_of(logits), t = per_pixel(target, logits.dim());
+  Outputs out;
+  switch (parse_backend(backend, "pixel_cross_entropy")) {
+    case Backend::Cpu:
+      out = pixel_cross_entropy_cpu(x, t, weight, ignore_index, reduction, label_smoothing);
+      break;
+    case Backend::Cuda:
+#ifdef FCN_FAST_WITH_CUDA
+      out = pixel_cross_entropy_cuda(x, t, weight, ignore_index, reduction, label_smoothing);
+      break;
+#else
+      fail_without_cuda("pixel_cross_entropy");
+#endif
+    case Backend::Triton: {
+      static const auto triton =
+          triton_op<ForwardSignature>("fcn_fast::pixel_cross_entropy_triton");
+      out = triton.call(x, t, weight, ignore_index, reduction, label_smoothing);
+      break;
+    }
+  }
+  auto& [loss, lse, weight_sum] = out;
+  if (reduction == 0) loss = loss.view(target.sizes());
+  lse = lse.view(target.sizes());
+  return out;
+}
+
+at::Tensor pixel_cross_entropy_backward_kernel(const at::Tensor& grad, const at::Tensor& logits,
+                                               const at::Tensor& target,
+                                               const std::optional<at::Tensor>& weight,
+                                               const at::Tensor& lse, const at::Tensor& weight_sum,
+                                               int64_t ignore_index, int64_t reduction,
+                                               double label_smoothing, c10::string_view backend) {
+  check_logits_and_target(logits, target);
+  const int64_t dim = logits.dim();
+  const at::Tensor x = pixels_of(logits), t = per_pixel(target, dim), l = per_pixel(lse, dim);
+  const at::Tensor g = reduction == 0 ? per_pixel(grad, dim) : grad;
+  at::Tensor grad_x;
+  switch (parse_backend(backend, "pixel_cross_entropy_backward")) {
+    case Backend::Cpu:
+      grad_x = pixel_cross_entropy_backward_cpu(g, x, t, weight, l, weight_sum, ignore_index,
+                                                reduction, label_smoothing);
+      break;
+    case Backend::Cuda:
+#ifdef FCN_FAST_WITH_CUDA
+      grad_x = pixel_cross_entropy_backward_cuda(g, x, t, weight, l, weight_sum, ignore_index,
+                                                 reduction, label_smoothing);
+      break;
+#else
+      fail_without_cuda("pixel_cross_entropy_backward");
+#endif
+    case Backend::Triton: {
+      static const auto triton =
+          triton_op<BackwardSignature>("fcn_fast::pixel_cross_entropy_backward_triton");
+      grad_x =
+          triton.call(g, x, t, weight, l, weight_sum, ignore_index, reduction, label_smoothing);
+      break;
+    }
+  }
+  // Back from (N, C, S) to the logits' shape (the kernels keep the layout of x).
+  if (dim == 1) return grad_x.view({-1});
+  if (dim == 2) return grad_x.squeeze(0).t();
+  return grad_x.view(logits.sizes());
+}
+
+Outputs call_pixel_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
+                                 const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                 int64_t reduction, double label_smoothing,
+                                 c10::string_view backend) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_fast::pixel_cross_entropy", "")
+                             .typed<decltype(pixel_cross_entropy_kernel)>();
+  return op.call(logits, target, weight, ignore_index, reduction, label_smoothing, backend);
+}
+
+at::Tensor call_pixel_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& logits,
+                                             const at::Tensor& target,
+                                             const std::optional<at::Tensor>& weight,
+                                             const at::Tensor& lse, const at::Tensor& weight_sum,
+                                             int64_t ignore_index, int64_t reduction,
+                                             double label_smoothing, c10::string_view backend) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_fast::pixel_cross_entropy_backward", "")
+                             .typed<decltype(pixel_cross_entropy_backward_kernel)>();
+  return op.call(grad, logits, target, weight, lse, weight_sum, ignore_index, reduction,
+                 label_smoothing, backend);
+}
+
+class PixelCrossEntropyFunction : public torch::autograd::Function<PixelCrossEntropyFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits,
+                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               int64_t ignore_index, int64_t reduction, double label_smoothing,
+                               c10::string_view backend) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, lse, weight_sum] = call_pixel_cross_entropy(logits, target, weight, ignore_index,
+                                                            reduction, label_smoothing, backend);
+    // An undefined tensor stands for "no class weights".
+    ctx->save_for_backward({logits, target, weight.value_or(at::Tensor()), lse, weight_sum});
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->saved_data["backend"] = std::string(backend);
+    ctx->mark_non_differentiable({lse, weight_sum});
+    return {loss, lse, weight_sum};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> weight =
+        saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    at::Tensor grad_logits;
+    if (ctx->needs_input_grad(0)) {
+      grad_logits = call_pixel_cross_entropy_backward(
+          grads[0], saved[0], saved[1], weight, saved[3], saved[4],
+          ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["reduction"].toInt(),
+          ctx->saved_data["label_smoothing"].toDouble(), ctx->saved_data["backend"].toStringRef());
+    }
+    // One gradient per forward argument: logits only; target, weight and the rest get none.
+    variable_list result(7);
+    result[0] = grad_logits;
+    return result;
+  }
+};
+
+Outputs pixel_cross_entropy_autograd(const at::Tensor& logits, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                     int64_t reduction, double label_smoothing,
+                                     c10::string_view backend) {
+  if (!(at::GradMode::is_enabled() && logits.requires_grad())) {  // no graph to record
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_pixel_cross_entropy(logits, target, weight, ignore_index, reduction,
+                                    label_smoothing, backend);
+  }
+  const variable_list out = PixelCrossEntropyFunction::apply(logits, target, weight, ignore_index,
+                                                             reduction, label_smoothing, backend);
+  return {out[0], out[1], out[2]};
+}
+
+// The backward kernels are not differentiable themselves (no double backward).
+class PixelCrossEntropyBackwardFunction
+    : public torch::autograd::Function<PixelCrossEntropyBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& logits,
+                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               const at::Tensor& lse, const at::Tensor& weight_sum,
+                               int64_t ignore_index, int64_t reduction, double label_smoothing,
+                               c10::string_view backend) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return {call_pixel_cross_entropy_backward(grad, logits, target, weight, lse, weight_sum,
+                                              ignore_index, reduction, label_smoothing, backend)};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false, "fcn_fast: double backward of pixel_cross_entropy is not supported");
+  }
+};
+
+at::Tensor pixel_cross_entropy_backward_autograd(
+    const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const at::Tensor& lse, const at::Tensor& weight_sum,
+    int64_t ignore_index, int64_t reduction, double label_smoothing, c10::string_view backend) {
+  return PixelCrossEntropyBackwardFunction::apply(grad, logits, target, weight, lse, weight_sum,
+                                                  ignore_index, reduction, label_smoothing,
+                                                  backend)[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
+  m.def(
+      "pixel_cross_entropy(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+      "int reduction, float label_smoothing, str backend) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "pixel_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor lse, Tensor weight_sum, int ignore_index, int reduction, float label_smoothing, "
+      "str backend) -> Tensor");
+  // Implemented in Python (fcn_fast/triton/__init__.py); called by the two ops above.
+  m.def(
+      "pixel_cross_entropy_triton(Tensor logits, Tensor target, Tensor? weight, "
+      "int ignore_index, int reduction, float label_smoothing) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "pixel_cross_entropy_backward_triton(Tensor grad, Tensor logits, Tensor target, "
+      "Tensor? weight, Tensor lse, Tensor weight_sum, int ignore_index, int reduction, "
+      "float label_smoothing) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fcn_fast, CPU, m) {
+  m.impl("pixel_cross_entropy", &pixel_cross_entropy_kernel);
+  m.impl("pixel_cross_entropy_backward", &pixel_cross_entropy_backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(fcn_fast, CUDA, m) {
+  m.impl("pixel_cross_entropy", &pixel_cross_entropy_kernel);
+  m.impl("pixel_cross_entropy_backward", &pixel_cross_entropy_backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(fcn_fast, Autograd, m) {
+  m.impl("pixel_cross_entropy", &pixel_cross_entropy_autograd);
+  m.impl("pixel_cross_entropy_backward", &pixel_cross_entropy_backward_autograd);
+}
+
+}  // namespace fcn_fast

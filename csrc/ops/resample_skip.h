@@ -1,7 +1,12 @@
 #pragma once
-// ATen-side argument checks of the resample-skip kernels, shared by the CPU
-// implementation and the CUDA binding. The Python front doors raise the
-// user-facing errors; these guard direct calls of torch.ops.fcn_fast.*.
+// The kernels of fcn_fast::resample_skip (docs/design.md, "The resampler"), one pair per
+// backend, and the argument checks they share. The Python front doors (upsample_skip,
+// interpolate_add) raise the user-facing errors; these checks guard direct calls of
+// torch.ops.fcn_fast.* (a bad call gets an error, never a crash).
+//
+// out[n,c,Y,X] = sum of the 4 bilinear taps of x at (Y * scale_h + bias_h, X * scale_w + bias_w)
+//                + skip[n,c,Y+skip_y,X+skip_x]
+// grad_x = the adjoint of the resampling applied to grad_out, gathered per input element.
 #include <ATen/ATen.h>
 
 #include <optional>
@@ -10,9 +15,23 @@
 
 namespace fcn_fast {
 
-inline void check_resample_skip_fwd_args(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                                         int64_t out_h, int64_t out_w, int64_t skip_y,
-                                         int64_t skip_x) {
+at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                             double scale_h, double bias_h, double scale_w, double bias_w,
+                             bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                             int64_t skip_x);
+at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
+                                      double scale_h, double bias_h, double scale_w, double bias_w,
+                                      bool clamp);
+at::Tensor resample_skip_cuda(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                              double scale_h, double bias_h, double scale_w, double bias_w,
+                              bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                              int64_t skip_x);
+at::Tensor resample_skip_backward_cuda(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
+                                       double scale_h, double bias_h, double scale_w, double bias_w,
+                                       bool clamp);
+
+inline void check_resample_skip_args(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                                     int64_t out_h, int64_t out_w, int64_t skip_y, int64_t skip_x) {
   check_plane_tensor(x, "x");
   TORCH_CHECK(out_h >= 0 && out_w >= 0, "fcn_fast: negative output size");
   // An empty input plane has nothing to sample: only an empty output is defined.
@@ -27,7 +46,8 @@ inline void check_resample_skip_fwd_args(const at::Tensor& x, const std::optiona
               "fcn_fast: skip window out of range");
 }
 
-inline void check_resample_skip_bwd_args(const at::Tensor& grad_out, int64_t in_h, int64_t in_w) {
+inline void check_resample_skip_backward_args(const at::Tensor& grad_out, int64_t in_h,
+                                              int64_t in_w) {
   check_plane_tensor(grad_out, "grad_out");
   TORCH_CHECK(in_h > 0 && in_w > 0, "fcn_fast: input size must be positive");
 }

@@ -230,7 +230,7 @@ class Bench:
             threads=self.threads,
         )
         if backend not in ("reference", "compile"):
-            reason = _backend._can_run(backend, self.device)
+            reason = _backend.can_run(backend, self.device)
             if reason is not None:
                 res.status, res.reason = "skipped", f"backend {backend!r} unavailable: {reason}"
                 return res

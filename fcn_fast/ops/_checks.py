@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from fcn_fast._common import FLOAT_DTYPES
 
 
 def check_tensor(t, name: str, op: str, ndim: int | None = None) -> None:
@@ -40,18 +40,3 @@ def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return pair
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when x is channels_last (and not also plain contiguous), else contiguous.
-
-    Every kernel (C++: the same test on at::Tensor) and the fake kernels use this rule,
-    so outputs have identical strides on every backend.
-    """
-    if (
-        x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not x.is_contiguous()
-    ):
-        return torch.channels_last
-    return torch.contiguous_format

@@ -1,4 +1,4 @@
-"""pixel_cross_entropy: fused per-pixel log-softmax + NLL loss (DESIGN.md 2.4).
+"""pixel_cross_entropy: fused per-pixel log-softmax + NLL loss (docs/design.md, "The loss").
 
 Equals F.cross_entropy(logits, target, weight, ignore_index, reduction,
 label_smoothing) for logits (N, C) or (N, C, d1, ..., dk) and int64 class-index
@@ -6,6 +6,9 @@ targets. The kernels see logits as (N, C, S), S = d1 * ... * dk, with any stride
 (NCHW: the pixels are the contiguous axis); the forward keeps only the per-pixel
 log-sum-exp (float32, float64 for float64 logits) for backward, which recomputes
 softmax - onehot. Reductions are deterministic (fixed-order sums, no atomics).
+The extension's op fcn_fast::pixel_cross_entropy runs it: csrc/ops/pixel_cross_entropy.cpp
+holds its autograd and picks the kernel by backend (csrc/cpu/, csrc/cuda/,
+fcn_fast/triton/pixel_cross_entropy.py).
 
 Targets outside [0, C) that are not ignore_index:
 * cpu: ValueError from the forward.
@@ -24,103 +27,41 @@ import math
 import torch
 
 from fcn_fast import _backend
+from fcn_fast._common import LOW_PRECISION, accumulation_dtype
 from fcn_fast.ops._checks import check_float, check_tensor
 from fcn_fast.reference.pixel_cross_entropy import pixel_cross_entropy_reference
 
 _OP = "pixel_cross_entropy"
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+@_backend.register_fake("fcn_fast::pixel_cross_entropy", "fcn_fast::pixel_cross_entropy_triton")
+def _pixel_cross_entropy_fake(
+    logits, target, weight, ignore_index, reduction, label_smoothing, backend=None
+):
+    acc = accumulation_dtype(logits.dtype)
+    # The public op: per-pixel outputs shaped like target. Its Triton twin: the kernels'
+    # (N, C, S) contract, where target is (N, S) too.
+    loss = logits.new_empty(target.shape if reduction == 0 else (), dtype=acc)
+    return loss, logits.new_empty(target.shape, dtype=acc), logits.new_empty((), dtype=acc)
 
 
-@torch.library.custom_op("fcn_fast::pixel_cross_entropy", mutates_args=())
-def pixel_cross_entropy_op(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    reduction: int,
-    label_smoothing: float,
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse, weight_sum) for logits (N, C, S), target (N, S); see the C++ schema."""
-    return _backend.kernel(backend, _OP, "fwd")(
-        logits, target, weight, ignore_index, reduction, label_smoothing
-    )
-
-
-def _fake_forward(logits, reduction):
-    n, s = logits.shape[0], logits.shape[2]
-    acc = _acc_dtype(logits.dtype)
-    loss = logits.new_empty((n, s)) if reduction == 0 else logits.new_empty((), dtype=acc)
-    return loss, logits.new_empty((n, s), dtype=acc), logits.new_empty((), dtype=acc)
-
-
-@pixel_cross_entropy_op.register_fake
-def _(logits, target, weight, ignore_index, reduction, label_smoothing, backend):
-    return _fake_forward(logits, reduction)
-
-
-@torch.library.custom_op("fcn_fast::pixel_cross_entropy_backward", mutates_args=())
-def pixel_cross_entropy_backward(
-    grad: torch.Tensor,
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    lse: torch.Tensor,
-    weight_sum: torch.Tensor,
-    ignore_index: int,
-    reduction: int,
-    label_smoothing: float,
-    backend: str,
-) -> torch.Tensor:
-    """grad_logits, recomputing softmax from lse (no saved log-probabilities)."""
-    return _backend.kernel(backend, _OP, "bwd")(
-        grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing
-    )
-
-
-@pixel_cross_entropy_backward.register_fake
-def _(
-    grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing, backend
+@_backend.register_fake(
+    "fcn_fast::pixel_cross_entropy_backward", "fcn_fast::pixel_cross_entropy_backward_triton"
+)
+def _pixel_cross_entropy_backward_fake(
+    grad,
+    logits,
+    target,
+    weight,
+    lse,
+    weight_sum,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    backend=None,
 ):
     return torch.empty_like(logits)
-
-
-if _backend.extension_loaded():
-    # The C++ kernel ops are called only inside the custom ops above, but get fake
-    # kernels too so that they can be traced and opchecked on their own.
-    @torch.library.register_fake("fcn_fast::pixel_cross_entropy_fwd")
-    def _(logits, target, weight, ignore_index, reduction, label_smoothing):
-        return _fake_forward(logits, reduction)
-
-    @torch.library.register_fake("fcn_fast::pixel_cross_entropy_bwd")
-    def _(grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing):
-        return torch.empty_like(logits)
-
-
-def _setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, reduction, label_smoothing, backend = inputs
-    _, lse, weight_sum = output
-    ctx.save_for_backward(logits, target, weight, lse, weight_sum)
-    ctx.args = (ignore_index, reduction, label_smoothing, backend)
-    ctx.mark_non_differentiable(lse, weight_sum)
-
-
-def _backward(ctx, grad_loss, grad_lse, grad_weight_sum):
-    logits, target, weight, lse, weight_sum = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = pixel_cross_entropy_backward(
-            grad_loss, logits, target, weight, lse, weight_sum, *ctx.args
-        )
-    return grad_logits, None, None, None, None, None, None
-
-
-pixel_cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
@@ -201,8 +142,8 @@ def pixel_cross_entropy(
     is float32 (float64 for float64).
     """
     _check(logits, target, weight, ignore_index, reduction, label_smoothing)
-    name = _backend.resolve_backend(backend, _OP, logits.device)
-    if name == "reference":
+    backend = _backend.resolve_backend(backend, _OP, logits.device)
+    if backend == "reference":
         if (
             weight is not None
             and weight.dtype != logits.dtype
@@ -212,27 +153,24 @@ def pixel_cross_entropy(
         return pixel_cross_entropy_reference(
             logits, target, weight, ignore_index, reduction, float(label_smoothing)
         )
-    if logits.dim() == 1:  # one sample: (C,) -> (1, C, 1)
-        x3, t2 = logits.reshape(1, -1, 1), target.reshape(1, 1)
-    elif logits.dim() == 2:
-        # (N, C): the samples play the pixels, (1, C, N) with the classes contiguous; no
-        # copy. The CPU kernel packs such chunks; the GPU kernels read them strided
-        # (correct, but not coalesced: one pixel per thread, as for channels_last).
-        x3, t2 = logits.t().unsqueeze(0), target.unsqueeze(0)
-    else:
-        n, c = logits.shape[:2]
-        s = math.prod(logits.shape[2:])
-        x3, t2 = logits.reshape(n, c, s), target.reshape(n, s)  # a view for NCHW/NHWC
     if weight is not None:
         # Class weights are read in the accumulation dtype whatever their own: fp32 weights
         # with bf16 logits (a loss module's buffer under autocast) keep their precision.
-        weight = weight.to(_acc_dtype(logits.dtype)).contiguous()
-    loss, _, _ = pixel_cross_entropy_op(
-        x3, t2, weight, ignore_index, _REDUCTIONS[reduction], float(label_smoothing), name
+        weight = weight.to(accumulation_dtype(logits.dtype)).contiguous()
+    # csrc/ops/pixel_cross_entropy.cpp: the kernel for each backend, and the autograd.
+    loss, _, _ = torch.ops.fcn_fast.pixel_cross_entropy(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        _REDUCTIONS[reduction],
+        float(label_smoothing),
+        backend,
     )
-    # PyTorch's dtype: the logits', or float32 under autocast (its fp32 policy for the loss).
-    # A reduced loss comes out of the kernels in the accumulation dtype and is rounded once.
-    autocast = torch.is_autocast_enabled(logits.device.type)
-    out_dtype = torch.float32 if autocast and logits.dtype in _LOW_PRECISION else logits.dtype
-    loss = loss.to(out_dtype)
-    return loss.reshape(target.shape) if reduction == "none" else loss
+    # The loss leaves the kernels in the accumulation dtype and is rounded once, here, to
+    # PyTorch's dtype: the logits', or float32 under autocast (its policy for the loss).
+    if logits.dtype == torch.float32 or (
+        logits.dtype in LOW_PRECISION and torch.is_autocast_enabled(logits.device.type)
+    ):
+        return loss
+    return loss.to(logits.dtype)

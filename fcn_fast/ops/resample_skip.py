@@ -1,10 +1,11 @@
-"""upsample_skip (FCN decoder step) and interpolate_add (FPN decoder step): DESIGN.md 2.1-2.3.
+"""upsample_skip (FCN decoder step) and interpolate_add (FPN decoder step).
 
-Both front doors map their arguments onto one resampler, out[Y, X] = sum of the
-4 bilinear taps of x at (Y * scale + bias) + skip window, registered as the
-autograd-aware custom op fcn_fast::resample_skip. Its kernels are the C++
-(cpu/cuda) and Triton implementations; the `reference` backend bypasses the op
-and runs plain PyTorch.
+Both front doors check their arguments and map them onto one resampler (docs/design.md,
+"The resampler"): out[Y, X] = the 4 bilinear taps of x at (Y * scale + bias), plus a skip
+window. That is the extension's op fcn_fast::resample_skip; csrc/ops/resample_skip.cpp
+holds its autograd and picks its kernel by backend: csrc/cpu/resample_skip.cpp,
+csrc/cuda/resample_skip.cu, fcn_fast/triton/resample_skip.py. The `reference` backend
+runs plain PyTorch (fcn_fast/reference/resample_skip.py) instead.
 """
 
 from __future__ import annotations
@@ -12,114 +13,29 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from fcn_fast import _backend
-from fcn_fast.ops._checks import (
-    check_float,
-    check_same,
-    check_tensor,
-    int_pair,
-    output_memory_format,
-)
+from fcn_fast._common import output_memory_format
+from fcn_fast.ops._checks import check_float, check_same, check_tensor, int_pair
 from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample_skip_reference
 
-_OP = "resample_skip"
 
-
-@torch.library.custom_op("fcn_fast::resample_skip", mutates_args=())
-def resample_skip(
-    x: torch.Tensor,
-    skip: torch.Tensor | None,
-    scale_h: float,
-    bias_h: float,
-    scale_w: float,
-    bias_w: float,
-    clamp: bool,
-    out_h: int,
-    out_w: int,
-    skip_y: int,
-    skip_x: int,
-    backend: str,
-) -> torch.Tensor:
-    """out = bilinear resample of x (4 taps per output) + skip[..., skip_y:, skip_x:] window."""
-    return _backend.kernel(backend, _OP, "fwd")(
-        x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x
-    )
-
-
-@resample_skip.register_fake
-def _(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend):
+@_backend.register_fake("fcn_fast::resample_skip", "fcn_fast::resample_skip_triton")
+def _resample_skip_fake(
+    x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend=None
+):
     return x.new_empty((x.shape[0], x.shape[1], out_h, out_w)).contiguous(
         memory_format=output_memory_format(x)
     )
 
 
-@torch.library.custom_op("fcn_fast::resample_skip_backward", mutates_args=())
-def resample_skip_backward(
-    grad_out: torch.Tensor,
-    in_h: int,
-    in_w: int,
-    scale_h: float,
-    bias_h: float,
-    scale_w: float,
-    bias_w: float,
-    clamp: bool,
-    backend: str,
-) -> torch.Tensor:
-    """grad_x: the adjoint of the resampler, a gather per input element (deterministic)."""
-    return _backend.kernel(backend, _OP, "bwd")(
-        grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp
-    )
-
-
-@resample_skip_backward.register_fake
-def _(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp, backend):
+@_backend.register_fake(
+    "fcn_fast::resample_skip_backward", "fcn_fast::resample_skip_backward_triton"
+)
+def _resample_skip_backward_fake(
+    grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp, backend=None
+):
     return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
-
-
-if _backend.extension_loaded():
-    # The C++ kernel ops are only called inside the custom ops above, but get fake
-    # kernels too so that they can be traced and opchecked on their own.
-    @torch.library.register_fake("fcn_fast::resample_skip_fwd")
-    def _(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x):
-        return x.new_empty((x.shape[0], x.shape[1], out_h, out_w)).contiguous(
-            memory_format=output_memory_format(x)
-        )
-
-    @torch.library.register_fake("fcn_fast::resample_skip_bwd")
-    def _(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp):
-        return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
-
-
-def _setup_context(ctx, inputs, output):
-    x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x, backend = inputs
-    ctx.in_size = (x.shape[2], x.shape[3])
-    ctx.params = (scale_h, bias_h, scale_w, bias_w, clamp)
-    ctx.skip_pad = None
-    if skip is not None:
-        # grad_skip is grad_out placed in the skip window of zeros: a pad.
-        ctx.skip_pad = (
-            skip_x,
-            skip.shape[3] - skip_x - out_w,
-            skip_y,
-            skip.shape[2] - skip_y - out_h,
-        )
-    ctx.backend = backend
-
-
-def _backward(ctx, grad_out):
-    grad_x = grad_skip = None
-    if ctx.needs_input_grad[0]:
-        grad_x = resample_skip_backward(grad_out, *ctx.in_size, *ctx.params, ctx.backend)
-    if ctx.skip_pad is not None and ctx.needs_input_grad[1]:
-        # A window covering all of skip (interpolate_add) passes grad_out through as
-        # the add's own backward does, instead of copying it.
-        grad_skip = F.pad(grad_out, ctx.skip_pad) if any(ctx.skip_pad) else grad_out
-    return (grad_x, grad_skip) + (None,) * 10
-
-
-resample_skip.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_inputs(x, skip, x_name, op):
@@ -138,13 +54,15 @@ def _check_inputs(x, skip, x_name, op):
         )
 
 
-def _run(x, skip, scale, bias, clamp, out_size, skip_crop, backend, reference):
-    name = _backend.resolve_backend(backend, _OP, x.device)
-    if name == "reference":
+def _run(x, skip, scale, bias, clamp, out_size, skip_crop, backend, op, reference):
+    """The resampler on the kernel `backend` picks, or plain PyTorch for "reference"."""
+    backend = _backend.resolve_backend(backend, op, x.device)
+    if backend == "reference":
         return reference()
     (scale_h, scale_w), (bias_h, bias_w) = scale, bias
-    return resample_skip(
-        x, skip, scale_h, bias_h, scale_w, bias_w, clamp, *out_size, *skip_crop, name
+    # csrc/ops/resample_skip.cpp: the kernel for each backend, and the autograd.
+    return torch.ops.fcn_fast.resample_skip(
+        x, skip, scale_h, bias_h, scale_w, bias_w, clamp, *out_size, *skip_crop, backend
     )
 
 
@@ -212,6 +130,7 @@ def upsample_skip(
         out_size,
         skip_crop,
         backend,
+        op,
         lambda: upsample_skip_reference(
             coarse, skip, factor, kernel_size, crop, skip_crop, out_size
         ),
@@ -304,5 +223,6 @@ def interpolate_add(
         out_size,
         (0, 0),
         backend,
+        op,
         lambda: interpolate_add_reference(x, skip, size, scale_factor, align_corners),
     )

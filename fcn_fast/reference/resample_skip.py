@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fcn_fast.ops._checks import output_memory_format
+from fcn_fast._common import output_memory_format
 
 
 def bilinear_kernel(kernel_size: int, dtype=torch.float32, device=None) -> torch.Tensor:

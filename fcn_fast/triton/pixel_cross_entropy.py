@@ -1,4 +1,6 @@
-"""Triton kernels of pixel_cross_entropy (DESIGN.md 2.4): same contract as the C++ schemas.
+"""Triton kernels of pixel_cross_entropy: the contract of the C++ kernels
+(csrc/ops/pixel_cross_entropy.h), registered as the op's `triton` backend by
+fcn_fast/triton/__init__.py.
 
 A program owns BLOCK_P pixels of one image (coalesced along the pixel axis for
 NCHW) and walks the classes in tiles of BLOCK_C with an online softmax, so any C
@@ -14,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fcn_fast.ops.pixel_cross_entropy import _acc_dtype
+from fcn_fast._common import accumulation_dtype
 from fcn_fast.triton._launch import device_guard, f64, split3
 
 
@@ -218,7 +220,7 @@ def _blocks(C: int, device: torch.device) -> tuple[int, int]:
     return 32, min(triton.next_power_of_2(C), 16)  # interpreter: small tiles, still online
 
 
-def pixel_cross_entropy_fwd(logits, target, weight, ignore_index, reduction, label_smoothing):
+def pixel_cross_entropy_triton(logits, target, weight, ignore_index, reduction, label_smoothing):
     """(loss, lse, weight_sum) for logits (N, C, S), target (N, S); see the C++ schema."""
     with device_guard(logits):
         return _forward(logits, target, weight, ignore_index, reduction, label_smoothing)
@@ -226,12 +228,13 @@ def pixel_cross_entropy_fwd(logits, target, weight, ignore_index, reduction, lab
 
 def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
     N, C, S = logits.shape
-    acc = _acc_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     device = logits.device
     BLOCK_P, BLOCK_C = _blocks(C, device)
     grid = (triton.cdiv(S, BLOCK_P) * N,)
     lse = torch.empty((N, S), dtype=acc, device=device)
-    loss = torch.empty((N, S) if reduction == 0 else (), dtype=logits.dtype, device=device)
+    # The loss in the accumulation dtype for every reduction (csrc/ops/pixel_cross_entropy.h).
+    loss = torch.empty((N, S) if reduction == 0 else (), dtype=acc, device=device)
     parts = torch.zeros((grid[0], 2), dtype=acc, device=device)
     err = torch.zeros(1, dtype=torch.int32, device=device)
     wtotal = _wtotal(weight, C, acc, device)
@@ -286,7 +289,7 @@ def _check_targets(err, C, ignore_index):
         raise ValueError(msg)
 
 
-def pixel_cross_entropy_bwd(
+def pixel_cross_entropy_backward_triton(
     grad, logits, target, weight, lse, weight_sum, ignore_index, reduction, label_smoothing
 ):
     """grad_logits from lse: grad * (softmax - onehot) with weight and smoothing."""
@@ -303,7 +306,7 @@ def _backward(
     out = torch.empty_like(logits)
     if out.numel() == 0:
         return out
-    acc = _acc_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     BLOCK_P, BLOCK_C = _blocks(C, logits.device)
     grid = (triton.cdiv(S, BLOCK_P) * N,)
     gN, gS = grad.stride() if reduction == 0 else (0, 0)

@@ -1,6 +1,7 @@
 """Triton kernels of the resample-skip op (DESIGN.md 2.1-2.3): the forward and its adjoint.
 
-Same contract as the C++ ops fcn_fast::resample_skip_fwd / _bwd (csrc/cpu/resample_skip.cpp);
+Same contract as the C++ kernels (csrc/ops/resample_skip.h); registered as the op's
+`triton` backend by fcn_fast/triton/__init__.py;
 the per-axis tap math transcribes csrc/include/fcn_fast/resample_skip_math.h, in float64.
 
 Forward: each program owns a BLOCK_H x BLOCK_W output tile of one (n, c) plane; row and
@@ -23,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fcn_fast.ops._checks import output_memory_format
+from fcn_fast._common import FLOAT_DTYPES, output_memory_format
 from fcn_fast.triton._launch import device_guard, f64, split3
 
 # Elements per program-wide 2-D tile (forward tile, backward [BJ, KX] window tile), and
@@ -307,14 +308,15 @@ def _resample_skip_bwd_kernel(
     tl.store(gx_ptr + gx_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-def _acc_dtype(dtype: torch.dtype):
+def _triton_acc_type(dtype: torch.dtype):
+    """fcn_fast._common.accumulation_dtype, as a Triton type (a constexpr of the kernels)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _check_plane_tensor(t, name: str) -> None:
     if not isinstance(t, torch.Tensor) or t.dim() != 4:
         raise ValueError(f"fcn_fast triton: {name} must be a 4-D tensor (N, C, H, W)")
-    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"fcn_fast triton: {name} must be floating point, got {t.dtype}")
 
 
@@ -324,7 +326,7 @@ def _fwd_blocks(out_h: int, out_w: int) -> tuple[int, int]:
     return block_h, block_w
 
 
-def resample_skip_fwd(
+def resample_skip_triton(
     x: torch.Tensor,
     skip: torch.Tensor | None,
     scale_h: float,
@@ -389,7 +391,7 @@ def resample_skip_fwd(
             *split3(bias_w),
             CLAMP=bool(clamp),
             HAS_SKIP=skip is not None,
-            ACC=_acc_dtype(x.dtype),
+            ACC=_triton_acc_type(x.dtype),
             BLOCK_H=block_h,
             BLOCK_W=block_w,
             num_warps=_NUM_WARPS,
@@ -421,7 +423,7 @@ def _bwd_blocks(
     return bi, bj, kx
 
 
-def resample_skip_bwd(
+def resample_skip_backward_triton(
     grad_out: torch.Tensor,
     in_h: int,
     in_w: int,
@@ -471,7 +473,7 @@ def resample_skip_bwd(
             *split3(scale_w),
             *split3(bias_w),
             CLAMP=bool(clamp),
-            ACC=_acc_dtype(grad_out.dtype),
+            ACC=_triton_acc_type(grad_out.dtype),
             BI=bi,
             BJ=bj,
             KX=kx,
