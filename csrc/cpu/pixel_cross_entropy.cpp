@@ -225,8 +225,10 @@ const acc_t* chunk_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t ignore_index, int64_t reduction, double label_smoothing) {
-  check_pixel_cross_entropy_args(logits, target, weight, reduction, label_smoothing);
+    const CrossEntropyOptions& options) {
+  check_pixel_cross_entropy_args(logits, target, weight, options);
+  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
+  const double label_smoothing = options.label_smoothing;
   check_device(logits, at::kCPU, "logits", "pixel_cross_entropy_cpu");
   const Geometry g = geometry(logits, target);
   const at::ScalarType acc_type = accumulation_type(logits.scalar_type());
@@ -312,9 +314,10 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
                                             const at::Tensor& target,
                                             const std::optional<at::Tensor>& weight,
                                             const at::Tensor& lse_in, const at::Tensor& weight_sum,
-                                            int64_t ignore_index, int64_t reduction,
-                                            double label_smoothing) {
-  check_pixel_cross_entropy_args(logits, target, weight, reduction, label_smoothing);
+                                            const CrossEntropyOptions& options) {
+  check_pixel_cross_entropy_args(logits, target, weight, options);
+  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
+  const double label_smoothing = options.label_smoothing;
   check_pixel_cross_entropy_backward_args(grad, logits, lse_in, reduction);
   check_device(logits, at::kCPU, "logits", "pixel_cross_entropy_backward_cpu");
   const Geometry g = geometry(logits, target);

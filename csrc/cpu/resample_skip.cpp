@@ -78,9 +78,10 @@ void blend_rows(scalar_t* out, int64_t out_stride, const scalar_t* skip, int64_t
 }  // namespace
 
 at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                             double scale_h, double bias_h, double scale_w, double bias_w,
-                             bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                             const Resampling& r, int64_t out_h, int64_t out_w, int64_t skip_y,
                              int64_t skip_x) {
+  const double scale_h = r.scale_h, bias_h = r.bias_h, scale_w = r.scale_w, bias_w = r.bias_w;
+  const bool clamp = r.clamp;
   check_resample_skip_args(x, skip, out_h, out_w, skip_y, skip_x);
   check_device(x, at::kCPU, "x", "resample_skip_cpu");
   const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
@@ -163,8 +164,9 @@ struct AdjointColumns {
 }  // namespace
 
 at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                      double scale_h, double bias_h, double scale_w, double bias_w,
-                                      bool clamp) {
+                                      const Resampling& r) {
+  const double scale_h = r.scale_h, bias_h = r.bias_h, scale_w = r.scale_w, bias_w = r.bias_w;
+  const bool clamp = r.clamp;
   check_resample_skip_backward_args(grad_out, in_h, in_w);
   check_device(grad_out, at::kCPU, "grad_out", "resample_skip_backward_cpu");
   const int64_t N = grad_out.size(0), C = grad_out.size(1);

@@ -22,8 +22,10 @@ LossGeometry geometry(const at::Tensor& logits, const at::Tensor& target) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t ignore_index, int64_t reduction, double label_smoothing) {
-  check_pixel_cross_entropy_args(logits, target, weight, reduction, label_smoothing);
+    const CrossEntropyOptions& options) {
+  check_pixel_cross_entropy_args(logits, target, weight, options);
+  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
+  const double label_smoothing = options.label_smoothing;
   check_device(logits, at::kCUDA, "logits", "pixel_cross_entropy_cuda");
   const c10::cuda::CUDAGuard guard(logits.device());
   const LossGeometry g = geometry(logits, target);
@@ -52,9 +54,10 @@ at::Tensor pixel_cross_entropy_backward_cuda(const at::Tensor& grad, const at::T
                                              const at::Tensor& target,
                                              const std::optional<at::Tensor>& weight,
                                              const at::Tensor& lse, const at::Tensor& weight_sum,
-                                             int64_t ignore_index, int64_t reduction,
-                                             double label_smoothing) {
-  check_pixel_cross_entropy_args(logits, target, weight, reduction, label_smoothing);
+                                             const CrossEntropyOptions& options) {
+  check_pixel_cross_entropy_args(logits, target, weight, options);
+  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
+  const double label_smoothing = options.label_smoothing;
   check_pixel_cross_entropy_backward_args(grad, logits, lse, reduction);
   check_device(logits, at::kCUDA, "logits", "pixel_cross_entropy_backward_cuda");
   const c10::cuda::CUDAGuard guard(logits.device());

@@ -13,24 +13,23 @@ namespace fcn_fast {
 namespace {
 
 ResampleGeometry geometry(int64_t N, int64_t C, int64_t in_h, int64_t in_w, int64_t out_h,
-                          int64_t out_w, double scale_h, double bias_h, double scale_w,
-                          double bias_w, bool clamp) {
-  return ResampleGeometry{N, C, in_h, in_w, out_h, out_w, scale_h, bias_h, scale_w, bias_w, clamp};
+                          int64_t out_w, const Resampling& r) {
+  return ResampleGeometry{N,         C,        in_h,      in_w,     out_h,  out_w,
+                          r.scale_h, r.bias_h, r.scale_w, r.bias_w, r.clamp};
 }
 
 }  // namespace
 
 at::Tensor resample_skip_cuda(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                              double scale_h, double bias_h, double scale_w, double bias_w,
-                              bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
-                              int64_t skip_x) {
+                              const Resampling& resampling, int64_t out_h, int64_t out_w,
+                              int64_t skip_y, int64_t skip_x) {
   check_resample_skip_args(x, skip, out_h, out_w, skip_y, skip_x);
   check_device(x, at::kCUDA, "x", "resample_skip_cuda");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({x.size(0), x.size(1), out_h, out_w},
                              x.options().memory_format(output_memory_format(x)));
-  const ResampleGeometry g = geometry(x.size(0), x.size(1), x.size(2), x.size(3), out_h, out_w,
-                                      scale_h, bias_h, scale_w, bias_w, clamp);
+  const ResampleGeometry g =
+      geometry(x.size(0), x.size(1), x.size(2), x.size(3), out_h, out_w, resampling);
   const Strides4 no_strides{0, 0, 0, 0};
   check_cuda(launch_resample_skip(cuda_dtype(x), g, x.const_data_ptr(), strides4(x),
                                   skip.has_value() ? skip->const_data_ptr() : nullptr,
@@ -41,16 +40,14 @@ at::Tensor resample_skip_cuda(const at::Tensor& x, const std::optional<at::Tenso
 }
 
 at::Tensor resample_skip_backward_cuda(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                       double scale_h, double bias_h, double scale_w, double bias_w,
-                                       bool clamp) {
+                                       const Resampling& resampling) {
   check_resample_skip_backward_args(grad_out, in_h, in_w);
   check_device(grad_out, at::kCUDA, "grad_out", "resample_skip_backward_cuda");
   const c10::cuda::CUDAGuard guard(grad_out.device());
   at::Tensor grad_x =
       at::empty({grad_out.size(0), grad_out.size(1), in_h, in_w}, grad_out.options());
-  const ResampleGeometry g =
-      geometry(grad_out.size(0), grad_out.size(1), in_h, in_w, grad_out.size(2), grad_out.size(3),
-               scale_h, bias_h, scale_w, bias_w, clamp);
+  const ResampleGeometry g = geometry(grad_out.size(0), grad_out.size(1), in_h, in_w,
+                                      grad_out.size(2), grad_out.size(3), resampling);
   if (grad_out.size(2) == 0 || grad_out.size(3) == 0) return grad_x.zero_();
   const at::Tensor workspace = at::empty(
       {resample_skip_backward_workspace(g)},

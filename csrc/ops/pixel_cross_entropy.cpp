@@ -50,14 +50,15 @@ Outputs pixel_cross_entropy_kernel(const at::Tensor& logits, const at::Tensor& t
                                    c10::string_view backend) {
   check_logits_and_target(logits, target);
   const at::Tensor x = pixels_of(logits), t = per_pixel(target, logits.dim());
+  const CrossEntropyOptions options{ignore_index, reduction, label_smoothing};
   Outputs out;
   switch (parse_backend(backend, "pixel_cross_entropy")) {
     case Backend::Cpu:
-      out = pixel_cross_entropy_cpu(x, t, weight, ignore_index, reduction, label_smoothing);
+      out = pixel_cross_entropy_cpu(x, t, weight, options);
       break;
     case Backend::Cuda:
 #ifdef FCN_FAST_WITH_CUDA
-      out = pixel_cross_entropy_cuda(x, t, weight, ignore_index, reduction, label_smoothing);
+      out = pixel_cross_entropy_cuda(x, t, weight, options);
       break;
 #else
       fail_without_cuda("pixel_cross_entropy");
@@ -85,16 +86,15 @@ at::Tensor pixel_cross_entropy_backward_kernel(const at::Tensor& grad, const at:
   const int64_t dim = logits.dim();
   const at::Tensor x = pixels_of(logits), t = per_pixel(target, dim), l = per_pixel(lse, dim);
   const at::Tensor g = reduction == 0 ? per_pixel(grad, dim) : grad;
+  const CrossEntropyOptions options{ignore_index, reduction, label_smoothing};
   at::Tensor grad_x;
   switch (parse_backend(backend, "pixel_cross_entropy_backward")) {
     case Backend::Cpu:
-      grad_x = pixel_cross_entropy_backward_cpu(g, x, t, weight, l, weight_sum, ignore_index,
-                                                reduction, label_smoothing);
+      grad_x = pixel_cross_entropy_backward_cpu(g, x, t, weight, l, weight_sum, options);
       break;
     case Backend::Cuda:
 #ifdef FCN_FAST_WITH_CUDA
-      grad_x = pixel_cross_entropy_backward_cuda(g, x, t, weight, l, weight_sum, ignore_index,
-                                                 reduction, label_smoothing);
+      grad_x = pixel_cross_entropy_backward_cuda(g, x, t, weight, l, weight_sum, options);
       break;
 #else
       fail_without_cuda("pixel_cross_entropy_backward");

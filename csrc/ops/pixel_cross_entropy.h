@@ -15,28 +15,27 @@
 #include <optional>
 #include <tuple>
 
+#include "op_args.h"
 #include "tensor_checks.h"
 
 namespace fcn_fast {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t ignore_index, int64_t reduction, double label_smoothing);
+    const CrossEntropyOptions& options);
 at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                             const at::Tensor& target,
                                             const std::optional<at::Tensor>& weight,
                                             const at::Tensor& lse, const at::Tensor& weight_sum,
-                                            int64_t ignore_index, int64_t reduction,
-                                            double label_smoothing);
+                                            const CrossEntropyOptions& options);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t ignore_index, int64_t reduction, double label_smoothing);
+    const CrossEntropyOptions& options);
 at::Tensor pixel_cross_entropy_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                              const at::Tensor& target,
                                              const std::optional<at::Tensor>& weight,
                                              const at::Tensor& lse, const at::Tensor& weight_sum,
-                                             int64_t ignore_index, int64_t reduction,
-                                             double label_smoothing);
+                                             const CrossEntropyOptions& options);
 
 // The public op's shapes: logits (N, C, d1..dk), (N, C) or (C,); target without C.
 inline void check_logits_and_target(const at::Tensor& logits, const at::Tensor& target) {
@@ -53,7 +52,7 @@ inline void check_logits_and_target(const at::Tensor& logits, const at::Tensor& 
 
 inline void check_pixel_cross_entropy_args(const at::Tensor& logits, const at::Tensor& target,
                                            const std::optional<at::Tensor>& weight,
-                                           int64_t reduction, double label_smoothing) {
+                                           const CrossEntropyOptions& options) {
   TORCH_CHECK(logits.dim() == 3, "pixel_cross_entropy: logits must be (N, C, S), got ",
               logits.sizes());
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()),
@@ -76,9 +75,9 @@ inline void check_pixel_cross_entropy_args(const at::Tensor& logits, const at::T
     TORCH_CHECK(weight->device() == logits.device(),
                 "pixel_cross_entropy: weight must be on the logits' device");
   }
-  TORCH_CHECK(reduction >= 0 && reduction <= 2, "pixel_cross_entropy: bad reduction code ",
-              reduction);
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+  TORCH_CHECK(options.reduction >= 0 && options.reduction <= 2,
+              "pixel_cross_entropy: bad reduction code ", options.reduction);
+  TORCH_CHECK(options.label_smoothing >= 0.0 && options.label_smoothing <= 1.0,
               "pixel_cross_entropy: label_smoothing must be in [0, 1]");
 }
 

@@ -30,14 +30,13 @@ at::Tensor resample_skip_kernel(const at::Tensor& x, const std::optional<at::Ten
                                 double scale_h, double bias_h, double scale_w, double bias_w,
                                 bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
                                 int64_t skip_x, c10::string_view backend) {
+  const Resampling resampling{scale_h, bias_h, scale_w, bias_w, clamp};
   switch (parse_backend(backend, "resample_skip")) {
     case Backend::Cpu:
-      return resample_skip_cpu(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w,
-                               skip_y, skip_x);
+      return resample_skip_cpu(x, skip, resampling, out_h, out_w, skip_y, skip_x);
     case Backend::Cuda:
 #ifdef FCN_FAST_WITH_CUDA
-      return resample_skip_cuda(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w,
-                                skip_y, skip_x);
+      return resample_skip_cuda(x, skip, resampling, out_h, out_w, skip_y, skip_x);
 #else
       fail_without_cuda("resample_skip");
 #endif
@@ -53,14 +52,13 @@ at::Tensor resample_skip_kernel(const at::Tensor& x, const std::optional<at::Ten
 at::Tensor resample_skip_backward_kernel(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
                                          double scale_h, double bias_h, double scale_w,
                                          double bias_w, bool clamp, c10::string_view backend) {
+  const Resampling resampling{scale_h, bias_h, scale_w, bias_w, clamp};
   switch (parse_backend(backend, "resample_skip_backward")) {
     case Backend::Cpu:
-      return resample_skip_backward_cpu(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w,
-                                        clamp);
+      return resample_skip_backward_cpu(grad_out, in_h, in_w, resampling);
     case Backend::Cuda:
 #ifdef FCN_FAST_WITH_CUDA
-      return resample_skip_backward_cuda(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w,
-                                         clamp);
+      return resample_skip_backward_cuda(grad_out, in_h, in_w, resampling);
 #else
       fail_without_cuda("resample_skip_backward");
 #endif

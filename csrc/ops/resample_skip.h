@@ -11,24 +11,21 @@
 
 #include <optional>
 
+#include "op_args.h"
 #include "tensor_checks.h"
 
 namespace fcn_fast {
 
 at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                             double scale_h, double bias_h, double scale_w, double bias_w,
-                             bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
-                             int64_t skip_x);
+                             const Resampling& resampling, int64_t out_h, int64_t out_w,
+                             int64_t skip_y, int64_t skip_x);
 at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                      double scale_h, double bias_h, double scale_w, double bias_w,
-                                      bool clamp);
+                                      const Resampling& resampling);
 at::Tensor resample_skip_cuda(const at::Tensor& x, const std::optional<at::Tensor>& skip,
-                              double scale_h, double bias_h, double scale_w, double bias_w,
-                              bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
-                              int64_t skip_x);
+                              const Resampling& resampling, int64_t out_h, int64_t out_w,
+                              int64_t skip_y, int64_t skip_x);
 at::Tensor resample_skip_backward_cuda(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                       double scale_h, double bias_h, double scale_w, double bias_w,
-                                       bool clamp);
+                                       const Resampling& resampling);
 
 inline void check_resample_skip_args(const at::Tensor& x, const std::optional<at::Tensor>& skip,
                                      int64_t out_h, int64_t out_w, int64_t skip_y, int64_t skip_x) {

@@ -51,3 +51,24 @@ def _pixel_cross_entropy_backward(*args):
     from fcn_fast.triton.pixel_cross_entropy import pixel_cross_entropy_backward_triton
 
     return pixel_cross_entropy_backward_triton(*args)
+
+
+@_implements("fcn_fast::resample_cross_entropy_triton")
+def _resample_cross_entropy(*args):
+    from fcn_fast.triton.resample_cross_entropy import resample_cross_entropy_triton
+
+    return resample_cross_entropy_triton(*args)
+
+
+@_implements("fcn_fast::resample_cross_entropy_backward_triton")
+def _resample_cross_entropy_backward(*args):
+    from fcn_fast.triton.resample_cross_entropy import resample_cross_entropy_backward_triton
+
+    return resample_cross_entropy_backward_triton(*args)
+
+
+@_implements("fcn_fast::resample_argmax_triton")
+def _resample_argmax(*args):
+    from fcn_fast.triton.resample_cross_entropy import resample_argmax_triton
+
+    return resample_argmax_triton(*args)
