@@ -14,7 +14,15 @@ from fcn_fast.models import (
     FCNAlexNet,
     FCNGoogLeNet,
 )
-from fcn_fast.ops import interpolate_add, pixel_cross_entropy, upsample_skip
+from fcn_fast.ops import (
+    interpolate_add,
+    interpolate_argmax,
+    interpolate_cross_entropy,
+    pixel_cross_entropy,
+    upsample_argmax,
+    upsample_cross_entropy,
+    upsample_skip,
+)
 
 __version__ = "0.1.0"
 
@@ -28,7 +36,11 @@ __all__ = [
     "FCNGoogLeNet",
     "available_backends",
     "interpolate_add",
+    "interpolate_argmax",
+    "interpolate_cross_entropy",
     "nn",
     "pixel_cross_entropy",
+    "upsample_argmax",
+    "upsample_cross_entropy",
     "upsample_skip",
 ]

@@ -1,24 +1,260 @@
-// CPU kernels of the fused heads (resample_cross_entropy.h): being written.
+// CPU kernels of the fused heads (resample_cross_entropy.h): the resampler's rows
+// (resample_rows.h) feeding the loss's vectorized chunk steps (loss_rows.h), so the
+// full-resolution logits only ever exist one output row at a time, in a thread's buffer.
+//
+// Forward and argmax: a work unit is one output row (n, Y). Each class's logit row
+// z[c][X] is the vertical blend of its two horizontally interpolated input rows, exactly
+// as resample_skip_cpu computes it; lse_rows and chunk_losses then give the loss per pixel.
+// Backward: a work unit is one (n, c) plane of x. For each output row Y the gradient row
+// G[X] = d loss / d z_c(Y, X) is recomputed from x and the saved lse, then accumulated
+// into its two input rows (vsum); the horizontal adjoint gathers grad_x from vsum. Every
+// sum runs in a fixed order: results are bitwise identical run to run.
 #include "../ops/resample_cross_entropy.h"
 
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "loss_rows.h"
+#include "resample_rows.h"
+
 namespace fcn_fast {
+namespace {
 
-LossOutputs resample_cross_entropy_cpu(const at::Tensor&, const at::Tensor&,
-                                       const std::optional<at::Tensor>&, const Resampling&,
-                                       const CrossEntropyOptions&) {
-  TORCH_CHECK(false, "resample_cross_entropy_cpu: not implemented yet");
+// The logits of output row Y of image n, z[c * out_w + X] for every class: per class, the
+// two input rows the row's taps name, interpolated horizontally, blended vertically.
+template <typename scalar_t, typename acc_t>
+class LogitRows {
+ public:
+  LogitRows(const scalar_t* x, int64_t C, int64_t in_h, int64_t in_w, int64_t out_w,
+            const Resampling& r)
+      : x_(x),
+        C_(C),
+        in_h_(in_h),
+        in_w_(in_w),
+        out_w_(out_w),
+        r_(r),
+        taps_(out_w, in_w, r.scale_w, r.bias_w, r.clamp),
+        padded_(in_w + 2),
+        top_(out_w),
+        bottom_(out_w),
+        zeros_(out_w, acc_t(0)) {}
+
+  // Classes [c0, c0 + count) of row Y of image n into z[(c - c0) * out_w + X].
+  void compute(int64_t n, int64_t Y, int64_t c0, int64_t count, acc_t* z) {
+    const Tap<acc_t> ty = resample_tap<acc_t>(Y, r_.scale_h, r_.bias_h, in_h_, r_.clamp);
+    const bool has0 = ty.i0 >= 0 && ty.i0 < in_h_, has1 = ty.i1 >= 0 && ty.i1 < in_h_;
+    for (int64_t k = 0; k < count; ++k) {
+      const scalar_t* plane = x_ + ((n * C_) + c0 + k) * in_h_ * in_w_;
+      const acc_t* a = has0 ? interpolate(plane, ty.i0, top_) : zeros_.data();
+      const acc_t* b = has1 ? interpolate(plane, ty.i1, bottom_) : zeros_.data();
+      acc_t* row = z + k * out_w_;
+      // The blend of resample_skip_cpu (its blend_rows), so both give the same logits.
+      for (int64_t X = 0; X < out_w_; ++X) row[X] = ty.w0 * a[X] + ty.w1 * b[X];
+    }
+  }
+
+  // Whether any input row is read by output row Y (a zero-boundary row outside reads none).
+  bool reads_input(int64_t Y, Tap<acc_t>* ty) const {
+    *ty = resample_tap<acc_t>(Y, r_.scale_h, r_.bias_h, in_h_, r_.clamp);
+    return (ty->i0 >= 0 && ty->i0 < in_h_) || (ty->i1 >= 0 && ty->i1 < in_h_);
+  }
+
+ private:
+  const acc_t* interpolate(const scalar_t* plane, int64_t i, std::vector<acc_t>& out) {
+    interpolate_row<scalar_t, acc_t>(plane + i * in_w_, in_w_, r_.clamp, taps_, padded_.data(),
+                                     out.data());
+    return out.data();
+  }
+
+  const scalar_t* x_;
+  int64_t C_, in_h_, in_w_, out_w_;
+  Resampling r_;
+  ColumnTaps<acc_t> taps_;
+  std::vector<acc_t> padded_, top_, bottom_, zeros_;
+};
+
+}  // namespace
+
+LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight,
+                                       const Resampling& resampling,
+                                       const CrossEntropyOptions& options) {
+  check_resample_cross_entropy_args(x, target, weight, options);
+  check_device(x, at::kCPU, "x", "resample_cross_entropy_cpu");
+  const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
+  const int64_t H = target.size(1), W = target.size(2);
+  const auto acc = x.options().dtype(accumulation_type(x.scalar_type()));
+  at::Tensor lse = at::empty({N, H, W}, acc);
+  at::Tensor loss =
+      options.reduction == kReductionNone ? at::empty({N, H, W}, acc) : at::empty({}, acc);
+  at::Tensor weight_sum = at::empty({}, acc);
+  const at::Tensor xc = x.contiguous();  // low resolution: a copy costs little
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_cross_entropy_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
+        std::vector<ChunkSums> sums(N * H);  // one per output row
+        const int64_t* t = target.const_data_ptr<int64_t>();
+        const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
+        acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+        acc_t* loss_none =
+            options.reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
+        at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                            resampling);
+          std::vector<acc_t> z(C * W), m(W), logs(W), swx(W);
+          for (int64_t row = begin; row < end; ++row) {
+            const int64_t n = row / H, Y = row % H;
+            logits.compute(n, Y, 0, C, z.data());
+            lse_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data());
+            sums[row] = chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(),
+                                     t + n * tN + Y * tH, tW, k, lse_ptr + row * W,
+                                     loss_none == nullptr ? nullptr : loss_none + row * W);
+          }
+        });
+        // Named for the two front doors that reach this kernel.
+        finish_loss("upsample_cross_entropy / interpolate_cross_entropy", sums, options.reduction,
+                    k, loss, weight_sum);
+      });
+  return {loss, lse, weight_sum};
 }
 
-at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, const std::optional<at::Tensor>&,
-                                               const at::Tensor&, const at::Tensor&,
-                                               const Resampling&, const CrossEntropyOptions&) {
-  TORCH_CHECK(false, "resample_cross_entropy_backward_cpu: not implemented yet");
+at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                               const at::Tensor& target,
+                                               const std::optional<at::Tensor>& weight,
+                                               const at::Tensor& lse, const at::Tensor& weight_sum,
+                                               const Resampling& resampling,
+                                               const CrossEntropyOptions& options) {
+  check_resample_cross_entropy_args(x, target, weight, options);
+  check_resample_cross_entropy_backward_args(grad, target, lse, options.reduction);
+  check_device(x, at::kCPU, "x", "resample_cross_entropy_backward_cpu");
+  const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
+  const int64_t H = target.size(1), W = target.size(2);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(output_memory_format(x)));
+  if (grad_x.numel() == 0) return grad_x;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor lse_c = lse.to(accumulation_type(x.scalar_type())).contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_cross_entropy_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
+        const UpstreamGrad<acc_t> up(grad, weight_sum, options.reduction);
+        const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
+        const int64_t gH = up.per_pixel ? up.values.stride(1) : 0;
+        const int64_t gW = up.per_pixel ? up.values.stride(2) : 0;
+        const AdjointColumns<acc_t> cols(in_w, W, resampling.scale_w, resampling.bias_w,
+                                         resampling.clamp);
+        const int64_t* t = target.const_data_ptr<int64_t>();
+        const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
+        const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
+        scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
+        const auto gxs = grad_x.strides();
+        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                            resampling);
+          std::vector<acc_t> vsum(in_h * W), z(W), g(W), a(W), b(W), d(W), l(W);
+          for (int64_t plane = begin; plane < end; ++plane) {
+            const int64_t n = plane / C, c = plane % C;
+            std::fill(vsum.begin(), vsum.end(), acc_t(0));
+            for (int64_t Y = 0; Y < H; ++Y) {
+              Tap<acc_t> ty;
+              if (!logits.reads_input(Y, &ty)) continue;  // nothing to give a gradient to
+              logits.compute(n, Y, c, 1, z.data());
+              const int64_t* trow = t + n * tN + Y * tH;
+              chunk_grad_coefficients(W, trow, tW,
+                                      up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
+                                      up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data());
+              finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
+              grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), a.data(), d.data(),
+                        k.w == nullptr ? nullptr : k.w + c, k.smoothing);
+              for (int64_t X = 0; X < W; ++X) {
+                if (trow[X * tW] == c) g[X] -= b[X];  // b is 0 for ignored pixels
+              }
+              // Vertical adjoint, in Y order: the output row's two input rows.
+              const int64_t taps[2] = {ty.i0, ty.i1};
+              const acc_t weights[2] = {ty.w0, ty.w1};
+              for (int i = 0; i < 2; ++i) {
+                if (taps[i] < 0 || taps[i] >= in_h) continue;
+                acc_t* v = vsum.data() + taps[i] * W;
+                for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * g[X];
+              }
+            }
+            // Horizontal adjoint: a gather per input element, in a fixed order.
+            scalar_t* out = gx + n * gxs[0] + c * gxs[1];
+            for (int64_t i = 0; i < in_h; ++i) {
+              const acc_t* v = vsum.data() + i * W;
+              for (int64_t j = 0; j < in_w; ++j) {
+                const acc_t* w = cols.weights.data() + j * cols.window;
+                const acc_t* vj = v + cols.first[j];
+                acc_t sum = acc_t(0);
+                for (int64_t q = 0; q < cols.count[j]; ++q) sum += w[q] * vj[q];
+                out[i * gxs[2] + j * gxs[3]] = static_cast<scalar_t>(sum);
+              }
+            }
+          }
+        });
+      });
+  return grad_x;
 }
 
-std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor&, const Resampling&,
-                                                       int64_t, int64_t, at::ScalarType, bool) {
-  TORCH_CHECK(false, "resample_argmax_cpu: not implemented yet");
+std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor& x,
+                                                       const Resampling& resampling, int64_t out_h,
+                                                       int64_t out_w, at::ScalarType out_dtype,
+                                                       bool return_confidence) {
+  check_resample_argmax_args(x, out_h, out_w, out_dtype);
+  check_device(x, at::kCPU, "x", "resample_argmax_cpu");
+  const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
+  at::Tensor labels = at::empty({N, out_h, out_w}, x.options().dtype(out_dtype));
+  at::Tensor confidence =
+      at::empty({return_confidence ? N : 0, out_h, out_w}, x.options().dtype(at::kFloat));
+  if (labels.numel() == 0) return {labels, confidence};
+  const at::Tensor xc = x.contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_argmax_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        float* conf = return_confidence ? confidence.mutable_data_ptr<float>() : nullptr;
+        at::parallel_for(0, N * out_h, 1, [&](int64_t begin, int64_t end) {
+          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, out_w,
+                                            resampling);
+          std::vector<acc_t> z(C * out_w), m(out_w), logs(out_w), swx(out_w);
+          std::vector<int64_t> best(out_w);
+          for (int64_t row = begin; row < end; ++row) {
+            logits.compute(row / out_h, row % out_h, 0, C, z.data());
+            // torch.argmax: the first maximum; a NaN beats every number, the first NaN wins.
+            for (int64_t X = 0; X < out_w; ++X) best[X] = 0;
+            for (int64_t c = 1; c < C; ++c) {
+              const acc_t* zc = z.data() + c * out_w;
+              for (int64_t X = 0; X < out_w; ++X) {
+                const acc_t top = z[best[X] * out_w + X], v = zc[X];
+                if (v > top || (v != v && top == top)) best[X] = c;
+              }
+            }
+            if (out_dtype == at::kByte) {
+              uint8_t* out = labels.mutable_data_ptr<uint8_t>() + row * out_w;
+              for (int64_t X = 0; X < out_w; ++X) out[X] = static_cast<uint8_t>(best[X]);
+            } else {
+              int64_t* out = labels.mutable_data_ptr<int64_t>() + row * out_w;
+              for (int64_t X = 0; X < out_w; ++X) out[X] = best[X];
+            }
+            if (conf != nullptr) {  // the winner's softmax probability, exp(z_best - lse)
+              lse_rows(z.data(), out_w, C, out_w, static_cast<const acc_t*>(nullptr), false,
+                       m.data(), logs.data(), swx.data());
+              for (int64_t X = 0; X < out_w; ++X) {
+                conf[row * out_w + X] =
+                    static_cast<float>(std::exp(z[best[X] * out_w + X] - (m[X] + logs[X])));
+              }
+            }
+          }
+        });
+      });
+  return {labels, confidence};
 }
 
 }  // namespace fcn_fast

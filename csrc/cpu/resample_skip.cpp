@@ -17,44 +17,10 @@
 
 #include "fcn_fast/resample_skip_math.h"
 #include "huge_pages.h"
+#include "resample_rows.h"
 
 namespace fcn_fast {
 namespace {
-
-// Taps of every output column, shared by all rows. Indices point into an input
-// row padded by one element on each side (see pad_row), so every tap is a valid
-// read: H[X] = w0[X] * padded[col[X]] + w1[X] * padded[col[X] + 1].
-template <typename acc_t>
-struct ColumnTaps {
-  std::vector<int64_t> col;
-  std::vector<acc_t> w0, w1;
-
-  ColumnTaps(int64_t out_w, int64_t in_w, double scale, double bias, bool clamp)
-      : col(out_w), w0(out_w), w1(out_w) {
-    for (int64_t X = 0; X < out_w; ++X) {
-      const Tap<acc_t> tap = resample_tap<acc_t>(X, scale, bias, in_w, clamp);
-      col[X] = tap.i0 + 1;  // i1 is i0 + 1, or i0 at the clamp edge: the right pad repeats it
-      w0[X] = tap.w0;
-      w1[X] = tap.w1;
-    }
-  }
-};
-
-// padded[0] and padded[in_w + 1] stand for inputs -1 and in_w: zero under the
-// zero boundary (those taps have weight 0, and 0 * 0 stays 0 where 0 * inf would
-// not), the edge value under the clamp boundary (where i1 == i0 == in_w - 1).
-template <typename scalar_t, typename acc_t>
-void interpolate_row(const scalar_t* src, int64_t in_w, bool clamp, const ColumnTaps<acc_t>& taps,
-                     acc_t* padded, acc_t* out) {
-  for (int64_t j = 0; j < in_w; ++j) padded[j + 1] = static_cast<acc_t>(src[j]);
-  padded[0] = clamp ? padded[1] : acc_t(0);
-  padded[in_w + 1] = clamp ? padded[in_w] : acc_t(0);
-  const int64_t out_w = static_cast<int64_t>(taps.col.size());
-  for (int64_t X = 0; X < out_w; ++X) {
-    const acc_t* p = padded + taps.col[X];
-    out[X] = taps.w0[X] * p[0] + taps.w1[X] * p[1];
-  }
-}
 
 // out[X] = wa * a[X] + wb * b[X] (+ skip[X]): the streaming inner loop.
 template <typename scalar_t, typename acc_t>
@@ -135,33 +101,6 @@ at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor
       });
   return out;
 }
-
-namespace {
-
-// The horizontal adjoint as a gather: input column j is read by output
-// columns first[j] + k, k < count[j], with weight weights[j * window + k].
-template <typename acc_t>
-struct AdjointColumns {
-  int64_t window;
-  std::vector<int64_t> first, count;
-  std::vector<acc_t> weights;
-
-  AdjointColumns(int64_t in_w, int64_t out_w, double scale, double bias, bool clamp)
-      : window(resample_window(scale, out_w)),
-        first(in_w),
-        count(in_w),
-        weights(in_w * window, acc_t(0)) {
-    for (int64_t j = 0; j < in_w; ++j) {
-      first[j] = std::min(resample_first_output(j, scale, bias), out_w);
-      count[j] = std::min(window, out_w - first[j]);
-      for (int64_t k = 0; k < count[j]; ++k) {
-        weights[j * window + k] = resample_weight<acc_t>(first[j] + k, j, scale, bias, in_w, clamp);
-      }
-    }
-  }
-};
-
-}  // namespace
 
 at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
                                       const Resampling& r) {

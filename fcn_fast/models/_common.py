@@ -9,11 +9,11 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fcn_fast._backend import BACKENDS
-from fcn_fast.ops import pixel_cross_entropy, upsample_skip
-from fcn_fast.reference import bilinear_weight
+from fcn_fast.ops import pixel_cross_entropy, upsample_argmax, upsample_cross_entropy, upsample_skip
+from fcn_fast.ops._checks import int_pair
+from fcn_fast.reference import argmax_reference, bilinear_weight, transposed_conv_skip
 
 _BACKEND_CHOICES = ("auto", *BACKENDS)
 
@@ -117,31 +117,55 @@ class BilinearUpscore(nn.Module):
                 out_size=out_size,
                 backend=self.backend,
             )
-        up = F.conv_transpose2d(coarse, self.weight.to(coarse.dtype), stride=self.stride)
-        cy, cx = (crop, crop) if isinstance(crop, int) else crop
-        if out_size is None:
-            out_size = (up.shape[2] - cy, up.shape[3] - cx)
-        h, w = out_size
-        out = up[:, :, cy : cy + h, cx : cx + w]
-        if skip is None:
-            return out.contiguous()
-        sy, sx = (skip_crop, skip_crop) if isinstance(skip_crop, int) else skip_crop
-        return out + skip[:, :, sy : sy + h, sx : sx + w]
+        return self._general(coarse, skip, crop, skip_crop, out_size)
 
     def cross_entropy(self, coarse, target, *, crop=0, **ce_kwargs):
-        """F.cross_entropy(self(coarse, crop=crop, out_size=target.shape[-2:]), target, ...)."""
-        logits = self(coarse, crop=crop, out_size=tuple(target.shape[-2:]))
+        """F.cross_entropy(self(coarse, crop=crop, out_size=target's size), target, **ce_kwargs),
+        fused (fcn_fast.upsample_cross_entropy) while the weight is bilinear."""
+        if self.is_bilinear:
+            return upsample_cross_entropy(
+                coarse,
+                target,
+                factor=self.stride,
+                kernel_size=self.kernel_size,
+                crop=crop,
+                backend=self.backend,
+                **ce_kwargs,
+            )
+        logits = self._general(coarse, None, crop, 0, tuple(target.shape[-2:]))
         return pixel_cross_entropy(logits, target, backend=self.backend, **ce_kwargs)
 
     def argmax(
         self, coarse, *, crop=0, out_size=None, out_dtype=torch.int64, return_confidence=False
     ):
-        """self(coarse, crop=crop, out_size=out_size).argmax(1), optionally with confidence."""
-        logits = self(coarse, crop=crop, out_size=out_size)
-        labels = logits.argmax(1).to(out_dtype)
-        if not return_confidence:
-            return labels
-        return labels, torch.softmax(logits.float(), 1).amax(1)
+        """self(coarse, crop=crop, out_size=out_size).argmax(1), fused (fcn_fast.upsample_argmax)
+        while the weight is bilinear; return_confidence adds the winner's softmax probability."""
+        if self.is_bilinear:
+            return upsample_argmax(
+                coarse,
+                factor=self.stride,
+                kernel_size=self.kernel_size,
+                crop=crop,
+                out_size=out_size,
+                out_dtype=out_dtype,
+                return_confidence=return_confidence,
+                backend=self.backend,
+            )
+        with torch.no_grad():
+            logits = self._general(coarse, None, crop, 0, out_size)
+        return argmax_reference(logits, out_dtype, return_confidence)
+
+    def _general(self, coarse, skip, crop, skip_crop, out_size):
+        """The unfused transposed convolution with the loaded (non-bilinear) weight."""
+        crop = int_pair(crop, "crop", type(self).__name__)
+        skip_crop = int_pair(skip_crop, "skip_crop", type(self).__name__)
+        if out_size is None:
+            full = [(n - 1) * self.stride + self.kernel_size for n in coarse.shape[2:]]
+            out_size = (full[0] - crop[0], full[1] - crop[1])
+        weight = self.weight.to(coarse.dtype)
+        return transposed_conv_skip(
+            coarse, skip, weight, self.stride, crop, skip_crop, tuple(out_size)
+        )
 
 
 def unwrap_state_dict(state_dict):

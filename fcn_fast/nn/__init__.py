@@ -1,5 +1,9 @@
 """Modules built on the fcn_fast ops."""
 
-from fcn_fast.nn.loss import PixelCrossEntropyLoss
+from fcn_fast.nn.loss import (
+    InterpolateCrossEntropyLoss,
+    PixelCrossEntropyLoss,
+    UpsampleCrossEntropyLoss,
+)
 
-__all__ = ["PixelCrossEntropyLoss"]
+__all__ = ["InterpolateCrossEntropyLoss", "PixelCrossEntropyLoss", "UpsampleCrossEntropyLoss"]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fcn_fast._common import FLOAT_DTYPES
+
+# F.cross_entropy's reductions, as the ops' integer codes.
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def check_tensor(t, name: str, op: str, ndim: int | None = None) -> None:
@@ -40,3 +45,51 @@ def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return pair
+
+
+def check_target(target, expected_shape, expected_for: str, like: torch.Tensor, op: str) -> None:
+    """int64 class indices of `expected_shape` on `like`'s device."""
+    check_tensor(target, "target", op)
+    if target.dtype.is_floating_point:
+        raise TypeError(
+            f"{op}: target must be int64 class indices; floating targets (class probabilities) "
+            f"are not supported, got {target.dtype}"
+        )
+    if target.dtype != torch.int64:
+        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
+    if tuple(target.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"{op}: target must have shape {tuple(expected_shape)} for {expected_for}, "
+            f"got {tuple(target.shape)}"
+        )
+    if target.device != like.device:
+        raise ValueError(
+            f"{op}: target is on {target.device} but the logits are on {like.device}; "
+            "move both to one device"
+        )
+
+
+def check_loss_options(weight, num_classes, like, ignore_index, reduction, label_smoothing, op):
+    """F.cross_entropy's weight, ignore_index, reduction and label_smoothing."""
+    if weight is not None:
+        check_tensor(weight, "weight", op)
+        if weight.dim() != 1 or weight.shape[0] != num_classes:
+            raise ValueError(
+                f"{op}: weight must be a 1-D tensor of C = {num_classes} class weights, "
+                f"got shape {tuple(weight.shape)}"
+            )
+        if not weight.is_floating_point():
+            raise TypeError(f"{op}: weight must be a floating-point tensor, got {weight.dtype}")
+        if weight.device != like.device:
+            raise ValueError(
+                f"{op}: weight is on {weight.device} but the logits are on {like.device}; "
+                "move both to one device"
+            )
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
+    if not isinstance(label_smoothing, (int, float)) or isinstance(label_smoothing, bool):
+        raise TypeError(f"{op}: label_smoothing must be a float, got {label_smoothing!r}")
+    if not (math.isfinite(label_smoothing) and 0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing!r}")

@@ -22,17 +22,20 @@ Targets outside [0, C) that are not ignore_index:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fcn_fast import _backend
 from fcn_fast._common import LOW_PRECISION, accumulation_dtype
-from fcn_fast.ops._checks import check_float, check_tensor
+from fcn_fast.ops._checks import (
+    REDUCTIONS,
+    check_float,
+    check_loss_options,
+    check_target,
+    check_tensor,
+)
 from fcn_fast.reference.pixel_cross_entropy import pixel_cross_entropy_reference
 
 _OP = "pixel_cross_entropy"
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 @_backend.register_fake("fcn_fast::pixel_cross_entropy", "fcn_fast::pixel_cross_entropy_triton")
@@ -77,49 +80,10 @@ def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
             f"{op}: logits must be (C,), (N, C) or (N, C, d1, ..., dk) with C >= 1, "
             f"got shape {tuple(logits.shape)}"
         )
-    check_tensor(target, "target", op)
-    if target.dtype.is_floating_point:
-        raise TypeError(
-            f"{op}: target must be int64 class indices; floating targets (class probabilities) "
-            f"are not supported, got {target.dtype}"
-        )
-    if target.dtype != torch.int64:
-        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
     expected = () if logits.dim() == 1 else (logits.shape[0], *logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(
-            f"{op}: target must have shape {expected} for logits of shape "
-            f"{tuple(logits.shape)} (logits without the class dimension), "
-            f"got {tuple(target.shape)}"
-        )
-    if target.device != logits.device:
-        raise ValueError(
-            f"{op}: target is on {target.device} but logits is on {logits.device}; "
-            "move both to one device"
-        )
-    if weight is not None:
-        check_tensor(weight, "weight", op)
-        c = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
-        if weight.dim() != 1 or weight.shape[0] != c:
-            raise ValueError(
-                f"{op}: weight must be a 1-D tensor of C = {c} class weights, "
-                f"got shape {tuple(weight.shape)}"
-            )
-        if not weight.is_floating_point():
-            raise TypeError(f"{op}: weight must be a floating-point tensor, got {weight.dtype}")
-        if weight.device != logits.device:
-            raise ValueError(
-                f"{op}: weight is on {weight.device} but logits is on {logits.device}; "
-                "move both to one device"
-            )
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: reduction must be one of {tuple(_REDUCTIONS)}, got {reduction!r}")
-    if not isinstance(label_smoothing, (int, float)) or isinstance(label_smoothing, bool):
-        raise TypeError(f"{op}: label_smoothing must be a float, got {label_smoothing!r}")
-    if not (math.isfinite(label_smoothing) and 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    check_target(target, expected, f"logits of shape {tuple(logits.shape)}", logits, op)
+    c = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
+    check_loss_options(weight, c, logits, ignore_index, reduction, label_smoothing, op)
 
 
 def pixel_cross_entropy(
@@ -144,31 +108,44 @@ def pixel_cross_entropy(
     _check(logits, target, weight, ignore_index, reduction, label_smoothing)
     backend = _backend.resolve_backend(backend, _OP, logits.device)
     if backend == "reference":
-        if (
-            weight is not None
-            and weight.dtype != logits.dtype
-            and not torch.is_autocast_enabled(logits.device.type)
-        ):
-            weight = weight.to(logits.dtype)  # F.cross_entropy wants them equal
-        return pixel_cross_entropy_reference(
-            logits, target, weight, ignore_index, reduction, float(label_smoothing)
-        )
-    if weight is not None:
-        # Class weights are read in the accumulation dtype whatever their own: fp32 weights
-        # with bf16 logits (a loss module's buffer under autocast) keep their precision.
-        weight = weight.to(accumulation_dtype(logits.dtype)).contiguous()
+        return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
     # csrc/ops/pixel_cross_entropy.cpp: the kernel for each backend, and the autograd.
     loss, _, _ = torch.ops.fcn_fast.pixel_cross_entropy(
         logits,
         target,
-        weight,
+        kernel_weight(weight, logits.dtype),
         ignore_index,
-        _REDUCTIONS[reduction],
+        REDUCTIONS[reduction],
         float(label_smoothing),
         backend,
     )
-    # The loss leaves the kernels in the accumulation dtype and is rounded once, here, to
-    # PyTorch's dtype: the logits', or float32 under autocast (its policy for the loss).
+    return as_loss_dtype(loss, logits)
+
+
+def reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing):
+    """F.cross_entropy, with weights in the logits' dtype as it wants them (under autocast it
+    casts both to float32 itself)."""
+    if (
+        weight is not None
+        and weight.dtype != logits.dtype
+        and not torch.is_autocast_enabled(logits.device.type)
+    ):
+        weight = weight.to(logits.dtype)
+    return pixel_cross_entropy_reference(
+        logits, target, weight, ignore_index, reduction, float(label_smoothing)
+    )
+
+
+def kernel_weight(weight, logits_dtype):
+    """Class weights as every kernel reads them: contiguous, in the accumulation dtype whatever
+    their own (fp32 weights with bf16 logits, a loss module's buffer under autocast, keep
+    their precision)."""
+    return None if weight is None else weight.to(accumulation_dtype(logits_dtype)).contiguous()
+
+
+def as_loss_dtype(loss, logits):
+    """The loss leaves the kernels in the accumulation dtype and is rounded once, here, to
+    PyTorch's dtype: the logits', or float32 under autocast (its policy for the loss)."""
     if logits.dtype == torch.float32 or (
         logits.dtype in LOW_PRECISION and torch.is_autocast_enabled(logits.device.type)
     ):

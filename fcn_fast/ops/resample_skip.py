@@ -10,13 +10,12 @@ runs plain PyTorch (fcn_fast/reference/resample_skip.py) instead.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fcn_fast import _backend
 from fcn_fast._common import output_memory_format
 from fcn_fast.ops._checks import check_float, check_same, check_tensor, int_pair
+from fcn_fast.ops._geometry import interpolate_geometry, upsample_geometry
 from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample_skip_reference
 
 
@@ -54,15 +53,14 @@ def _check_inputs(x, skip, x_name, op):
         )
 
 
-def _run(x, skip, scale, bias, clamp, out_size, skip_crop, backend, op, reference):
+def _run(x, skip, geometry, skip_crop, backend, op, reference):
     """The resampler on the kernel `backend` picks, or plain PyTorch for "reference"."""
     backend = _backend.resolve_backend(backend, op, x.device)
     if backend == "reference":
         return reference()
-    (scale_h, scale_w), (bias_h, bias_w) = scale, bias
     # csrc/ops/resample_skip.cpp: the kernel for each backend, and the autograd.
     return torch.ops.fcn_fast.resample_skip(
-        x, skip, scale_h, bias_h, scale_w, bias_w, clamp, *out_size, *skip_crop, backend
+        x, skip, *geometry.resampler_args(), *geometry.out_size, *skip_crop, backend
     )
 
 
@@ -88,51 +86,20 @@ def upsample_skip(
     """
     op = "upsample_skip"
     _check_inputs(coarse, skip, "coarse", op)
-    if not isinstance(factor, int) or isinstance(factor, bool):
-        raise TypeError(f"{op}: factor must be an int, got {factor!r}")
-    if factor < 1:
-        raise ValueError(f"{op}: factor must be >= 1, got {factor}")
-    if kernel_size is None:
-        kernel_size = 2 * factor
-    if kernel_size not in (2 * factor, 2 * factor - 1):
-        raise ValueError(
-            f"{op}: kernel_size must be 2*factor ({2 * factor}) or 2*factor-1 "
-            f"({2 * factor - 1}) for factor={factor}, got {kernel_size!r}"
-        )
-    crop = int_pair(crop, "crop", op)
-    skip_crop = int_pair(skip_crop, "skip_crop", op)
-    h, w = coarse.shape[2], coarse.shape[3]
-    full = ((h - 1) * factor + kernel_size, (w - 1) * factor + kernel_size)
-    if crop[0] >= full[0] or crop[1] >= full[1]:
-        raise ValueError(
-            f"{op}: crop {crop} must be smaller than the upsampled size {full} "
-            f"(coarse {h}x{w}, factor {factor}, kernel_size {kernel_size})"
-        )
-    if out_size is None:
-        out_size = (full[0] - crop[0], full[1] - crop[1])
-    out_size = int_pair(out_size, "out_size", op)
-    if crop[0] + out_size[0] > full[0] or crop[1] + out_size[1] > full[1]:
-        raise ValueError(
-            f"{op}: out_size {out_size} at crop {crop} exceeds the upsampled size {full}; "
-            f"at most {(full[0] - crop[0], full[1] - crop[1])}"
-        )
-    _check_skip_window(skip, skip_crop, out_size, op)
-    # DESIGN 2.1: s = Y / f + (c + 0.5) / f - 1 for kernel 2f, (c + 1) / f - 1 for 2f - 1.
-    shift = 0.5 if kernel_size == 2 * factor else 1.0
-    scale = (1.0 / factor, 1.0 / factor)
-    bias = tuple((c + shift) / factor - 1.0 for c in crop)
+    geometry, kernel_size = upsample_geometry(
+        coarse.shape[2:], factor, kernel_size, crop, out_size, op
+    )
+    crop, skip_crop = int_pair(crop, "crop", op), int_pair(skip_crop, "skip_crop", op)
+    _check_skip_window(skip, skip_crop, geometry.out_size, op)
     return _run(
         coarse,
         skip,
-        scale,
-        bias,
-        False,
-        out_size,
+        geometry,
         skip_crop,
         backend,
         op,
         lambda: upsample_skip_reference(
-            coarse, skip, factor, kernel_size, crop, skip_crop, out_size
+            coarse, skip, factor, kernel_size, crop, skip_crop, geometry.out_size
         ),
     )
 
@@ -146,45 +113,6 @@ def _check_skip_window(skip, skip_crop, out_size, op):
             f"{op}: the skip window at skip_crop {skip_crop} of size {out_size} does not fit "
             f"in skip of spatial size {(hs, ws)}"
         )
-
-
-def _interpolate_geometry(in_size, size, scale_factor, align_corners, op):
-    """Output size, scale and bias per axis, by F.interpolate's rules."""
-    if (size is None) == (scale_factor is None):
-        raise ValueError(f"{op}: give exactly one of size or scale_factor")
-    factors = (None, None)
-    if size is not None:
-        out = int_pair(size, "size", op, minimum=1)
-    else:
-        factors = (
-            tuple(scale_factor)
-            if isinstance(scale_factor, (tuple, list))
-            else (
-                scale_factor,
-                scale_factor,
-            )
-        )
-        if len(factors) != 2 or not all(
-            isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
-        ):
-            raise TypeError(f"{op}: scale_factor must be a number or a pair, got {scale_factor!r}")
-        if not all(math.isfinite(f) and f > 0 for f in factors):
-            raise ValueError(
-                f"{op}: scale_factor must be positive and finite, got {scale_factor!r}"
-            )
-        out = tuple(int(n * f) for n, f in zip(in_size, factors))  # floor, as PyTorch
-        if min(out) < 1:
-            raise ValueError(f"{op}: scale_factor {scale_factor!r} gives an empty output {out}")
-    scale, bias = [], []
-    for n, o, f in zip(in_size, out, factors):
-        if align_corners:
-            scale.append((n - 1) / (o - 1) if o > 1 else 0.0)
-            bias.append(0.0)
-        else:
-            s = 1.0 / f if f is not None else n / o
-            scale.append(s)
-            bias.append(0.5 * s - 0.5)
-    return out, tuple(scale), tuple(bias)
 
 
 def interpolate_add(
@@ -204,23 +132,16 @@ def interpolate_add(
     """
     op = "interpolate_add"
     _check_inputs(x, skip, "x", op)
-    if not isinstance(align_corners, bool):
-        raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
-    out_size, scale, bias = _interpolate_geometry(
-        (x.shape[2], x.shape[3]), size, scale_factor, align_corners, op
-    )
-    if skip is not None and tuple(skip.shape[2:]) != out_size:
+    geometry = interpolate_geometry(x.shape[2:], size, scale_factor, align_corners, op)
+    if skip is not None and tuple(skip.shape[2:]) != geometry.out_size:
         raise ValueError(
-            f"{op}: skip must have the output's spatial size {out_size}, "
+            f"{op}: skip must have the output's spatial size {geometry.out_size}, "
             f"got {tuple(skip.shape[2:])}"
         )
     return _run(
         x,
         skip,
-        scale,
-        bias,
-        True,
-        out_size,
+        geometry,
         (0, 0),
         backend,
         op,

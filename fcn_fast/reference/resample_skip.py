@@ -42,7 +42,21 @@ def upsample_skip_reference(
 ) -> torch.Tensor:
     """out = conv_transpose2d(coarse, bilinear, stride=factor)[crop window] + skip[skip window]."""
     weight = bilinear_weight(coarse.shape[1], kernel_size, coarse.dtype, coarse.device)
-    up = F.conv_transpose2d(coarse, weight, stride=factor)
+    return transposed_conv_skip(coarse, skip, weight, factor, crop, skip_crop, out_size)
+
+
+def transposed_conv_skip(
+    coarse: torch.Tensor,
+    skip: torch.Tensor | None,
+    weight: torch.Tensor,
+    stride: int,
+    crop: tuple[int, int],
+    skip_crop: tuple[int, int],
+    out_size: tuple[int, int],
+) -> torch.Tensor:
+    """out = conv_transpose2d(coarse, weight, stride)[crop window] + skip[skip window], for any
+    weight (a learned upsampling layer too)."""
+    up = F.conv_transpose2d(coarse, weight, stride=stride)
     (cy, cx), (height, width) = crop, out_size
     out = up[:, :, cy : cy + height, cx : cx + width]
     if skip is None:

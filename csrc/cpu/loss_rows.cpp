@@ -1,0 +1,132 @@
+// The vectorized loops of the CPU loss kernels (loss_rows.h), shared by pixel_cross_entropy.cpp
+// and resample_cross_entropy.cpp.
+#include "loss_rows.h"
+
+#include <cmath>
+
+#include "vec_math.h"
+
+// The fp32 hot loops are compiled twice, for AVX2+FMA and for the baseline ISA,
+// and picked at load time by CPU features (GCC function multiversioning; not
+// target_clones("arch=haswell"), which checks the CPU model, not its features).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FCN_MULTIVERSION 1
+#endif
+
+namespace fcn_fast {
+namespace {
+
+using vec_math::exp_any;
+using vec_math::log_any;
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+// ---- chunk kernels: rows x[c * ld + p], c < C, p < P ----
+
+// m[p] = max_c x, logs[p] = log sum_c exp(x - m), swx[p] = sum_c w[c] (x - m) (smoothing).
+template <typename T>
+FCN_ALWAYS_INLINE void lse_rows_impl(const T* x, int64_t ld, int64_t C, int64_t P, const T* w,
+                                     bool smoothing, T* m, T* logs, T* swx) {
+  for (int64_t p = 0; p < P; ++p) m[p] = x[p];
+  for (int64_t c = 1; c < C; ++c) {
+    const T* row = x + c * ld;
+    for (int64_t p = 0; p < P; ++p) m[p] = row[p] > m[p] ? row[p] : m[p];
+  }
+  // A pixel whose logits are all -inf: shift by 0 instead, so that x - m below is
+  // exactly shifted_logit(x, m) without a select per element (-inf - 0 = -inf).
+  for (int64_t p = 0; p < P; ++p) m[p] = m[p] == -static_cast<T>(HUGE_VAL) ? T(0) : m[p];
+  for (int64_t p = 0; p < P; ++p) logs[p] = T(0);  // the sum of exps, until the log below
+  if (smoothing) {
+    for (int64_t p = 0; p < P; ++p) swx[p] = T(0);
+    for (int64_t c = 0; c < C; ++c) {
+      const T* row = x + c * ld;
+      const T wc = w == nullptr ? T(1) : w[c];
+      for (int64_t p = 0; p < P; ++p) {
+        const T d = row[p] - m[p];
+        logs[p] += exp_any(d);
+        swx[p] += wc * d;
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const T* row = x + c * ld;
+      for (int64_t p = 0; p < P; ++p) logs[p] += exp_any(row[p] - m[p]);
+    }
+  }
+  for (int64_t p = 0; p < P; ++p) logs[p] = log_any(logs[p]);
+}
+
+// g[c * gld + p] = exp(x - lse[p]) * a[p] - d[p] * w[c]; the target's -b is added after.
+// lse must not be -inf (the caller passes 0 instead: exp(-inf - 0) = 0, as shifted_logit).
+template <typename T>
+FCN_ALWAYS_INLINE void grad_rows_impl(const T* x, int64_t ld, T* g, int64_t gld, int64_t C,
+                                      int64_t P, const T* lse, const T* a, const T* d, const T* w,
+                                      bool smoothing) {
+  for (int64_t c = 0; c < C; ++c) {
+    const T* row = x + c * ld;
+    T* out = g + c * gld;
+    if (smoothing) {
+      const T wc = w == nullptr ? T(1) : w[c];
+      for (int64_t p = 0; p < P; ++p) {
+        out[p] = exp_any(row[p] - lse[p]) * a[p] - d[p] * wc;
+      }
+    } else {
+      for (int64_t p = 0; p < P; ++p) out[p] = exp_any(row[p] - lse[p]) * a[p];
+    }
+  }
+}
+
+#ifdef FCN_MULTIVERSION
+#define FCN_F32_KERNELS(TARGET)                                                                  \
+  __attribute__((target(TARGET))) void lse_rows_f32(const float* x, int64_t ld, int64_t C,       \
+                                                    int64_t P, const float* w, bool smoothing,   \
+                                                    float* m, float* logs, float* swx) {         \
+    lse_rows_impl<float>(x, ld, C, P, w, smoothing, m, logs, swx);                               \
+  }                                                                                              \
+  __attribute__((target(TARGET))) void grad_rows_f32(                                            \
+      const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P, const float* lse, \
+      const float* a, const float* d, const float* w, bool smoothing) {                          \
+    grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                         \
+  }
+FCN_F32_KERNELS("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+FCN_F32_KERNELS("avx2,fma")
+FCN_F32_KERNELS("default")
+#else
+void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
+                  float* m, float* logs, float* swx) {
+  lse_rows_impl<float>(x, ld, C, P, w, smoothing, m, logs, swx);
+}
+void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
+                   const float* lse, const float* a, const float* d, const float* w,
+                   bool smoothing) {
+  grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
+}
+#endif
+}  // namespace
+
+void lse_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
+              float* m, float* logs, float* swx) {
+  lse_rows_f32(x, ld, C, P, w, smoothing, m, logs, swx);
+}
+void lse_rows(const double* x, int64_t ld, int64_t C, int64_t P, const double* w, bool smoothing,
+              double* m, double* logs, double* swx) {
+  lse_rows_impl<double>(x, ld, C, P, w, smoothing, m, logs, swx);
+}
+void grad_rows(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
+               const float* lse, const float* a, const float* d, const float* w, bool smoothing) {
+  grad_rows_f32(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
+}
+void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, int64_t P,
+               const double* lse, const double* a, const double* d, const double* w,
+               bool smoothing) {
+  grad_rows_impl<double>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+}  // namespace fcn_fast

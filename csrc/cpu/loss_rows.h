@@ -1,0 +1,183 @@
+#pragma once
+// The CPU loss kernels' shared steps, on a chunk of P pixels whose logits are C rows
+// x[c * ld + p] in the accumulation type (pixel_cross_entropy.cpp reads them from the logits,
+// resample_cross_entropy.cpp computes them from the low-resolution input). The math per pixel
+// is pixel_cross_entropy_math.h, the same the CUDA kernels run.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "fcn_fast/pixel_cross_entropy_math.h"
+
+namespace fcn_fast {
+
+// m[p] = max_c x (0 for an all -inf pixel), logs[p] = log sum_c exp(x - m),
+// swx[p] = sum_c w[c] (x - m) when smoothing. Vectorized (loss_rows.cpp).
+void lse_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
+              float* m, float* logs, float* swx);
+void lse_rows(const double* x, int64_t ld, int64_t C, int64_t P, const double* w, bool smoothing,
+              double* m, double* logs, double* swx);
+
+// g[c * gld + p] = exp(x - lse[p]) * a[p] - d[p] * w[c]; the target's -b is added after.
+// lse must not be -inf (pass 0 instead: exp(-inf - 0) = 0, as shifted_logit).
+void grad_rows(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
+               const float* lse, const float* a, const float* d, const float* w, bool smoothing);
+void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, int64_t P,
+               const double* lse, const double* a, const double* d, const double* w,
+               bool smoothing);
+
+// Pixels per chunk: a [C][P] fp32 block of about 32 KiB (stays in L1 between the max and
+// exp passes), a multiple of 16 for the vector loops. It depends on C only, so the chunking,
+// and with it every sum, does not depend on the thread count.
+inline int64_t chunk_pixels(int64_t C) {
+  const int64_t p = (8192 / std::max<int64_t>(C, 1)) / 16 * 16;
+  return std::min<int64_t>(std::max<int64_t>(p, 16), 1024);
+}
+
+// Everything per pixel that is not a logit: class weights (w == nullptr: all 1) and their sum,
+// label smoothing, the target rule.
+template <typename acc_t>
+struct LossConstants {
+  std::vector<acc_t> weights;
+  const acc_t* w;
+  acc_t wtotal, eps, eps_over_c;
+  int64_t C, ignore_index;
+  bool smoothing;
+
+  LossConstants(const std::optional<at::Tensor>& weight, int64_t C, int64_t ignore_index,
+                double label_smoothing)
+      : C(C), ignore_index(ignore_index), smoothing(label_smoothing > 0.0) {
+    if (weight.has_value()) {
+      const at::Tensor wc = weight->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      const acc_t* values = wc.template const_data_ptr<acc_t>();
+      weights.assign(values, values + C);
+    }
+    w = weight.has_value() ? weights.data() : nullptr;
+    wtotal = static_cast<acc_t>(C);
+    if (w != nullptr) {
+      wtotal = acc_t(0);
+      for (acc_t v : weights) wtotal += v;
+    }
+    eps = static_cast<acc_t>(label_smoothing);
+    eps_over_c = eps / static_cast<acc_t>(C);
+  }
+
+  bool valid(int64_t t) const { return t != ignore_index && t >= 0 && t < C; }
+  acc_t weight_of(int64_t t) const { return w == nullptr ? acc_t(1) : w[t]; }
+};
+
+// Loss and weight sums of one chunk, kept in double and added in chunk order; the first
+// target outside [0, C) that is not ignore_index.
+struct ChunkSums {
+  double loss = 0.0, weight = 0.0;
+  bool bad = false;
+  int64_t bad_value = 0;
+};
+
+// The per-pixel step after lse_rows: lse_out[p] = m + logs, loss_out[p] (if not null) the
+// pixel's loss (0 when ignored); target[p * target_stride].
+template <typename acc_t>
+ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m, const acc_t* logs,
+                       const acc_t* swx, const int64_t* target, int64_t target_stride,
+                       const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out) {
+  ChunkSums sums;
+  for (int64_t p = 0; p < P; ++p) {
+    lse_out[p] = m[p] + logs[p];
+    const int64_t t = target[p * target_stride];
+    acc_t value = acc_t(0);
+    if (k.valid(t)) {
+      const acc_t wt = k.weight_of(t);
+      const acc_t xt_m = shifted_logit(rows[t * ld + p], m[p]);
+      value = pixel_loss(logs[p], xt_m, wt, k.smoothing ? swx[p] : acc_t(0), k.wtotal, k.eps,
+                         k.eps_over_c);
+      sums.loss += static_cast<double>(value);
+      sums.weight += static_cast<double>(wt);
+    } else if (t != k.ignore_index && !sums.bad) {
+      sums.bad = true;
+      sums.bad_value = t;
+    }
+    if (loss_out != nullptr) loss_out[p] = value;
+  }
+  return sums;
+}
+
+// The gradient's per-pixel coefficients (GradCoef: a, b, d; zero for ignored pixels) from the
+// upstream gradient: scale[p * scale_stride] for reduction none, else one scalar already
+// divided by the weight sum for mean (scale_stride 0).
+template <typename acc_t>
+void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
+                             const acc_t* scale, int64_t scale_stride,
+                             const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d) {
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t t = target[p * target_stride];
+    GradCoef<acc_t> coef{acc_t(0), acc_t(0), acc_t(0)};
+    if (k.valid(t)) {
+      coef = grad_coef(scale[p * scale_stride], k.weight_of(t), k.wtotal, k.eps, k.eps_over_c);
+    }
+    a[p] = coef.a;
+    b[p] = coef.b;
+    d[p] = coef.d;
+  }
+}
+
+// lse for grad_rows: 0 instead of -inf (a pixel whose logits are all -inf).
+template <typename acc_t>
+void finite_lse(const acc_t* lse, int64_t P, acc_t* out) {
+  for (int64_t p = 0; p < P; ++p) {
+    out[p] = lse[p] == -static_cast<acc_t>(HUGE_VAL) ? acc_t(0) : lse[p];
+  }
+}
+
+[[noreturn]] inline void raise_bad_target(const char* op, int64_t value, int64_t C,
+                                          int64_t ignore_index) {
+  TORCH_CHECK_VALUE(false, op, ": target contains ", value, ", outside [0, C) = [0, ", C,
+                    ") and not ignore_index (", ignore_index, ")");
+  abort();  // unreachable
+}
+
+// Adds the chunks' sums in chunk order (deterministic), raises for a bad target, and stores
+// weight_sum and the mean or sum loss (0-dim accumulation-type tensors; reduction none keeps
+// the per-pixel loss already written).
+template <typename acc_t>
+void finish_loss(const char* op, const std::vector<ChunkSums>& chunks, int64_t reduction,
+                 const LossConstants<acc_t>& k, at::Tensor& loss, at::Tensor& weight_sum) {
+  double total_loss = 0.0, total_weight = 0.0;
+  for (const ChunkSums& s : chunks) {
+    if (s.bad) raise_bad_target(op, s.bad_value, k.C, k.ignore_index);
+    total_loss += s.loss;
+    total_weight += s.weight;
+  }
+  // Plain stores, not fill_: at tiny sizes each dispatcher call costs more than the loss.
+  *weight_sum.template mutable_data_ptr<acc_t>() = static_cast<acc_t>(total_weight);
+  if (reduction == kReductionMean) {
+    // 0 / 0 = NaN when every pixel is ignored, as PyTorch.
+    *loss.template mutable_data_ptr<acc_t>() = static_cast<acc_t>(total_loss / total_weight);
+  } else if (reduction == kReductionSum) {
+    *loss.template mutable_data_ptr<acc_t>() = static_cast<acc_t>(total_loss);
+  }
+}
+
+// The upstream gradient as acc_t with its strides: per pixel for reduction none, else the
+// scalar (divided by the weight sum for mean) with stride 0.
+template <typename acc_t>
+struct UpstreamGrad {
+  at::Tensor values;  // keeps the converted tensor alive
+  const acc_t* data;
+  acc_t scalar;
+  bool per_pixel;
+
+  UpstreamGrad(const at::Tensor& grad, const at::Tensor& weight_sum, int64_t reduction)
+      : per_pixel(reduction == kReductionNone) {
+    values = grad.to(c10::CppTypeToScalarType<acc_t>::value);  // keeps strides (0 too)
+    data = values.template const_data_ptr<acc_t>();
+    scalar = per_pixel ? acc_t(0) : data[0];
+    if (reduction == kReductionMean) {
+      const at::Tensor divisor = weight_sum.to(c10::CppTypeToScalarType<acc_t>::value);
+      scalar /= divisor.template const_data_ptr<acc_t>()[0];
+    }
+  }
+};
+
+}  // namespace fcn_fast
