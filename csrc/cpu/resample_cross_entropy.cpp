@@ -5,10 +5,12 @@
 // Forward and argmax: a work unit is one output row (n, Y). Each class's logit row
 // z[c][X] is the vertical blend of its two horizontally interpolated input rows, exactly
 // as resample_skip_cpu computes it; lse_rows and chunk_losses then give the loss per pixel.
-// Backward: a work unit is one (n, c) plane of x. For each output row Y the gradient row
-// G[X] = d loss / d z_c(Y, X) is recomputed from x and the saved lse, then accumulated
-// into its two input rows (vsum); the horizontal adjoint gathers grad_x from vsum. Every
-// sum runs in a fixed order: results are bitwise identical run to run.
+// Backward: a work unit is a band of input rows of one image. For each output row Y that
+// reads the band, the gradient rows G[c][X] = d loss / d z_c(Y, X) are recomputed from x
+// and the saved lse (as pixel_cross_entropy's backward, on the row's C x W logits), then
+// accumulated into the band's input rows among the row's two taps (vsum); the horizontal
+// adjoint gathers grad_x from vsum. Every sum runs in a fixed order, whatever the thread
+// count: results are bitwise identical run to run.
 #include "../ops/resample_cross_entropy.h"
 
 #include <ATen/ATen.h>
@@ -25,7 +27,9 @@ namespace fcn_fast {
 namespace {
 
 // The logits of output row Y of image n, z[c * out_w + X] for every class: per class, the
-// two input rows the row's taps name, interpolated horizontally, blended vertically.
+// two input rows the row's taps name, interpolated horizontally, blended vertically. The
+// interpolated input rows are cached, two per class: consecutive output rows read the same
+// pair (about `factor` of them per pair when upsampling), so each is interpolated once.
 template <typename scalar_t, typename acc_t>
 class LogitRows {
  public:
@@ -39,43 +43,61 @@ class LogitRows {
         r_(r),
         taps_(out_w, in_w, r.scale_w, r.bias_w, r.clamp),
         padded_(in_w + 2),
-        top_(out_w),
-        bottom_(out_w),
-        zeros_(out_w, acc_t(0)) {}
+        zeros_(out_w, acc_t(0)),
+        cache_(2 * C * out_w),
+        cached_(2 * C, -1) {}
 
-  // Classes [c0, c0 + count) of row Y of image n into z[(c - c0) * out_w + X].
-  void compute(int64_t n, int64_t Y, int64_t c0, int64_t count, acc_t* z) {
-    const Tap<acc_t> ty = resample_tap<acc_t>(Y, r_.scale_h, r_.bias_h, in_h_, r_.clamp);
-    const bool has0 = ty.i0 >= 0 && ty.i0 < in_h_, has1 = ty.i1 >= 0 && ty.i1 < in_h_;
-    for (int64_t k = 0; k < count; ++k) {
-      const scalar_t* plane = x_ + ((n * C_) + c0 + k) * in_h_ * in_w_;
-      const acc_t* a = has0 ? interpolate(plane, ty.i0, top_) : zeros_.data();
-      const acc_t* b = has1 ? interpolate(plane, ty.i1, bottom_) : zeros_.data();
-      acc_t* row = z + k * out_w_;
-      // The blend of resample_skip_cpu (its blend_rows), so both give the same logits.
-      for (int64_t X = 0; X < out_w_; ++X) row[X] = ty.w0 * a[X] + ty.w1 * b[X];
-    }
+  // The taps of output row Y; false when it reads no input row (zero boundary, outside).
+  bool taps(int64_t Y, Tap<acc_t>* ty) const {
+    *ty = resample_tap<acc_t>(Y, r_.scale_h, r_.bias_h, in_h_, r_.clamp);
+    return inside(ty->i0) || inside(ty->i1);
   }
 
-  // Whether any input row is read by output row Y (a zero-boundary row outside reads none).
-  bool reads_input(int64_t Y, Tap<acc_t>* ty) const {
-    *ty = resample_tap<acc_t>(Y, r_.scale_h, r_.bias_h, in_h_, r_.clamp);
-    return (ty->i0 >= 0 && ty->i0 < in_h_) || (ty->i1 >= 0 && ty->i1 < in_h_);
+  // Class c of the output row with taps ty, of image n, into z[X].
+  void compute(int64_t n, const Tap<acc_t>& ty, int64_t c, acc_t* z) {
+    const bool has0 = inside(ty.i0), has1 = inside(ty.i1);
+    const acc_t* a = has0 ? row(n, c, ty.i0, has1 ? ty.i1 : -1) : zeros_.data();
+    const acc_t* b = has1 ? row(n, c, ty.i1, has0 ? ty.i0 : -1) : zeros_.data();
+    // The blend of resample_skip_cpu (its blend_rows), so both give the same logits.
+    for (int64_t X = 0; X < out_w_; ++X) z[X] = ty.w0 * a[X] + ty.w1 * b[X];
   }
 
  private:
-  const acc_t* interpolate(const scalar_t* plane, int64_t i, std::vector<acc_t>& out) {
-    interpolate_row<scalar_t, acc_t>(plane + i * in_w_, in_w_, r_.clamp, taps_, padded_.data(),
-                                     out.data());
-    return out.data();
+  bool inside(int64_t i) const { return i >= 0 && i < in_h_; }
+
+  // Input row i of plane (n, c), interpolated horizontally; `keep` is the other row the
+  // caller needs now, whose slot must not be overwritten.
+  const acc_t* row(int64_t n, int64_t c, int64_t i, int64_t keep) {
+    const int64_t key = n * in_h_ + i, keep_key = keep < 0 ? -1 : n * in_h_ + keep;
+    int64_t* keys = cached_.data() + 2 * c;
+    acc_t* slots = cache_.data() + 2 * c * out_w_;
+    for (int slot = 0; slot < 2; ++slot) {
+      if (keys[slot] == key) return slots + slot * out_w_;
+    }
+    const int slot = keys[0] == keep_key ? 1 : 0;
+    const scalar_t* src = x_ + ((n * C_ + c) * in_h_ + i) * in_w_;
+    interpolate_row<scalar_t, acc_t>(src, in_w_, r_.clamp, taps_, padded_.data(),
+                                     slots + slot * out_w_);
+    keys[slot] = key;
+    return slots + slot * out_w_;
   }
 
   const scalar_t* x_;
   int64_t C_, in_h_, in_w_, out_w_;
   Resampling r_;
   ColumnTaps<acc_t> taps_;
-  std::vector<acc_t> padded_, top_, bottom_, zeros_;
+  std::vector<acc_t> padded_, zeros_, cache_;
+  std::vector<int64_t> cached_;  // the input row (n * in_h + i) in each of a class's 2 slots
 };
+
+// Input rows per backward work unit (an image's band of rows): enough units for every
+// thread, at least 8 rows so that the output rows on a band's edge, which two units
+// compute, stay few (the result does not depend on the band: each input row's sum runs
+// over the same output rows in the same order in any unit).
+int64_t backward_band(int64_t N, int64_t in_h) {
+  const int64_t bands_wanted = (4 * at::get_num_threads() + N - 1) / N;
+  return std::min(in_h, std::max<int64_t>(8, (in_h + bands_wanted - 1) / bands_wanted));
+}
 
 }  // namespace
 
@@ -110,7 +132,9 @@ LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& ta
           std::vector<acc_t> z(C * W), m(W), logs(W), swx(W);
           for (int64_t row = begin; row < end; ++row) {
             const int64_t n = row / H, Y = row % H;
-            logits.compute(n, Y, 0, C, z.data());
+            Tap<acc_t> ty;
+            logits.taps(Y, &ty);
+            for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
             lse_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data());
             sums[row] = chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(),
                                      t + n * tN + Y * tH, tW, k, lse_ptr + row * W,
@@ -155,46 +179,63 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
         scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
         const auto gxs = grad_x.strides();
-        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+        const int64_t band = backward_band(N, in_h), bands = (in_h + band - 1) / band;
+        const int64_t window = resample_window(resampling.scale_h, H);
+        at::parallel_for(0, N * bands, 1, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
-          std::vector<acc_t> vsum(in_h * W), z(W), g(W), a(W), b(W), d(W), l(W);
-          for (int64_t plane = begin; plane < end; ++plane) {
-            const int64_t n = plane / C, c = plane % C;
+          std::vector<acc_t> vsum(C * band * W), z(C * W), g(C * W), a(W), b(W), d(W), l(W);
+          for (int64_t unit = begin; unit < end; ++unit) {
+            const int64_t n = unit / bands, i0 = (unit % bands) * band;
+            const int64_t i1 = std::min(in_h, i0 + band);
             std::fill(vsum.begin(), vsum.end(), acc_t(0));
-            for (int64_t Y = 0; Y < H; ++Y) {
+            // The output rows that read any of the band's input rows, in order.
+            const int64_t y_first =
+                std::min(H, resample_first_output(i0, resampling.scale_h, resampling.bias_h));
+            const int64_t y_end = std::min(
+                H, resample_first_output(i1 - 1, resampling.scale_h, resampling.bias_h) + window);
+            for (int64_t Y = y_first; Y < y_end; ++Y) {
               Tap<acc_t> ty;
-              if (!logits.reads_input(Y, &ty)) continue;  // nothing to give a gradient to
-              logits.compute(n, Y, c, 1, z.data());
+              logits.taps(Y, &ty);
+              const bool has0 = ty.i0 >= i0 && ty.i0 < i1, has1 = ty.i1 >= i0 && ty.i1 < i1;
+              if (!has0 && !has1) continue;
+              // d loss / d z for every class of the row, as pixel_cross_entropy's backward.
               const int64_t* trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
                                       up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
                                       up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data());
               finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
-              grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), a.data(), d.data(),
-                        k.w == nullptr ? nullptr : k.w + c, k.smoothing);
+              for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
+              grad_rows(z.data(), W, g.data(), W, C, W, l.data(), a.data(), d.data(), k.w,
+                        k.smoothing);
               for (int64_t X = 0; X < W; ++X) {
-                if (trow[X * tW] == c) g[X] -= b[X];  // b is 0 for ignored pixels
+                if (k.valid(trow[X * tW])) g[trow[X * tW] * W + X] -= b[X];
               }
-              // Vertical adjoint, in Y order: the output row's two input rows.
+              // Vertical adjoint, in Y order, into the band's rows among the two taps.
+              const bool inside[2] = {has0, has1};
               const int64_t taps[2] = {ty.i0, ty.i1};
               const acc_t weights[2] = {ty.w0, ty.w1};
-              for (int i = 0; i < 2; ++i) {
-                if (taps[i] < 0 || taps[i] >= in_h) continue;
-                acc_t* v = vsum.data() + taps[i] * W;
-                for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * g[X];
+              for (int64_t c = 0; c < C; ++c) {
+                const acc_t* gc = g.data() + c * W;
+                for (int i = 0; i < 2; ++i) {
+                  if (!inside[i]) continue;
+                  acc_t* v = vsum.data() + (c * band + taps[i] - i0) * W;
+                  for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * gc[X];
+                }
               }
             }
             // Horizontal adjoint: a gather per input element, in a fixed order.
-            scalar_t* out = gx + n * gxs[0] + c * gxs[1];
-            for (int64_t i = 0; i < in_h; ++i) {
-              const acc_t* v = vsum.data() + i * W;
-              for (int64_t j = 0; j < in_w; ++j) {
-                const acc_t* w = cols.weights.data() + j * cols.window;
-                const acc_t* vj = v + cols.first[j];
-                acc_t sum = acc_t(0);
-                for (int64_t q = 0; q < cols.count[j]; ++q) sum += w[q] * vj[q];
-                out[i * gxs[2] + j * gxs[3]] = static_cast<scalar_t>(sum);
+            for (int64_t c = 0; c < C; ++c) {
+              scalar_t* out = gx + n * gxs[0] + c * gxs[1];
+              for (int64_t i = i0; i < i1; ++i) {
+                const acc_t* v = vsum.data() + (c * band + i - i0) * W;
+                for (int64_t j = 0; j < in_w; ++j) {
+                  const acc_t* w = cols.weights.data() + j * cols.window;
+                  const acc_t* vj = v + cols.first[j];
+                  acc_t sum = acc_t(0);
+                  for (int64_t r = 0; r < cols.count[j]; ++r) sum += w[r] * vj[r];
+                  out[i * gxs[2] + j * gxs[3]] = static_cast<scalar_t>(sum);
+                }
               }
             }
           }
@@ -226,7 +267,10 @@ std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor& x,
           std::vector<acc_t> z(C * out_w), m(out_w), logs(out_w), swx(out_w);
           std::vector<int64_t> best(out_w);
           for (int64_t row = begin; row < end; ++row) {
-            logits.compute(row / out_h, row % out_h, 0, C, z.data());
+            Tap<acc_t> ty;
+            logits.taps(row % out_h, &ty);
+            for (int64_t c = 0; c < C; ++c)
+              logits.compute(row / out_h, ty, c, z.data() + c * out_w);
             // torch.argmax: the first maximum; a NaN beats every number, the first NaN wins.
             for (int64_t X = 0; X < out_w; ++X) best[X] = 0;
             for (int64_t c = 1; c < C; ++c) {
