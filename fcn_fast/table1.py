@@ -196,7 +196,7 @@ def environment(device: torch.device) -> dict:
         triton_version = None
     commit = _git("rev-parse", "--short", "HEAD")
     if commit and _git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
+        commit += ", with uncommitted changes"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device.type,
@@ -267,6 +267,11 @@ def _paper(row, key, fmt="{}") -> str:
     return "–" if paper is None or paper.get(key) is None else fmt.format(paper[key])
 
 
+def _beside_paper(row, ours: str, key, fmt="{}") -> str:
+    """`ours (paper X)`, or `ours` alone for a net Table 1 does not have."""
+    return ours if row["paper"] is None else f"{ours} (paper {_paper(row, key, fmt)})"
+
+
 def _table(doc) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the table: one column per net, as the paper's."""
     rows = doc["rows"]
@@ -278,14 +283,14 @@ def _table(doc) -> tuple[list[str], list[list[str]]]:
         return [fn(r) for r in rows]
 
     def with_paper(key):
-        return lambda r: f"{r[key]} (paper {_paper(r, key)})"
+        return lambda r: _beside_paper(r, str(r[key]), key)
 
     def parameters(r):
-        return f"{r['parameters'] / 1e6:.1f}M (paper {_paper(r, 'parameters_m', '{}M')})"
+        return _beside_paper(r, f"{r['parameters'] / 1e6:.1f}M", "parameters_m", "{}M")
 
     def rf(r):
         mark = "¹" if "receptive_field_with_final_pool" in r else ""
-        return f"{r['receptive_field']}{mark} (paper {_paper(r, 'receptive_field')})"
+        return _beside_paper(r, f"{r['receptive_field']}{mark}", "receptive_field")
 
     def stats(variant):
         def cell(r):
