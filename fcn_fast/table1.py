@@ -205,6 +205,8 @@ def environment(device: torch.device) -> dict:
         ),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        # A niced run yields the cores to other processes: its times include their load.
+        "nice": os.nice(0) if hasattr(os, "nice") else None,
         "fused_backend": resolve_backend("auto", "resample_skip", device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -389,11 +391,18 @@ def notes(doc) -> list[str]:
         )
     load = meta.get("loadavg")
     if load:
-        after = meta.get("loadavg_after") or ["?"]
+        after = meta.get("loadavg_after") or load
         out.append(
             f"Load average (1 / 5 / 15 min) at the start: {' / '.join(map(str, load))}; "
-            f"1 min at the end: {after[0]} ({meta['cpu_count']} CPUs)."
+            f"1 min at the end: {after[0]} ({meta['cpu_count']} CPUs)"
+            + (f"; the run was niced ({meta['nice']})." if meta.get("nice") else ".")
         )
+        if meta["device"] == "cpu" and max(load[0], after[0]) > meta["cpu_count"]:
+            out.append(
+                "The load exceeded the CPU count: other processes shared the cores during "
+                "the run, so the times are inflated, and differences between the variants "
+                "smaller than their standard deviations are noise."
+            )
     return out
 
 
