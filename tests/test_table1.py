@@ -186,6 +186,18 @@ def test_cli_cuda_without_gpu(capsys):
     assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
+def test_readme_section_is_generated_from_committed_results():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    start = readme.index(table1.README_BEGIN)
+    end = readme.index(table1.README_END) + len(table1.README_END)
+    results = os.path.join(ROOT, "benchmarks", "results")
+    assert table1.newest_results(results), "no committed table1 results"
+    assert readme[start:end] == table1.readme_section(results, ROOT), (
+        "README's Table 1 section is stale: run `fcn-fast table1 readme --update README.md`"
+    )
+
+
 def test_readme_without_results(tmp_path, capsys):
     assert table1.main(["readme", "--results", str(tmp_path)]) == 0
     assert "No table1 results have been committed yet" in capsys.readouterr().out
