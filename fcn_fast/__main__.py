@@ -2,6 +2,7 @@
 
 fcn-fast bench [...]     the benchmark report (same as python -m fcn_fast.bench)
 fcn-fast backends        which backends run on this machine, and why the others don't
+fcn-fast table1 [...]    the FCN paper's Table 1 on this machine
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ USAGE = """usage: fcn-fast COMMAND [...]
 commands:
   bench [...]   run the benchmark suite and print the table (fcn-fast bench --help)
   backends      which backends run on this machine, and why the others don't
+  table1 [...]  the FCN paper's Table 1 on this machine (fcn-fast table1 --help)
 """
 
 
@@ -32,6 +34,10 @@ def main(argv=None) -> int:
         for name, status in available_backends().items():
             print(f"{name:10} {'yes' if status.available else 'no ':3}  {status.reason}")
         return 0
+    if command == "table1":
+        from fcn_fast.table1 import main as table1_main
+
+        return table1_main(rest)
     print(f"fcn-fast: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
     return 2
 
