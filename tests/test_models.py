@@ -596,5 +596,7 @@ def test_torch_compile_fullgraph():
 def test_torch_compile_fullgraph_inductor_cuda():
     model = tiny(FCN8s).cuda().eval()
     x = torch.randn(1, 3, 45, 37, device="cuda")
-    compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    # fp32 convolutions in fp32: cuDNN's default TF32 puts eager and compiled 1e-3 apart.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        compiled = torch.compile(model, fullgraph=True)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)

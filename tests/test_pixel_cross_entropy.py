@@ -463,3 +463,51 @@ def test_autocast_returns_float32_like_pytorch(backend, device):
         assert expected.dtype == got.dtype == torch.float32
         tol = dict(rtol=1e-5, atol=1e-5) if reduction != "none" else dict(rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(got, expected, **tol)
+
+
+@pytest.mark.cuda
+def test_64bit_indexing(backend):
+    """More than 2**31 logits: the far end's loss and gradient match the reference on it."""
+    if backend == "cpu" or not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (cuda/triton backends)")
+    device = backend_device(backend)
+    c, s = 21, 2**27  # 2.8e9 fp16 logits (5.6 GB), one image
+    logits = torch.randn(1, c, s, device=device, dtype=torch.float16, requires_grad=True)
+    target = torch.randint(0, c, (1, s), device=device)
+    loss = pixel_cross_entropy(logits, target, reduction="none", backend=backend)
+    tail = slice(s - 1000, s)
+    want = F.cross_entropy(logits.detach()[:, :, tail].float(), target[:, tail], reduction="none")
+    torch.testing.assert_close(loss[:, tail].float(), want, rtol=1e-3, atol=1e-3)
+    grad = torch.rand_like(loss)
+    (g,) = torch.autograd.grad(loss, logits, grad)
+    tail_logits = logits.detach()[:, :, tail].float().requires_grad_()
+    (want_g,) = torch.autograd.grad(
+        F.cross_entropy(tail_logits, target[:, tail], reduction="none"), tail_logits, grad[:, tail]
+    )
+    torch.testing.assert_close(g[:, :, tail].float(), want_g, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_fp16_grad_scaler_step_gives_pytorchs_finite_gradients(backend):
+    """fp16 autocast with GradScaler's default 65536 scale (above fp16's largest value): one
+    conv -> loss step gives the finite gradients F.cross_entropy's step gives."""
+    if not torch.cuda.is_available():
+        pytest.skip("GradScaler's fp16 recipe is a CUDA one")
+    device = backend_device(backend)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 7, 3, padding=1).to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    target = torch.randint(0, 7, (2, 16, 16), device=device)
+    grads = []
+    for loss_fn in (
+        lambda z: F.cross_entropy(z, target),
+        lambda z: pixel_cross_entropy(z, target, backend=backend),
+    ):
+        conv.zero_grad(set_to_none=True)
+        scaler = torch.amp.GradScaler("cuda", init_scale=65536.0)
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = loss_fn(conv(x))
+        scaler.scale(loss).backward()
+        grads.append(conv.weight.grad.clone())
+    assert torch.isfinite(grads[0]).all() and torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1], grads[0], rtol=2e-2, atol=2e-2 * grads[0].abs().max())

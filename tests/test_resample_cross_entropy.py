@@ -468,3 +468,24 @@ def test_loss_modules():
         inter(x, target), unfused_interpolate_loss(x, target, weight=weight, ignore_index=255)
     )
     assert "weight" in dict(inter.named_buffers())
+
+
+@pytest.mark.cuda
+def test_64bit_indexing(backend):
+    """More than 2**31 (never stored) full-resolution logits: the far end's per-pixel loss and
+    the gradient of the last input rows match the reference on a tail crop."""
+    if backend == "cpu" or not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (cuda/triton backends)")
+    device = backend_device(backend)
+    c, h, w = 600, 2000, 2000  # 2.4e9 logits; x is 1 x 600 x 251 x 251
+    x = torch.randn(1, c, 251, 251, device=device, requires_grad=True)
+    target = torch.randint(0, c, (1, h, w), device=device)
+    loss = fcn_fast.upsample_cross_entropy(
+        x, target, factor=8, crop=4, reduction="none", backend=backend
+    )
+    # The last 16 output rows read only x's last 4 rows (rows away from the tail's top edge).
+    tail = x.detach()[:, :, -4:, :].clone().requires_grad_()
+    # tail row 0 is x's row 247: full upsampled row 1988 (= output row 1984 + crop 4) is the
+    # tail's upsampled row 1988 - 8 * 247 = 12.
+    want = unfused_upsample_loss(tail, target[:, -16:, :], factor=8, crop=(12, 4), reduction="none")
+    torch.testing.assert_close(loss[:, -16:, :], want, rtol=1e-4, atol=1e-4)

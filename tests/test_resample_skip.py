@@ -249,7 +249,7 @@ def test_64bit_indexing(backend):
     from backends import backend_device
 
     device = backend_device(backend)
-    h, w = 2**13 + 3, 2**14  # output (2h + 2) x (2w + 2) > 2**31 elements
+    h, w = 2**14 + 3, 2**15  # output (2h + 2) x (2w + 2) = 2.15e9 > 2**31 elements (4.3 GB)
     coarse = torch.randn(1, 1, h, w, device=device, dtype=torch.float16, requires_grad=True)
     out = fcn_fast.upsample_skip(coarse, factor=2, backend=backend)
     assert out.numel() > 2**31
