@@ -1,7 +1,7 @@
 """Shared test set-up: Triton's interpreter on machines without a GPU, and backend/device choice.
 
 TRITON_INTERPRET must be set before triton is first imported, so it is set here,
-at collection time, when no CUDA GPU is present (DESIGN.md 5).
+at collection time, when no CUDA GPU is present (docs/design.md 4).
 """
 
 import os

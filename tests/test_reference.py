@@ -1,8 +1,8 @@
 """The reference backend against independent definitions of the same math.
 
 FCN rows: the literal deconvolution is the reference; here it is checked against
-1-D interpolation matrices built directly from DESIGN.md 2.1's zero-boundary tap
-rule (so the (scale, bias) mapping the kernels use is checked too). FPN rows: the
+1-D interpolation matrices built directly from the zero-boundary tap rule of docs/design.md
+2.1 (so the (scale, bias) mapping the kernels use is checked too). FPN rows: the
 clamp-boundary matrices against F.interpolate. Also the bilinear filter itself.
 """
 
@@ -17,7 +17,7 @@ from fcn_fast.reference import bilinear_kernel, bilinear_weight
 
 
 def interpolation_matrix(out_size, in_size, scale, bias, clamp):
-    """A[Y, i]: weight of input i in output Y, written from the tap rule of DESIGN 2.1."""
+    """A[Y, i]: weight of input i in output Y, written from the tap rule of docs/design.md."""
     a = torch.zeros(out_size, in_size, dtype=torch.float64)
     for y in range(out_size):
         s = y * scale + bias

@@ -162,7 +162,7 @@ def test_interpolate_add_fpn_step(backend, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_dtypes(backend, device, dtype):
-    """fp32 accumulation inside: close to the float64 reference within DESIGN 5 tolerances."""
+    """fp32 accumulation inside: close to the float64 reference (docs/design.md 4 tolerances)."""
     coarse = randn(2, 3, 4, 5, device=device)
     skip = randn(2, 3, 30, 38, device=device)
     kwargs = dict(factor=8, crop=3, skip_crop=(1, 2), out_size=(28, 35))

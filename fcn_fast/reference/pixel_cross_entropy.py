@@ -1,4 +1,4 @@
-"""Plain-PyTorch oracle of pixel_cross_entropy (DESIGN.md 2.4): F.cross_entropy itself."""
+"""Plain-PyTorch oracle of pixel_cross_entropy: F.cross_entropy itself (docs/design.md, 2.3)."""
 
 from __future__ import annotations
 
