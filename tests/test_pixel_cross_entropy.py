@@ -1,4 +1,4 @@
-"""pixel_cross_entropy and PixelCrossEntropyLoss vs F.cross_entropy in float64 (docs/design.md 2.3, 4)."""
+"""pixel_cross_entropy and PixelCrossEntropyLoss vs F.cross_entropy in float64 (design.md 2.3)."""
 
 import pytest
 import torch
