@@ -59,7 +59,10 @@ _INTERPRET = triton_interpret()
 _HAS_CUDA_KERNELS = extension_has_cuda()
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 _GPU = torch.cuda.is_available()
-_NOT_BUILT = f"the C++ extension fcn_fast._C is not built ({_C_ERROR}); see the README's set-up"
+_NOT_BUILT = (
+    f"the C++ extension fcn_fast._C is not built ({_C_ERROR}); build it against the installed "
+    "torch with `pip install --no-build-isolation -e .` (the README's set-up)"
+)
 
 
 def _triton_status() -> BackendStatus:
