@@ -47,8 +47,9 @@ def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
     return pair
 
 
-def check_target(target, expected_shape, expected_for: str, like: torch.Tensor, op: str) -> None:
-    """int64 class indices of `expected_shape` on `like`'s device."""
+def check_target(target, expected_shape, expected_for, like: torch.Tensor, op: str) -> None:
+    """int64 class indices of `expected_shape` (a tuple) on `like`'s device; expected_for()
+    says what that shape is expected for (called only to word an error)."""
     check_tensor(target, "target", op)
     if target.dtype.is_floating_point:
         raise TypeError(
@@ -57,9 +58,9 @@ def check_target(target, expected_shape, expected_for: str, like: torch.Tensor, 
         )
     if target.dtype != torch.int64:
         raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
-    if tuple(target.shape) != tuple(expected_shape):
+    if tuple(target.shape) != expected_shape:
         raise ValueError(
-            f"{op}: target must have shape {tuple(expected_shape)} for {expected_for}, "
+            f"{op}: target must have shape {expected_shape} for {expected_for()}, "
             f"got {tuple(target.shape)}"
         )
     if target.device != like.device:

@@ -71,18 +71,16 @@ def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
     op = _OP
     check_tensor(logits, "logits", op)
     check_float(logits, "logits", op)
-    if (
-        logits.dim() < 1
-        or (logits.dim() == 1 and logits.shape[0] < 1)
-        or (logits.dim() >= 2 and logits.shape[1] < 1)
-    ):
+    # Plain tuples: slicing a torch.Size costs microseconds, which tiny inputs notice.
+    shape = tuple(logits.shape)
+    c = shape[0] if len(shape) == 1 else shape[1] if len(shape) >= 2 else 0
+    if c < 1:
         raise ValueError(
             f"{op}: logits must be (C,), (N, C) or (N, C, d1, ..., dk) with C >= 1, "
-            f"got shape {tuple(logits.shape)}"
+            f"got shape {shape}"
         )
-    expected = () if logits.dim() == 1 else (logits.shape[0], *logits.shape[2:])
-    check_target(target, expected, f"logits of shape {tuple(logits.shape)}", logits, op)
-    c = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
+    expected = shape[:1] + shape[2:] if len(shape) >= 2 else ()
+    check_target(target, expected, lambda: f"logits of shape {shape}", logits, op)
     check_loss_options(weight, c, logits, ignore_index, reduction, label_smoothing, op)
 
 
