@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from train_helpers import TINY_DATA, read_rows, tiny_train_args
+from train_helpers import TINY_DATA, one_thread, read_rows, tiny_train_args
 
 from fcn_fast.__main__ import main as fcn_fast_main
 from fcn_fast.train import checkpoint
@@ -20,6 +20,9 @@ from fcn_fast.train.recipes import RECIPES, resolve_config
 from fcn_fast.train.synthetic import make_synthetic
 
 pytest.importorskip("PIL", reason="Pillow reads and writes the dataset images")
+
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +223,19 @@ def test_every_recipe_doubles_bias_lr_and_freezes_bilinear_layers():
         assert optimized == {id(p) for p in model.parameters()}
         # the fixed upsampling filters are buffers: never handed to the optimizer
         assert "upscore8.weight" in dict(model.named_buffers())
+
+
+def test_profile_overhead_reports_both_loops(data, capsys):
+    args = tiny_train_args(data, "/nonexistent-run-dir", "--profile-overhead", "2")
+    assert train_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 4 and report["preloaded_s_per_step"] > 0
+    assert report["real_loop_s_per_step"] > 0 and "overhead_percent" in report
+    assert not os.path.exists("/nonexistent-run-dir")  # profiling writes no run
+
+
+def test_usage_lists_the_commands(capsys):
+    assert fcn_fast_main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for command in ("train", "eval", "predict", "make-synthetic"):
+        assert f"  {command} " in usage

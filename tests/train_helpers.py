@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fcn_fast.train.data import voc_palette
 
@@ -53,3 +54,15 @@ def random_sample(rng, h=24, w=20, n_class=3):
 def read_rows(run_dir, kind):
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [row for row in map(json.loads, lines) if row["type"] == kind]
+
+
+def one_thread():
+    """Run a test's training steps on one intra-op thread. The tiny models' steps are
+    many short parallel regions: on a shared 2-core machine two threads mostly wait for
+    each other (measured 4x slower under load), and one is as fast when it is idle."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

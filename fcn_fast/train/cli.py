@@ -83,7 +83,6 @@ def train_main(argv, prog="fcn-fast train", on_step=None) -> int:
                 raise SystemExit(f"{prog}: --resume without a path needs --out RUN_DIR")
             resume = str(Path(options["out"]) / "checkpoint.pt")
         ignored = [k for k, v in options.items() if v is not None and k not in RESUME_OVERRIDABLE]
-        ignored = [k for k in ignored if k != "data"]
         if ignored:
             print(f"{prog}: resuming: the checkpoint's settings are kept; ignored: {ignored}")
         result = train(options, resume=resume, on_step=on_step)

@@ -191,8 +191,9 @@ class SegmentationDataset(Dataset):
         image, label = self.load(index)
         if self.transform is not None:
             image, label = self.transform(image, label, np.random.default_rng(seed))
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return image, torch.from_numpy(np.ascontiguousarray(label))
+        # copies: decoded and cropped arrays are read-only or strided views
+        image = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))
+        return image, torch.from_numpy(np.array(label, order="C"))
 
 
 class TrainTransform:

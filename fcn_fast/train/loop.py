@@ -201,10 +201,14 @@ def make_optimizer(model, config):
 
 
 def set_lr(optimizer, config, iteration):
-    """Fixed, or poly: lr * (1 - iteration / iters) ** power."""
+    """Fixed, or poly: lr * (1 - iteration / iters) ** power; after a linear warm-up over
+    the first `warmup` iterations (Adam's first steps are lr-sized whatever the gradient,
+    and from scratch they blow up a net without normalisation layers)."""
     factor = 1.0
     if config["schedule"] == "poly":
         factor = (1 - iteration / config["iters"]) ** config["poly_power"]
+    if iteration < config.get("warmup", 0):
+        factor *= (iteration + 1) / config["warmup"]
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
     return config["lr"] * factor
@@ -362,9 +366,14 @@ class Trainer:
             )
 
     def stop_requested(self, stop):
+        """Whether any process was asked to stop. Under DDP the processes agree on it at
+        the logging iterations only: a per-iteration reduction would sync every step."""
+        if self.world == 1:
+            return stop.requested
+        if self.iteration % self.config["log_every"]:
+            return False
         flag = torch.tensor([int(stop.requested)], device=self.device)
-        if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
 
@@ -410,6 +419,11 @@ def train(config: dict, *, resume=None, on_step=None) -> dict:
             del batches  # ends the loader's workers
             writer.close()
     result["iteration"] = trainer.iteration
+    if trainer.rank == 0 and result["metrics"] is not None:
+        print(
+            f"fcn-fast train: iteration {trainer.iteration}, {config['val_split']} mean IU "
+            f"{result['metrics']['mean_iu']:.4f}; checkpoint {writer.out / 'checkpoint.pt'}"
+        )
     if trainer.world > 1:
         dist.barrier()
     return result

@@ -106,7 +106,9 @@ DEFAULTS = {
 }
 
 # what a resumed run may change without breaking its continuation
-RESUME_OVERRIDABLE = ("iters", "epochs", "workers", "eval_every", "log_every", "out", "device")
+RESUME_OVERRIDABLE = (
+    "data", "iters", "epochs", "workers", "eval_every", "log_every", "out", "device"
+)  # fmt: skip
 
 
 def recipe_lr(recipe: str, model: str) -> float:

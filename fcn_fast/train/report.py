@@ -104,6 +104,7 @@ class RunWriter:
         self.out = Path(config["out"])
         self.bar = None
         self.rows = []
+        self.started = time.perf_counter()
         if rank != 0:
             return
         if resumed_at is None and (self.out / "checkpoint.pt").exists():
@@ -138,7 +139,6 @@ class RunWriter:
         self.batch_size = batch_size
         self.loss_sum = self.count = None
         self.since, self.mark = 0, time.perf_counter()
-        self.started = self.mark
         if self.rank != 0:
             return
         self._log = self.metrics.open("a")
@@ -198,7 +198,8 @@ class RunWriter:
         history.append({"iteration": iteration, **scores})
         if self.rank != 0:
             return
-        self._append({"type": "val", "iteration": iteration, **scores})
+        elapsed = time.perf_counter() - self.started
+        self._append({"type": "val", "iteration": iteration, **scores, "elapsed_s": elapsed})
         message = (
             f"iter {iteration}: mean IU {scores['mean_iu']:.4f}  pixel acc "
             f"{scores['pixel_acc']:.4f}  mean acc {scores['mean_acc']:.4f}  "

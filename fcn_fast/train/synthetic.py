@@ -2,7 +2,8 @@
 layout, so train / eval / predict run on a fresh machine with nothing downloaded.
 
 Class 0 is a low-contrast background (a nearly grey gradient with noise); every other
-class is one (shape, texture) pair drawn in a hue of its own, jittered per object, 1 to 4
+class is one (shape, texture) pair drawn in a colour of its own (a hue in a bright or a
+dark shade, see class_colour), jittered per object, 1 to 4
 objects an image, later ones occluding earlier ones. As in VOC, a band along every
 label boundary is marked 255 (ignore). Each image is drawn from its own generator
 seeded by (seed, split, index), so the dataset is a function of the arguments.
@@ -32,6 +33,13 @@ def class_names(classes: int) -> list[str]:
         shape, texture = divmod(c - 1, len(TEXTURES))
         names.append(f"{TEXTURES[texture]}-{SHAPES[shape % len(SHAPES)]}")
     return names
+
+
+def class_colour(c: int, classes: int) -> tuple[float, float]:
+    """(hue, value) of class c >= 1: evenly spaced hues, each in a bright and a dark
+    shade, so that colour alone tells most classes apart and shape and texture the rest."""
+    hues = -(-(classes - 1) // 2)
+    return ((c - 1) % hues) / hues, (0.95, 0.55)[(c - 1) // hues]
 
 
 def _shape_mask(rng, size: int, shape: str) -> np.ndarray:
@@ -98,8 +106,8 @@ def _texture(rng, size: int, texture: str) -> np.ndarray:
 def draw_sample(rng: np.random.Generator, size: int, classes: int):
     """One (image (size, size, 3) uint8, label (size, size) uint8) pair."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    # background: a nearly grey gradient with noise
-    base = rng.uniform(70, 190) + rng.uniform(-15, 15, 3)
+    # background: a nearly grey gradient with noise (the objects are saturated)
+    base = rng.uniform(70, 190) + rng.uniform(-12, 12, 3)
     tilt = rng.uniform(-30, 30, (2, 1)) + rng.uniform(-8, 8, (2, 3))
     image = base + x[..., None] * tilt[0] + y[..., None] * tilt[1]
     image += rng.normal(0, 8, (size, size, 1))
@@ -109,9 +117,11 @@ def draw_sample(rng: np.random.Generator, size: int, classes: int):
         shape = SHAPES[((c - 1) // len(TEXTURES)) % len(SHAPES)]
         texture = TEXTURES[(c - 1) % len(TEXTURES)]
         mask = _shape_mask(rng, size, shape)
-        hue = ((c - 1) / (classes - 1) + rng.normal(0, 0.01)) % 1.0
-        rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.75, 1.0), rng.uniform(0.7, 1.0)))
-        tone = 1 - 0.45 * _texture(rng, size, texture)[..., None]
+        hue, value = class_colour(c, classes)
+        hue = (hue + rng.normal(0, 0.01)) % 1.0
+        value = np.clip(value + rng.uniform(-0.05, 0.05), 0, 1)
+        rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.8, 1.0), value))
+        tone = 1 - 0.25 * _texture(rng, size, texture)[..., None]
         image = np.where(mask[..., None], 255 * rgb * tone, image)
         label[mask] = c
     image += rng.normal(0, 4, image.shape)
