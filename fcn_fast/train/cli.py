@@ -37,6 +37,7 @@ def _parser_train(prog):
     a("--momentum", type=float, help="SGD momentum, or AdamW's beta1")
     a("--weight-decay", type=float, help="weight decay of the weights (biases: none)")
     a("--schedule", choices=["poly", "fixed"], help="learning-rate schedule")
+    a("--warmup", type=int, help="iterations of linear learning-rate warm-up")
     a("--no-dropout", dest="dropout", action="store_const", const=False, help="fc6/fc7 dropout off")
     a("--amp", choices=["bf16", "fp16", "off"], help="autocast dtype (default off)")
     a("--channels-last", action="store_const", const=True, help="channels_last model and input")
