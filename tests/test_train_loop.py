@@ -239,3 +239,90 @@ def test_usage_lists_the_commands(capsys):
     usage = capsys.readouterr().out
     for command in ("train", "eval", "predict", "make-synthetic"):
         assert f"  {command} " in usage
+
+
+# --- warm starts and the input convention they bring
+
+
+def torchvision_vgg16_state(model):
+    """The torchvision VGG16 state_dict that load_vgg16_backbone maps onto `model`."""
+    from fcn_fast.models.vgg import _torchvision_keys
+
+    state = {}
+    for key, layer, attr in _torchvision_keys():
+        tensor = getattr(getattr(model, layer), attr).detach().clone()
+        state[key] = (
+            tensor.flatten(1) if key.startswith("classifier") and attr == "weight" else tensor
+        )
+    return state
+
+
+@pytest.mark.parametrize("source", ["torchvision-vgg16", "pytorch-fcn", "fcn-fast"])
+def test_init_loads_weights_and_their_input_convention(data, tmp_path, source):
+    from fcn_fast.train.loop import Trainer
+
+    torch.manual_seed(123)  # weights unlike the run's seed-0 initialisation
+    donor = fcn_fast_model()
+    for module in donor.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight)
+    path = tmp_path / "init.pt"
+    if source == "torchvision-vgg16":
+        torch.save(torchvision_vgg16_state(donor), path)
+        expected = "torchvision"
+    elif source == "pytorch-fcn":
+        torch.save({"model_state_dict": donor.state_dict(), "epoch": 3}, path)
+        expected = "caffe"  # converted Caffe weights: BGR, Caffe means
+    else:
+        config = {"config": {"input_norm": "caffe"}, "model": donor.state_dict()}
+        torch.save({"format": checkpoint.FORMAT, **config}, path)
+        expected = "caffe"  # whatever the checkpoint's run used
+    options = {"data": str(data), "width": 1 / 16, "init": str(path), "out": str(tmp_path / "r")}
+    trainer = Trainer(resolve_config(options))
+    assert trainer.config["input_norm"] == expected
+    assert torch.equal(trainer.model.conv3_2.weight, donor.conv3_2.weight)
+    assert torch.equal(trainer.model.fc6.weight, donor.fc6.weight)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["config"]["input_norm"] == expected
+
+
+def fcn_fast_model():
+    from fcn_fast.models import FCN8s
+
+    return FCN8s(TINY_DATA["classes"], width=1 / 16)
+
+
+def test_init_that_matches_nothing_is_an_error(data, tmp_path):
+    from fcn_fast.train.loop import Trainer
+
+    torch.save({"something.else": torch.zeros(2)}, tmp_path / "other.pt")
+    options = {"data": str(data), "width": 1 / 16, "init": str(tmp_path / "other.pt")}
+    with pytest.raises(ValueError, match="no tensor matches"):
+        Trainer(resolve_config({**options, "out": str(tmp_path / "r")}))
+
+
+def test_bf16_channels_last_run_and_eval_use_the_same_settings(data, tmp_path):
+    run = tmp_path / "run"
+    extra = ("--iters", "1", "--amp", "bf16", "--channels-last")
+    assert train_main(tiny_train_args(data, run, *extra)) == 0
+    config = checkpoint.load(run / "checkpoint.pt")["config"]
+    assert config["amp"] == "bf16" and config["channels_last"] is True
+    out = tmp_path / "eval.json"
+    eval_args = ["--data", str(data), "--checkpoint", str(run / "checkpoint.pt")]
+    assert fcn_fast_main(["eval", *eval_args, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["mean_iu"] == read_rows(run, "val")[-1]["mean_iu"]
+    assert all(np.isfinite(row["loss"]) for row in read_rows(run, "train"))
+
+
+def test_learning_rate_schedule():
+    from fcn_fast.train.loop import set_lr
+
+    class Groups:
+        param_groups = [{"initial_lr": 1e-3}, {"initial_lr": 2e-3}]
+
+    config = {"lr": 1e-3, "schedule": "poly", "iters": 100, "poly_power": 0.9, "warmup": 10}
+    assert set_lr(Groups, config, 0) == pytest.approx(1e-3 * 0.1)  # warm-up: 1/10
+    assert set_lr(Groups, config, 50) == pytest.approx(1e-3 * 0.5**0.9)
+    assert Groups.param_groups[1]["lr"] == pytest.approx(2e-3 * 0.5**0.9)  # biases: 2x
+    fixed = {**config, "schedule": "fixed", "warmup": 0}
+    assert set_lr(Groups, fixed, 99) == 1e-3

@@ -435,7 +435,10 @@ def profile_overhead(config: dict, steps: int = 20, rounds: int = 2) -> dict:
     Times `steps` iterations of the real loop (loader, step, progress and metrics.jsonl
     logging) and the same number of steps over batches loaded into memory beforehand,
     alternately `rounds` times after 3 warm-up steps; nothing is written to config's
-    run directory (the log goes to a temporary one).
+    run directory (the log goes to a temporary one). Also reports the time the real loop
+    waited for data and spent logging, and the CPU time one batch costs the pipeline
+    (decode + augmentation + collation, in this process): what it would add per step
+    without workers, an upper bound that does not depend on the machine's load.
     """
     import tempfile
 
@@ -446,13 +449,18 @@ def profile_overhead(config: dict, steps: int = 20, rounds: int = 2) -> dict:
         trainer.writer.start(0, 10**9, config["batch_size"])
         for _ in range(3):
             trainer.step(*next(batches))
-        real, preloaded = [], []
+        real, preloaded, waiting, logging = [], [], 0.0, 0.0
         for _ in range(rounds):
             start = time.perf_counter()
             for _ in range(steps):
+                mark = time.perf_counter()
                 images, labels = next(batches)
+                waited = time.perf_counter()
                 loss_sum, count = trainer.step(images, labels)
+                stepped = time.perf_counter()
                 trainer.writer.after_step(trainer, loss_sum, count)
+                waiting += waited - mark
+                logging += time.perf_counter() - stepped
             _sync(trainer.device)
             real.append(time.perf_counter() - start)
             held = [next(batches) for _ in range(steps)]
@@ -465,12 +473,20 @@ def profile_overhead(config: dict, steps: int = 20, rounds: int = 2) -> dict:
             preloaded.append(time.perf_counter() - start)
         trainer.writer.close()
         del batches
-    real_s, pre_s = sum(real), sum(preloaded)
+        # the CPU time the pipeline costs per batch, however many workers hide it
+        cpu = time.process_time()
+        for index in range(steps):
+            pad_collate([trainer.train_set[(index, [0, 0, index])] for _ in range(trainer.batch)])
+        pipeline_cpu = (time.process_time() - cpu) / steps
+    real_s, pre_s, n = sum(real), sum(preloaded), steps * rounds
     return {
-        "steps": steps * rounds,
-        "real_loop_s_per_step": real_s / (steps * rounds),
-        "preloaded_s_per_step": pre_s / (steps * rounds),
+        "steps": n,
+        "real_loop_s_per_step": real_s / n,
+        "preloaded_s_per_step": pre_s / n,
         "overhead_percent": 100 * (real_s - pre_s) / pre_s,
+        "waiting_for_data_s_per_step": waiting / n,
+        "logging_s_per_step": logging / n,
+        "pipeline_cpu_s_per_batch": pipeline_cpu,
         "rounds_real_s": real,
         "rounds_preloaded_s": preloaded,
         "images_per_s": config["batch_size"] * steps * rounds / real_s,
