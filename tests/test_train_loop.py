@@ -326,3 +326,12 @@ def test_learning_rate_schedule():
     assert Groups.param_groups[1]["lr"] == pytest.approx(2e-3 * 0.5**0.9)  # biases: 2x
     fixed = {**config, "schedule": "fixed", "warmup": 0}
     assert set_lr(Groups, fixed, 99) == 1e-3
+
+
+def test_epochs_become_iterations(data, tmp_path):
+    from fcn_fast.train.loop import Trainer
+
+    options = {"data": str(data), "width": 1 / 16, "epochs": 3, "batch_size": 4}
+    trainer = Trainer(resolve_config({**options, "out": str(tmp_path / "r")}))
+    # 8 training images, global batch 4: 2 iterations an epoch
+    assert trainer.config["iters"] == 3 * TINY_DATA["train"] // 4
