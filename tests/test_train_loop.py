@@ -75,13 +75,15 @@ def test_the_three_commands_end_to_end(data, tmp_path, capsys):
     assert np.asarray(result["confusion_matrix"]).sum() > 0
 
 
-def test_predict_writes_palette_labels_and_overlays(data, tmp_path):
+def test_predict_writes_palette_labels_and_overlays(data, tmp_path, monkeypatch):
     from PIL import Image
 
     from fcn_fast.train.data import voc_palette
 
-    run = tmp_path / "run"
-    assert train_main(tiny_train_args(data, run, "--iters", "1")) == 0
+    monkeypatch.chdir(tmp_path)  # without --out, the run goes to runs/<model>-<time>
+    args = tiny_train_args(data, "unused", "--iters", "1")
+    assert train_main(args[:2] + args[4:]) == 0
+    (run,) = (tmp_path / "runs").glob("fcn8s-*")
     images = [data / "JPEGImages" / "val_00000.jpg", data / "JPEGImages" / "val_00001.jpg"]
     out = tmp_path / "pred"
     args = [*map(str, images), "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out)]

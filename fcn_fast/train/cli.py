@@ -91,7 +91,7 @@ def train_main(argv, prog="fcn-fast train", on_step=None) -> int:
         config = resolve_config(options)
         if whole:
             config["crop_size"] = None
-        if config["out"] is None:
+        if config.get("out") is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             config["out"] = str(Path("runs") / f"{config['model']}-{stamp}")
         if profile:
