@@ -79,8 +79,10 @@ RECIPES = {
 
 # modern on a make-synthetic dataset (its synthetic.json): crops of the image size, mild
 # scale jitter (upscaling only: no compute spent on padding), no fc6/fc7 dropout (it
-# slows a short from-scratch run), and a length that fits the 10-minute CPU target:
-# 200 steps of 8 images at about 2.3 s each on 2 idle cores, plus two validations.
+# slows a short from-scratch run), and a length meant to fit the 10-minute CPU budget:
+# 200 steps of 8 images, measured at 2.7-2.9 s a step on the 2-core machine at load 4
+# (FCN-8s width 0.25; its padding of 100 makes a 128^2 image cost a 326^2 one). This is
+# not yet enough steps for 0.80 mean IU on the default dataset (issue 10's report).
 SYNTHETIC_MODERN = {
     "scale_range": [1.0, 1.25],
     "warmup": 20,
