@@ -446,7 +446,7 @@ def profile_overhead(config: dict, steps: int = 20, rounds: int = 2) -> dict:
         config = {**config, "out": tmp, "eval_every": 0}
         trainer = Trainer(config)
         batches = trainer.batches()
-        trainer.writer.start(0, steps * rounds, config["batch_size"])  # the real loop's
+        trainer.writer.start(0, steps * rounds, config["batch_size"])  # timed real steps
         for _ in range(3):
             trainer.step(*next(batches))
         real, preloaded, waiting, logging = [], [], 0.0, 0.0
