@@ -3,6 +3,7 @@
 fcn-fast bench [...]     the benchmark report (same as python -m fcn_fast.bench)
 fcn-fast backends        which backends run on this machine, and why the others don't
 fcn-fast table1 [...]    the FCN paper's Table 1 on this machine
+fcn-fast train / eval / predict / make-synthetic   (fcn_fast.train.cli)
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ commands:
   bench [...]   run the benchmark suite and print the table (fcn-fast bench --help)
   backends      which backends run on this machine, and why the others don't
   table1 [...]  the FCN paper's Table 1 on this machine (fcn-fast table1 --help)
+  train [...]   train an FCN (single process, or every process under torchrun)
+  eval [...]    the four FCN metrics and per-class IU of a checkpoint on a split
+  predict [...] label PNGs (VOC palette) and colour overlays for images
+  make-synthetic DIR [...]  write a procedurally drawn dataset in the VOC layout
 """
 
 
@@ -28,6 +33,10 @@ def main(argv=None) -> int:
         from fcn_fast.bench.cli import main as bench_main
 
         return bench_main(rest, prog="fcn-fast bench")
+    if command in ("train", "eval", "predict", "make-synthetic"):
+        from fcn_fast.train.cli import main as train_cli_main
+
+        return train_cli_main(command, rest)
     if command == "backends":
         from fcn_fast import available_backends
 
