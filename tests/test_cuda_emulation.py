@@ -415,7 +415,7 @@ def test_backward_is_one_pass_over_grad_out(emu):
         )
         assert chosen[0] == 4 and chosen[2] == 1, chosen  # V, grad_vector
         assert chosen[4] == (layout == "channels_last"), chosen  # interleaved
-        assert chosen[7] <= 32 * 1024, chosen
+        assert chosen[7] <= 46 * 1024, chosen
     del grad
 
 
@@ -763,7 +763,7 @@ def test_fused_backward_blocks_fit(emu):
             Int(False),
         )
         assert 0 < chosen[5] <= 46 * 1024, chosen
-        assert chosen[0] == C if C == 21 else chosen[0] < C, chosen
+        assert 1 <= chosen[0] <= C and (C < 150 or chosen[0] < C), chosen
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

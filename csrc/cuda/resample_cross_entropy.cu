@@ -58,9 +58,9 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
                           int32_t groups) {
   using acc_t = acc_type<T>;
   extern __shared__ __align__(16) unsigned char shared[];
-  const PixelCoefs<acc_t> coefs = pixel_coefs_in<acc_t>(shared, a.pixel_capacity);
-  acc_t* vsum =
-      reinterpret_cast<acc_t*>(shared + fused_backward_vsum_offset<acc_t>(a.pixel_capacity));
+  const PixelCoefs<acc_t> coefs = pixel_coefs_in<acc_t>(shared, a.pixel_capacity, a.smoothing);
+  acc_t* vsum = reinterpret_cast<acc_t*>(
+      shared + fused_backward_vsum_offset<acc_t>(a.pixel_capacity, a.smoothing));
   const acc_t scale = reduced_grad_scale(a.reduction, grad, weight_sum);
   const acc_t wtotal = a.smoothing ? class_weight_total(weight, a.C) : acc_t(0);
   for (int32_t group = blockIdx.y; group < groups; group += gridDim.y) {
@@ -162,7 +162,8 @@ cudaError_t launch_resample_cross_entropy_backward(
   const int64_t gxs[4] = {grad_x_strides.n, grad_x_strides.c, grad_x_strides.h, grad_x_strides.w};
   const int64_t gs[3] = {grad_strides.n, grad_strides.h, grad_strides.w};
   FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
-  plan_fused_backward(p, tg.h, tg.w, static_cast<int>(acc_size(dtype)), gxs, gs);
+  plan_fused_backward(p, tg.h, tg.w, static_cast<int>(acc_size(dtype)), label_smoothing > 0.0, gxs,
+                      gs);
   if (p.groups == 0) return cudaErrorInvalidConfiguration;  // a factor beyond ~1000
   const dim3 grid(static_cast<unsigned int>(p.blocks), grid_dim(p.groups, 65535));
   return dispatch_dtype(dtype, [&](auto tag) {

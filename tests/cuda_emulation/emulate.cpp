@@ -512,7 +512,7 @@ int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const
     FusedPlan plan =
         plan_fused(x4, xs4, ts3, out_h, out_w, nullptr, esize, nullptr, esize, force64 != 0, 0);
     const int64_t no_strides[3] = {0, 0, 0};
-    plan_fused_backward(plan, tg.h, tg.w, esize, gxs4,
+    plan_fused_backward(plan, tg.h, tg.w, esize, label_smoothing > 0.0, gxs4,
                         reduction == kReductionNone ? gs3 : no_strides);
     chosen[0] = plan.args.layout.Cg;
     chosen[1] = plan.index64;
@@ -537,8 +537,9 @@ int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const
       for (int32_t group = 0; group < plan.groups; ++group) {
         for (int32_t block = 0; block < plan.blocks; ++block) {
           unsigned char* base = static_cast<unsigned char*>(shared.fresh());
-          const PixelCoefs<T> coefs = pixel_coefs_in<T>(base, a.pixel_capacity);
-          T* vsum = reinterpret_cast<T*>(base + fused_backward_vsum_offset<T>(a.pixel_capacity));
+          const PixelCoefs<T> coefs = pixel_coefs_in<T>(base, a.pixel_capacity, a.smoothing);
+          T* vsum = reinterpret_cast<T*>(
+              base + fused_backward_vsum_offset<T>(a.pixel_capacity, a.smoothing));
           const BackwardBlock b = backward_block(a.layout, a.C, a.in_h, a.in_w, 1, block, group, t);
           if ((b.ys.end - b.ys.begin) * (b.xs.end - b.xs.begin) > a.pixel_capacity) {
             throw std::runtime_error("a block's fine region exceeds the planned capacity");

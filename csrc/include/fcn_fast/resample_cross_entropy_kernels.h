@@ -221,25 +221,41 @@ FCN_HD void fused_argmax_pixels(const FusedArgs<acc_type<T>, index_t>& a,
 
 // ---- Backward ----
 
-// Per fine pixel of a block's region (index (Y - ys.begin) * nx + X - xs.begin): lse and the
-// gradient coefficients of grad_coef, target -1 for a pixel that contributes nothing.
+// Per fine pixel of a block's region (index (Y - ys.begin) * nx + X - xs.begin): lse, the
+// gradient coefficients of grad_coef, and the target (-1 for a pixel that contributes
+// nothing). Without label smoothing b == a and d == 0: b and d are not staged (12 bytes a
+// pixel instead of 20, so a block covers a larger region with less halo).
 template <typename acc_t>
 struct PixelCoefs {
-  acc_t *lse, *a, *b, *d;
+  acc_t *lse, *a;
   int32_t* target;
+  acc_t *b, *d;  // smoothing only, else nullptr
 };
 
+// Bytes of staged coefficients per pixel.
+FCN_HD int64_t pixel_coef_bytes(int acc_size, bool smoothing) {
+  return (smoothing ? 4 : 2) * static_cast<int64_t>(acc_size) + 4;
+}
+
+// The coefficient arrays at the start of a block's shared memory (acc_t arrays first: each
+// stays aligned to its element), capacity pixels each.
 template <typename acc_t>
-FCN_HD PixelCoefs<acc_t> pixel_coefs_in(void* shared, int32_t capacity) {
+FCN_HD PixelCoefs<acc_t> pixel_coefs_in(void* shared, int32_t capacity, bool smoothing) {
   acc_t* f = static_cast<acc_t*>(shared);
-  return PixelCoefs<acc_t>{f, f + capacity, f + 2 * capacity, f + 3 * capacity,
-                           reinterpret_cast<int32_t*>(f + 4 * capacity)};
+  const int acc_arrays = smoothing ? 4 : 2;
+  PixelCoefs<acc_t> c;
+  c.lse = f;
+  c.a = f + capacity;
+  c.b = smoothing ? f + 2 * capacity : nullptr;
+  c.d = smoothing ? f + 3 * capacity : nullptr;
+  c.target = reinterpret_cast<int32_t*>(f + acc_arrays * capacity);
+  return c;
 }
 
 // Shared bytes of a block: the pixel coefficients, then the accumulators (16-byte aligned).
 template <typename acc_t>
-FCN_HD int64_t fused_backward_vsum_offset(int32_t capacity) {
-  const int64_t bytes = 4 * static_cast<int64_t>(capacity) * sizeof(acc_t) + 4 * capacity;
+FCN_HD int64_t fused_backward_vsum_offset(int32_t capacity, bool smoothing) {
+  const int64_t bytes = pixel_coef_bytes(sizeof(acc_t), smoothing) * capacity;
   return (bytes + 15) / 16 * 16;
 }
 
@@ -268,8 +284,10 @@ FCN_HD void fused_backward_stage(const FusedArgs<acc_t, index_t>& a, const Backw
     }
     s.lse[k] = lse[static_cast<index_t>(b.n) * a.pixels + static_cast<index_t>(Y) * a.out_w + X];
     s.a[k] = coef.a;
-    s.b[k] = coef.b;
-    s.d[k] = coef.d;
+    if (a.smoothing) {
+      s.b[k] = coef.b;
+      s.d[k] = coef.d;
+    }
     s.target[k] = valid ? static_cast<int32_t>(tv) : -1;
   }
 }
@@ -309,7 +327,9 @@ FCN_HD void fused_backward_rows(const FusedArgs<acc_type<T>, index_t>& a, const 
       const TapEntry<acc_t> ty = t.rows[Y];
       pair.update(tap_row(ty.i0, ty.w0), tap_row(ty.i1, ty.w1), fill);
       const acc_t z = tap_blend(ty.w0, pair.h0[0], ty.w1, pair.h1[0]);
-      const GradCoef<acc_t> coef{s.a[k], s.b[k], s.d[k]};
+      // Without smoothing b == a and d == 0 (grad_coef leaves a = b + 0 exactly).
+      const acc_t ak = s.a[k];
+      const GradCoef<acc_t> coef{ak, a.smoothing ? s.b[k] : ak, a.smoothing ? s.d[k] : acc_t(0)};
       acc_t g[1];
       g[0] = grad_element(fcn_exp(shifted_logit(z, s.lse[k])), coef, wc, cls == s.target[k]);
       rolling.add(ty, g, flush);
@@ -372,7 +392,8 @@ inline FusedPlan plan_fused(const int64_t (&x_sizes)[4], const int64_t (&xs)[4],
 // staged pixels and the accumulators fit, the fine region each block recomputes (halos
 // included) is smallest, and per-pixel data is not re-staged for too many class groups.
 inline void plan_fused_backward(FusedPlan& p, const AxisGeometry& h, const AxisGeometry& w,
-                                int acc_size, const int64_t (&gxs)[4], const int64_t (&gs)[3]) {
+                                int acc_size, bool smoothing, const int64_t (&gxs)[4],
+                                const int64_t (&gs)[3]) {
   FusedArgs<double, int64_t>& a = p.args;
   a.grad_x = Strides<int64_t>{gxs[0], gxs[1], gxs[2], gxs[3]};
   a.gn = gs[0];
@@ -381,7 +402,7 @@ inline void plan_fused_backward(FusedPlan& p, const AxisGeometry& h, const AxisG
   // Interleaved items (all classes of an X in turn) when x keeps classes contiguous: the
   // coarse loads of neighbouring threads then share lines.
   const bool interleaved = a.C > 1 && a.x.c == 1;
-  const int64_t pixel_bytes = 4 * acc_size + 4;
+  const int64_t pixel_bytes = pixel_coef_bytes(acc_size, smoothing);
   BackwardShape best{};
   double best_cost = -1.0;
   for (int32_t Cg = a.C;; Cg = (Cg + 1) / 2) {
@@ -404,12 +425,12 @@ inline void plan_fused_backward(FusedPlan& p, const AxisGeometry& h, const AxisG
                  ? 0
                  : static_cast<int32_t>(p.args.N * ((a.C + best.layout.Cg - 1) / best.layout.Cg));
   p.blocks = best.layout.bands * best.layout.tiles;
-  p.smem_bytes =
-      best.layout.Cg == 0
-          ? 0
-          : (acc_size == 8 ? fused_backward_vsum_offset<double>(a.pixel_capacity)
-                           : fused_backward_vsum_offset<float>(a.pixel_capacity)) +
-                static_cast<int64_t>(best.layout.band_rows) * best.layout.smem_row * acc_size;
+  const int64_t coef_bytes = acc_size == 8
+                                 ? fused_backward_vsum_offset<double>(a.pixel_capacity, smoothing)
+                                 : fused_backward_vsum_offset<float>(a.pixel_capacity, smoothing);
+  p.smem_bytes = best.layout.Cg == 0 ? 0
+                                     : coef_bytes + static_cast<int64_t>(best.layout.band_rows) *
+                                                        best.layout.smem_row * acc_size;
   const int64_t gx_sizes[4] = {a.N, a.C, a.in_h, a.in_w};
   p.index64 = p.index64 || !fits_int32(tensor_extent(gx_sizes, gxs));
 }

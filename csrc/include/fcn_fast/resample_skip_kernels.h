@@ -258,7 +258,10 @@ struct ResampleBackwardPlan {
   int64_t smem_bytes;
 };
 
-constexpr int64_t kBackwardSmemBudget = 32 * 1024;
+// Shared accumulators per block: at most 46 KB (under the 48 KB any launch may take) so
+// that four 256-thread blocks share a multiprocessor; more band rows mean fewer output rows
+// read twice at band edges.
+constexpr int64_t kBackwardSmemBudget = 46 * 1024;
 
 // grad_out sizes {N, C, out_h, out_w}; grad_x is (N, C, in_h, in_w) with strides gxs.
 inline ResampleBackwardPlan plan_resample_backward(
