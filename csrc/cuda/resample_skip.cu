@@ -20,12 +20,18 @@
 namespace fcn_fast {
 namespace {
 
+// Blocks of 128 threads per multiprocessor the register allocation must allow: 4 (up to 128
+// registers a thread), 3 for the 8-element (16-byte half / bfloat16) forward, whose
+// per-element state (two interpolated rows, taps, skip prefetch) takes ~165 registers
+// without spilling.
+constexpr int forward_min_blocks(int V) { return V >= 8 ? 3 : 4; }
+
 template <int V, typename T, typename index_t>
-__global__ void __launch_bounds__(kResampleThreads, 2)
+__global__ void __launch_bounds__(kResampleForwardThreads, forward_min_blocks(V))
     resample_skip_forward_kernel(ResampleForwardArgs<index_t> a, ResampleTables<acc_type<T>> t,
                                  const T* __restrict__ x, const T* __restrict__ skip,
                                  T* __restrict__ out, int32_t items, int32_t groups) {
-  const int32_t item = static_cast<int32_t>(blockIdx.x) * kResampleThreads + threadIdx.x;
+  const int32_t item = static_cast<int32_t>(blockIdx.x * blockDim.x + threadIdx.x);
   if (item >= items) return;
   for (int32_t group = blockIdx.y; group < groups; group += gridDim.y) {
     resample_forward_thread<V>(a, t.rows, t.cols, x, skip, out, item, group);
@@ -97,17 +103,15 @@ cudaError_t launch_resample_skip(DType dtype, const ResampleGeometry& g, const v
     const ResampleForwardPlan plan =
         plan_resample_forward(x_sizes, xs, skip, ss, skip_sizes, skip_y, skip_x, g.out_h, g.out_w,
                               out, os, sizeof(T), force_index64);
-    const dim3 grid(
-        static_cast<unsigned int>((plan.items + kResampleThreads - 1) / kResampleThreads),
-        grid_dim(plan.groups, 65535));
+    const dim3 grid(static_cast<unsigned int>(plan.grid_x), static_cast<unsigned int>(plan.grid_y));
     return dispatch_index(plan.index64, [&](auto index_tag) {
       using index_t = decltype(index_tag);
       const ResampleForwardArgs<index_t> args = narrow_args<index_t>(plan.args);
       return with_vector_width<T, index_t>(plan.V, [&](auto width) {
         resample_skip_forward_kernel<decltype(width)::value, T, index_t>
-            <<<grid, kResampleThreads, 0, stream>>>(
-                args, t, static_cast<const T*>(x), static_cast<const T*>(skip),
-                static_cast<T*>(out), static_cast<int32_t>(plan.items), plan.groups);
+            <<<grid, plan.threads, 0, stream>>>(args, t, static_cast<const T*>(x),
+                                                static_cast<const T*>(skip), static_cast<T*>(out),
+                                                static_cast<int32_t>(plan.items), plan.groups);
         return cudaGetLastError();
       });
     });

@@ -202,14 +202,18 @@ int emu_resample_skip(int dtype, const int64_t* x_sizes, const void* x, const in
       const ResampleForwardArgs<index_t> a = narrow_args<index_t>(plan.args);
       with_vector(plan.V, [&](auto width) {
         constexpr int V = decltype(width)::value;
-        // The grid: blocks of kResampleThreads items (x) times class groups (y, strided).
-        const int64_t blocks = (plan.items + kResampleThreads - 1) / kResampleThreads;
-        for (int32_t group = 0; group < plan.groups; ++group) {
-          for (int64_t item = 0; item < blocks * kResampleThreads; ++item) {
-            if (item >= plan.items) continue;
-            resample_forward_thread<V>(a, t.rows, t.cols, static_cast<const T*>(x),
-                                       static_cast<const T*>(skip), static_cast<T*>(out),
-                                       static_cast<int32_t>(item), group);
+        // The launch of launch_resample_skip: grid (grid_x, grid_y) of `threads`.
+        for (int64_t by = 0; by < plan.grid_y; ++by) {
+          for (int64_t bx = 0; bx < plan.grid_x; ++bx) {
+            for (int tx = 0; tx < plan.threads; ++tx) {
+              const int64_t item = bx * plan.threads + tx;
+              if (item >= plan.items) continue;  // the kernel's early return
+              for (int64_t group = by; group < plan.groups; group += plan.grid_y) {
+                resample_forward_thread<V>(a, t.rows, t.cols, static_cast<const T*>(x),
+                                           static_cast<const T*>(skip), static_cast<T*>(out),
+                                           static_cast<int32_t>(item), static_cast<int32_t>(group));
+              }
+            }
           }
         }
       });

@@ -95,14 +95,6 @@ FCN_HD void run_taps(const FusedArgs<acc_t, index_t>& a, const ResampleTables<ac
   }
 }
 
-template <typename index_t>
-FCN_HD index_t target_offset(index_t tn, index_t th, index_t tw, int32_t n, int32_t q,
-                             int32_t out_w) {
-  const int32_t Y = q / out_w;
-  return static_cast<index_t>(n) * tn + static_cast<index_t>(Y) * th +
-         static_cast<index_t>(q - Y * out_w) * tw;
-}
-
 // ---- Forward: loss of P fine pixels q0 .. of image n ----
 
 template <int P, typename T, typename index_t>
@@ -127,14 +119,20 @@ FCN_HD LossPartial<acc_type<T>> fused_forward_pixels(const FusedArgs<acc_type<T>
     for (int p = 0; p < P; ++p) st[p].add(pixel_logit(taps[p], xc), wc, a.smoothing);
   }
   acc_t lse_out[P], loss_out[P];
+  int32_t Y = q0 / a.out_w, X = q0 - Y * a.out_w;  // of pixel p, stepped below
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
+  for (int p = 0; p < P; ++p, ++X) {
+    if (X == a.out_w) {
+      X = 0;
+      ++Y;
+    }
     lse_out[p] = acc_t(0);
     loss_out[p] = acc_t(0);
     if (p >= count) continue;
     const acc_t logs = fcn_log(st[p].s);
     lse_out[p] = st[p].m + logs;
-    const int64_t tv = target[target_offset(a.tn, a.th, a.tw, n, q0 + p, a.out_w)];
+    const int64_t tv = target[static_cast<index_t>(n) * a.tn + static_cast<index_t>(Y) * a.th +
+                              static_cast<index_t>(X) * a.tw];
     if (tv == a.ignore_index) continue;
     if (tv < 0 || tv >= a.C) {
       *error_flag = 1;

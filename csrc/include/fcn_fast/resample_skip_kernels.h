@@ -9,12 +9,15 @@
 // memory, so a thread's V consecutive elements are one 16-byte access.
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "fcn_fast/element_access.h"
 #include "fcn_fast/resample_tables.h"
 
 namespace fcn_fast {
 
-constexpr int kResampleThreads = 256;
+constexpr int kResampleThreads = 256;         // backward blocks
+constexpr int kResampleForwardThreads = 128;  // forward: register-bound, finer-grained blocks
 
 // ---- Forward: out = resample(x) + skip window ----
 
@@ -56,8 +59,9 @@ FCN_HD void resample_forward_thread(const ResampleForwardArgs<index_t>& a,
   index_t x_col[V];
   uint32_t next_column = 0;
   acc_t wx0[V], wx1[V];
+  const ElementCursor first(e0, a.Cg);  // the one division by Cg of this thread
   {
-    ElementCursor cursor(e0, a.Cg);
+    ElementCursor cursor = first;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const bool valid = k < count;  // past the row's end: read column 0, never store
@@ -75,32 +79,6 @@ FCN_HD void resample_forward_thread(const ResampleForwardArgs<index_t>& a,
   const T* skip_image = a.has_skip ? skip + static_cast<index_t>(n) * a.skip.n +
                                          static_cast<index_t>(a.skip_y) * a.skip.h
                                    : nullptr;
-  const bool out_vector = a.out_vector && count == V;
-  const bool skip_vector = a.skip_vector && count == V;
-  // Offset of element k in a row of a tensor with strides s (skip: shifted by skip_x). The
-  // vector paths need only element 0; the scalar paths step a cursor.
-  const auto element_offsets = [&](const Strides<index_t>& s, int32_t shift, index_t(&o)[V]) {
-    ElementCursor cursor(e0, a.Cg);
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      o[k] =
-          static_cast<index_t>(cursor.X + shift) * s.w + static_cast<index_t>(c0 + cursor.c) * s.c;
-      cursor.next();
-    }
-  };
-  const auto load_skip = [&](int32_t Y, acc_t(&v)[V]) {
-    const T* row = skip_image + static_cast<index_t>(Y) * a.skip.h;
-    index_t o[V];
-    element_offsets(a.skip, a.skip_x, o);
-    load_elements<V>(row, o, count, skip_vector, v);
-  };
-  const auto store_out = [&](int32_t Y, const acc_t(&v)[V]) {
-    T* row = out_image + static_cast<index_t>(Y) * a.out.h;
-    index_t o[V];
-    element_offsets(a.out, 0, o);
-    store_elements<V>(row, o, count, out_vector, v);
-  };
-
   const auto fill = [&](int32_t row, acc_t(&h)[V]) {
     const T* r = x_image + static_cast<index_t>(row) * a.x.h;
 #pragma unroll
@@ -110,26 +88,79 @@ FCN_HD void resample_forward_thread(const ResampleForwardArgs<index_t>& a,
                        load_acc(tap + ((next_column >> k) & 1u ? a.x.w : index_t(0))));
     }
   };
-  RowPair<acc_t, V> pair;
-  // The skip row of the next output row is loaded before this row is computed: two loads
-  // in flight per thread instead of one.
-  acc_t skip_next[V] = {};
-  if (a.has_skip) load_skip(Y0, skip_next);
-  for (int32_t Y = Y0; Y < Y1; ++Y) {
-    acc_t value[V] = {};
-    if (a.has_skip) {
+  // Offset of element k in a row of a tensor with strides s (skip: shifted by skip_x).
+  const auto element_offset = [&](const Strides<index_t>& s, int32_t shift, int k) {
+    ElementCursor cursor = first;
+    for (int step = 0; step < k; ++step) cursor.next();
+    return static_cast<index_t>(cursor.X + shift) * s.w + static_cast<index_t>(c0 + cursor.c) * s.c;
+  };
+
+  // The rows, with a loop for each kind of access: on the vector path (kVector) every row is
+  // one 16-byte store (and load of skip) at a single offset, and nothing else stays live; the
+  // scalar path forms each element's offset. Choosing once, outside the loop, keeps the
+  // vector loop's registers free of the scalar path's offsets.
+  const auto rows_loop = [&](auto vector_tag) {
+    constexpr bool kVector = decltype(vector_tag)::value;
+    index_t out_at[kVector ? 1 : V], skip_at[kVector ? 1 : V];
 #pragma unroll
-      for (int k = 0; k < V; ++k) value[k] = skip_next[k];
-      if (Y + 1 < Y1) load_skip(Y + 1, skip_next);
+    for (int k = 0; k < (kVector ? 1 : V); ++k) {
+      out_at[k] = element_offset(a.out, 0, k);
+      skip_at[k] = a.has_skip ? element_offset(a.skip, a.skip_x, k) : index_t(0);
     }
-    const TapEntry<acc_t> ty = rows[Y];
-    pair.update(tap_row(ty.i0, ty.w0), tap_row(ty.i1, ty.w1), fill);
+    const auto load_skip = [&](int32_t Y, acc_t(&v)[V]) {
+      const T* row = skip_image + static_cast<index_t>(Y) * a.skip.h;
+      if constexpr (kVector) {
+        if (a.skip_vector) {
+          const Pack<T, V> pack = load_pack<V>(row + skip_at[0]);
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const acc_t r = tap_blend(ty.w0, pair.h0[k], ty.w1, pair.h1[k]);
-      value[k] = a.has_skip ? value[k] + r : r;
+          for (int k = 0; k < V; ++k) v[k] = ElementOps<T>::to_acc(pack.v[k]);
+          return;
+        }
+        // skip not vectorizable: its elements are consecutive only in the output
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = load_acc(row + element_offset(a.skip, a.skip_x, k));
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = k < count ? load_acc(row + skip_at[k]) : acc_t(0);
+      }
+    };
+    RowPair<acc_t, V> pair;
+    // The skip row of the next output row is loaded before this row is computed: two loads
+    // in flight per thread instead of one.
+    acc_t skip_next[V] = {};
+    if (a.has_skip) load_skip(Y0, skip_next);
+    for (int32_t Y = Y0; Y < Y1; ++Y) {
+      acc_t value[V] = {};
+      if (a.has_skip) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) value[k] = skip_next[k];
+        if (Y + 1 < Y1) load_skip(Y + 1, skip_next);
+      }
+      const TapEntry<acc_t> ty = rows[Y];
+      pair.update(tap_row(ty.i0, ty.w0), tap_row(ty.i1, ty.w1), fill);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const acc_t r = tap_blend(ty.w0, pair.h0[k], ty.w1, pair.h1[k]);
+        value[k] = a.has_skip ? value[k] + r : r;
+      }
+      T* row = out_image + static_cast<index_t>(Y) * a.out.h;
+      if constexpr (kVector) {
+        Pack<T, V> pack;
+#pragma unroll
+        for (int k = 0; k < V; ++k) pack.v[k] = ElementOps<T>::from_acc(value[k]);
+        store_pack<V>(row + out_at[0], pack);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          if (k < count) store_acc(row + out_at[k], value[k]);
+        }
+      }
     }
-    store_out(Y, value);
+  };
+  if (V > 1 && a.out_vector && count == V) {
+    rows_loop(std::true_type{});
+  } else {
+    rows_loop(std::false_type{});
   }
 }
 
@@ -193,6 +224,10 @@ struct ResampleForwardPlan {
   ResampleForwardArgs<int64_t> args;  // strides as int64; the launcher narrows them
   int32_t groups;
   int64_t items;  // (vector, run) pairs per group
+  // The launch: grid_x blocks of `threads` over the items (item = block * threads + thread),
+  // grid_y over the groups (strided past 65535).
+  int64_t grid_x, grid_y;
+  int threads;
 };
 
 // sizes {N, C, H, W} of x; strides in elements; skip may be null; out: the output (its
@@ -247,6 +282,9 @@ inline ResampleForwardPlan plan_resample_forward(
   rows = rows < 1 ? 1 : (rows > 32 ? 32 : rows);
   a.rows_per_thread = static_cast<int32_t>(rows);
   p.items = static_cast<int64_t>(a.vectors_per_row) * ((out_h + rows - 1) / rows);
+  p.threads = kResampleForwardThreads;
+  p.grid_x = (p.items + p.threads - 1) / p.threads;
+  p.grid_y = p.groups < 65535 ? (p.groups < 1 ? 1 : p.groups) : 65535;
   return p;
 }
 
