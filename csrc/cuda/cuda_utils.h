@@ -1,7 +1,11 @@
 #pragma once
-// ATen-side helpers shared by the CUDA bindings: dtype mapping, strides, errors.
+// ATen-side helpers shared by the CUDA bindings: dtype mapping, strides, errors, and the
+// switch that forces the kernels' 64-bit index path.
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <initializer_list>
 
 #include "fcn_fast/kernel_types.h"
 
@@ -30,6 +34,25 @@ inline Strides4 strides4(const at::Tensor& t) {
 inline void check_cuda(cudaError_t error) {
   TORCH_CHECK(error == cudaSuccess,
               "fcn_fast: CUDA kernel launch failed: ", cudaGetErrorString(error));
+}
+
+// The kernels index with 32-bit arithmetic whenever every offset fits; FCN_FAST_CUDA_INDEX64=1
+// (read once) makes them take the 64-bit path anyway, so that a GPU test can exercise it
+// without allocating 2^31 elements.
+inline bool force_index64() {
+  static const bool forced = [] {
+    const char* value = std::getenv("FCN_FAST_CUDA_INDEX64");
+    return value != nullptr && value[0] == '1';
+  }();
+  return forced;
+}
+
+// The kernels keep sizes along one axis, and counts of rows and pixels, in 32 bits.
+inline void check_int32_sizes(std::initializer_list<int64_t> sizes, const char* op) {
+  for (int64_t size : sizes) {
+    TORCH_CHECK(size < (int64_t(1) << 31), op, ": a size of ", size,
+                " is beyond the CUDA kernels' 32-bit sizes");
+  }
 }
 
 }  // namespace fcn_fast

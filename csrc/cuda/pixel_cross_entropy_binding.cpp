@@ -1,6 +1,7 @@
 // ATen side of the CUDA pixel_cross_entropy kernels (pixel_cross_entropy_cuda and its
-// backward, called by csrc/ops/pixel_cross_entropy.cpp): device guard, current stream,
-// dtype map, and the async target check. Compiled only with the CUDA kernels (setup.py).
+// backward, called by csrc/ops/pixel_cross_entropy.cpp): checks, device guard, current
+// stream, allocation, dtype map, and the async target check. Compiled only with the CUDA
+// kernels (setup.py).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,28 +25,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const CrossEntropyOptions& options) {
   check_pixel_cross_entropy_args(logits, target, weight, options);
-  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
-  const double label_smoothing = options.label_smoothing;
   check_device(logits, at::kCUDA, "logits", "pixel_cross_entropy_cuda");
   const c10::cuda::CUDAGuard guard(logits.device());
   const LossGeometry g = geometry(logits, target);
+  check_int32_sizes({g.N, g.C, g.S}, "pixel_cross_entropy_cuda");
+  const DType dtype = cuda_dtype(logits);
   const auto acc = logits.options().dtype(accumulation_type(logits.scalar_type()));
   at::Tensor lse = at::empty({g.N, g.S}, acc);
   // The loss in the accumulation dtype for every reduction (pixel_cross_entropy.h).
-  at::Tensor loss = reduction == kReductionNone ? at::empty({g.N, g.S}, acc) : at::empty({}, acc);
+  at::Tensor loss =
+      options.reduction == kReductionNone ? at::empty({g.N, g.S}, acc) : at::empty({}, acc);
   at::Tensor weight_sum = at::empty({}, acc);
-  at::Tensor workspace = at::empty({pixel_cross_entropy_workspace(g)}, acc);
-  at::Tensor error_flag = at::zeros({1}, logits.options().dtype(at::kInt));
+  // flags[0]: a bad target; flags[1]: the ticket of the last-block reduction.
+  at::Tensor flags = at::zeros({2}, logits.options().dtype(at::kInt));
+  at::Tensor workspace = at::empty({pixel_cross_entropy_workspace_bytes(dtype, g, force_index64())},
+                                   logits.options().dtype(at::kByte));
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  const cudaError_t err = launch_pixel_cross_entropy(
-      cuda_dtype(logits), logits.const_data_ptr(), target.const_data_ptr<int64_t>(),
+  check_cuda(launch_pixel_cross_entropy(
+      dtype, logits.const_data_ptr(), target.const_data_ptr<int64_t>(),
       w.defined() ? w.const_data_ptr() : nullptr, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
-      weight_sum.mutable_data_ptr(), workspace.mutable_data_ptr(),
-      error_flag.mutable_data_ptr<int>(), g, ignore_index, reduction, label_smoothing,
-      c10::cuda::getCurrentCUDAStream());
-  check_cuda(err);
+      weight_sum.mutable_data_ptr(), workspace.mutable_data_ptr(), flags.mutable_data_ptr<int>(), g,
+      options.ignore_index, options.reduction, options.label_smoothing, force_index64(),
+      c10::cuda::getCurrentCUDAStream()));
   // No host sync: a bad target fails as a device-side assert at the next sync.
-  at::_assert_async(error_flag.eq(0),
+  at::_assert_async(flags.narrow(0, 0, 1).eq(0),
                     "pixel_cross_entropy: target outside [0, C) that is not ignore_index");
   return {loss, lse, weight_sum};
 }
@@ -56,12 +59,12 @@ at::Tensor pixel_cross_entropy_backward_cuda(const at::Tensor& grad, const at::T
                                              const at::Tensor& lse, const at::Tensor& weight_sum,
                                              const CrossEntropyOptions& options) {
   check_pixel_cross_entropy_args(logits, target, weight, options);
-  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
-  const double label_smoothing = options.label_smoothing;
+  const int64_t reduction = options.reduction;
   check_pixel_cross_entropy_backward_args(grad, logits, lse, reduction);
   check_device(logits, at::kCUDA, "logits", "pixel_cross_entropy_backward_cuda");
   const c10::cuda::CUDAGuard guard(logits.device());
   const LossGeometry g = geometry(logits, target);
+  check_int32_sizes({g.N, g.C, g.S}, "pixel_cross_entropy_backward_cuda");
   const auto acc = logits.options().dtype(accumulation_type(logits.scalar_type()));
   // The upstream gradient is read in the accumulation dtype: a GradScaler's 65536 is
   // above float16's largest value.
@@ -70,16 +73,14 @@ at::Tensor pixel_cross_entropy_backward_cuda(const at::Tensor& grad, const at::T
   const at::Tensor wsum = weight_sum.to(acc.dtype()).contiguous();
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   at::Tensor out = at::empty_like(logits);
-  at::Tensor workspace = at::empty({1}, acc);
   const int64_t gN = reduction == kReductionNone ? gradc.stride(0) : 0;
   const int64_t gS = reduction == kReductionNone ? gradc.stride(1) : 0;
-  const cudaError_t err = launch_pixel_cross_entropy_backward(
+  check_cuda(launch_pixel_cross_entropy_backward(
       cuda_dtype(logits), gradc.const_data_ptr(), gN, gS, logits.const_data_ptr(),
       target.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr() : nullptr,
       lsec.const_data_ptr(), wsum.const_data_ptr(), out.mutable_data_ptr(), out.stride(0),
-      out.stride(1), out.stride(2), workspace.mutable_data_ptr(), g, ignore_index, reduction,
-      label_smoothing, c10::cuda::getCurrentCUDAStream());
-  check_cuda(err);
+      out.stride(1), out.stride(2), g, options.ignore_index, reduction, options.label_smoothing,
+      force_index64(), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 

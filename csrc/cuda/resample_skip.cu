@@ -1,150 +1,154 @@
-// CUDA kernels of the resample-skip op (math: resample_skip_math.h). CUDA
-// headers and ours only, so CI compiles this file with nvcc on a CPU machine.
+// CUDA kernels of the resample-skip op: thin __global__ wrappers around the per-thread code
+// of fcn_fast/resample_skip_kernels.h (which the CPU emulation test runs as well), plus
+// their launchers. CUDA headers and ours only, so CI compiles this file with nvcc on a CPU
+// machine.
 //
-// Forward: one thread per output element, blocks of 32 x 8 over (X, Y), planes
-// on grid z: no integer division per element, coalesced along X for NCHW.
-// Backward: two gathers, vertical then horizontal, through an fp32 workspace
-// 1/factor the size of grad_out: no atomics, bitwise deterministic.
+// Every launch is two kernels: the tap tables (out_h + out_w entries, fp64 index math, and
+// for the backward the adjoint ranges of in_h + in_w inputs), then the element kernel,
+// which only reads the tables: 32-bit (or, past 2^31 elements, 64-bit) integer and fp32
+// arithmetic.
+// Forward: a thread owns V consecutive outputs (16 bytes) of up to 32 consecutive rows and
+// reuses each interpolated input row for the outputs that share it; one 16-byte store per
+// row. Bytes: out written once, skip read once, x read about once (L1/L2).
+// Backward: a block owns a band of input rows x a tile of input columns; its threads read
+// each grad_out row of the band once, coalesced, into a vertical sum in shared memory, and
+// then gather the horizontal adjoint from it. No atomics, no workspace round trip.
 #include "common.cuh"
-#include "fcn_fast/resample_skip_math.h"
+#include "fcn_fast/resample_skip_kernels.h"
 #include "resample_skip.cuh"
 
 namespace fcn_fast {
 namespace {
 
-constexpr int kBlockX = 32, kBlockY = 8;
-constexpr int64_t kMaxGridYZ = 65535;
+// Blocks of 128 threads per multiprocessor the register allocation must allow: 4 (up to 128
+// registers a thread), 3 for the 8-element (16-byte half / bfloat16) forward, whose
+// per-element state (two interpolated rows, taps, skip prefetch) takes ~165 registers
+// without spilling.
+constexpr int forward_min_blocks(int V) { return V >= 8 ? 3 : 4; }
 
-__device__ __forceinline__ bool inside(int64_t i, int64_t n) { return i >= 0 && i < n; }
-
-template <typename T>
-__global__ void resample_skip_fwd_kernel(ResampleGeometry g, const T* __restrict__ x, Strides4 xs,
-                                         const T* __restrict__ skip, Strides4 ss, int64_t skip_y,
-                                         int64_t skip_x, T* __restrict__ out, Strides4 os) {
-  using acc_t = typename Acc<T>::type;
-  const int64_t X = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x;
-  if (X >= g.out_w) return;
-  const Tap<acc_t> tx = resample_tap<acc_t>(X, g.scale_w, g.bias_w, g.in_w, g.clamp);
-  const bool col0 = inside(tx.i0, g.in_w), col1 = inside(tx.i1, g.in_w);
-  const int64_t planes = g.N * g.C;
-  for (int64_t Y = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; Y < g.out_h;
-       Y += static_cast<int64_t>(gridDim.y) * kBlockY) {
-    const Tap<acc_t> ty = resample_tap<acc_t>(Y, g.scale_h, g.bias_h, g.in_h, g.clamp);
-    const bool row0 = inside(ty.i0, g.in_h), row1 = inside(ty.i1, g.in_h);
-    for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      const T* xp = x + n * xs.n + c * xs.c;
-      // A tap outside the input is not read (not multiplied by 0: 0 * inf = NaN).
-      auto blend_row = [&](int64_t i) {
-        const T* r = xp + i * xs.h;
-        acc_t v = acc_t(0);
-        if (col0) v += tx.w0 * to_acc(r[tx.i0 * xs.w]);
-        if (col1) v += tx.w1 * to_acc(r[tx.i1 * xs.w]);
-        return v;
-      };
-      acc_t v = acc_t(0);
-      if (row0) v += ty.w0 * blend_row(ty.i0);
-      if (row1) v += ty.w1 * blend_row(ty.i1);
-      if (skip != nullptr) {
-        v += to_acc(skip[n * ss.n + c * ss.c + (Y + skip_y) * ss.h + (X + skip_x) * ss.w]);
-      }
-      out[n * os.n + c * os.c + Y * os.h + X * os.w] = from_acc<T>(v);
-    }
+template <int V, typename T, typename index_t>
+__global__ void __launch_bounds__(kResampleForwardThreads, forward_min_blocks(V))
+    resample_skip_forward_kernel(ResampleForwardArgs<index_t> a, ResampleTables<acc_type<T>> t,
+                                 const T* __restrict__ x, const T* __restrict__ skip,
+                                 T* __restrict__ out, int32_t items, int32_t groups) {
+  const int32_t item = static_cast<int32_t>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (item >= items) return;
+  for (int32_t group = blockIdx.y; group < groups; group += gridDim.y) {
+    resample_forward_thread<V>(a, t.rows, t.cols, x, skip, out, item, group);
   }
 }
 
-// Backward, pass 1 (vertical adjoint): vsum[plane, i, X] = sum over the outputs Y that
-// read input row i of weight(Y, i) * grad_out[plane, Y, X]. One thread per (i, X):
-// coalesced along X; grad_out rows are shared by neighbouring i through L2.
-template <typename T, typename acc_t>
-__global__ void resample_bwd_rows_kernel(ResampleGeometry g, const T* __restrict__ grad,
-                                         Strides4 gs, acc_t* __restrict__ vsum) {
-  const int64_t X = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x;
-  if (X >= g.out_w) return;
-  const int64_t y_window = resample_window(g.scale_h, g.out_h);
-  const int64_t planes = g.N * g.C;
-  for (int64_t i = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; i < g.in_h;
-       i += static_cast<int64_t>(gridDim.y) * kBlockY) {
-    const int64_t y_first = resample_first_output(i, g.scale_h, g.bias_h);
-    const int64_t y_end = min(y_first + y_window, g.out_h);
-    for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
-      const T* column = grad + (plane / g.C) * gs.n + (plane % g.C) * gs.c + X * gs.w;
-      acc_t acc = acc_t(0);
-      for (int64_t Y = y_first; Y < y_end; ++Y) {
-        const acc_t w = resample_weight<acc_t>(Y, i, g.scale_h, g.bias_h, g.in_h, g.clamp);
-        if (w != acc_t(0)) acc += w * to_acc(column[Y * gs.h]);
-      }
-      vsum[(plane * g.in_h + i) * g.out_w + X] = acc;
-    }
+template <int V, typename T, typename index_t>
+__global__ void __launch_bounds__(kResampleThreads, 2)
+    resample_skip_backward_kernel(ResampleBackwardArgs<index_t> a, ResampleTables<acc_type<T>> t,
+                                  const T* __restrict__ grad, T* __restrict__ grad_x,
+                                  int32_t groups) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  acc_type<T>* vsum = reinterpret_cast<acc_type<T>*>(shared);
+  for (int32_t group = blockIdx.y; group < groups; group += gridDim.y) {
+    const BackwardBlock b = backward_block(a.layout, a.C, a.in_h, a.in_w, V, blockIdx.x, group, t);
+    resample_backward_rows<V>(a, b, t, grad, vsum, threadIdx.x, kResampleThreads);
+    __syncthreads();  // phase B reads every thread's vertical sums
+    backward_columns<T, index_t>(a.layout, b, t, vsum, grad_x, a.grad_x, threadIdx.x,
+                                 kResampleThreads);
+    __syncthreads();  // the next group overwrites vsum
   }
 }
 
-// Backward, pass 2 (horizontal adjoint): grad_x[plane, i, j] = sum over the outputs X
-// that read input column j of weight(X, j) * vsum[plane, i, X]. Both passes gather in a
-// fixed order: no atomics, bitwise deterministic, the summation order of the CPU kernel.
-template <typename T, typename acc_t>
-__global__ void resample_bwd_cols_kernel(ResampleGeometry g, const acc_t* __restrict__ vsum,
-                                         T* __restrict__ grad_x) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kBlockX + threadIdx.x;
-  if (j >= g.in_w) return;
-  const int64_t x_first = resample_first_output(j, g.scale_w, g.bias_w);
-  const int64_t x_end = min(x_first + resample_window(g.scale_w, g.out_w), g.out_w);
-  const int64_t planes = g.N * g.C;
-  for (int64_t i = static_cast<int64_t>(blockIdx.y) * kBlockY + threadIdx.y; i < g.in_h;
-       i += static_cast<int64_t>(gridDim.y) * kBlockY) {
-    for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
-      const acc_t* row = vsum + (plane * g.in_h + i) * g.out_w;
-      acc_t acc = acc_t(0);
-      for (int64_t X = x_first; X < x_end; ++X) {
-        const acc_t w = resample_weight<acc_t>(X, j, g.scale_w, g.bias_w, g.in_w, g.clamp);
-        if (w != acc_t(0)) acc += w * row[X];
-      }
-      grad_x[(plane * g.in_h + i) * g.in_w + j] = from_acc<T>(acc);
-    }
-  }
+TableGeometry table_geometry(const ResampleGeometry& g, bool backward) {
+  return TableGeometry{AxisGeometry{static_cast<int32_t>(g.in_h), static_cast<int32_t>(g.out_h),
+                                    g.scale_h, g.bias_h},
+                       AxisGeometry{static_cast<int32_t>(g.in_w), static_cast<int32_t>(g.out_w),
+                                    g.scale_w, g.bias_w},
+                       g.clamp, backward};
 }
 
-dim3 plane_grid(int64_t width, int64_t height, int64_t planes) {
-  return dim3(static_cast<unsigned int>((width + kBlockX - 1) / kBlockX),
-              grid_dim((height + kBlockY - 1) / kBlockY, kMaxGridYZ), grid_dim(planes, kMaxGridYZ));
+// The plans pick V among {16 bytes, 8 bytes, 1 element}, one kernel each; past 2^31 elements
+// (64-bit indices) only the scalar kernel exists.
+template <typename T, typename index_t, typename F>
+cudaError_t with_vector_width(int V, F&& f) {
+  constexpr int kWide = sizeof(index_t) == 8 ? 1 : vector_width(sizeof(T));
+  constexpr int kHalf = kWide >= 4 ? kWide / 2 : 1;
+  if (V == kWide) return f(std::integral_constant<int, kWide>{});
+  if (V == kHalf) return f(std::integral_constant<int, kHalf>{});
+  return f(std::integral_constant<int, 1>{});
 }
 
 }  // namespace
 
-cudaError_t launch_resample_skip(DType dtype, const ResampleGeometry& g, const void* x,
-                                 Strides4 x_strides, const void* skip, Strides4 skip_strides,
-                                 int64_t skip_y, int64_t skip_x, void* out, Strides4 out_strides,
-                                 cudaStream_t stream) {
-  if (g.N * g.C * g.out_h * g.out_w == 0) return cudaSuccess;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    resample_skip_fwd_kernel<T>
-        <<<plane_grid(g.out_w, g.out_h, g.N * g.C), dim3(kBlockX, kBlockY), 0, stream>>>(
-            g, static_cast<const T*>(x), x_strides, static_cast<const T*>(skip), skip_strides,
-            skip_y, skip_x, static_cast<T*>(out), out_strides);
-    return cudaGetLastError();
-  });
+int64_t resample_skip_workspace_bytes(DType dtype, const ResampleGeometry& g, bool backward) {
+  return table_layout(table_geometry(g, backward),
+                      dtype == DType::Float64 ? sizeof(TapEntry<double>) : sizeof(TapEntry<float>))
+      .bytes;
 }
 
-int64_t resample_skip_backward_workspace(const ResampleGeometry& g) {
-  return g.N * g.C * g.in_h * g.out_w;
+cudaError_t launch_resample_skip(DType dtype, const ResampleGeometry& g, const void* x,
+                                 Strides4 x_strides, const void* skip, Strides4 skip_strides,
+                                 int64_t skip_h, int64_t skip_w, int64_t skip_y, int64_t skip_x,
+                                 void* out, Strides4 out_strides, void* workspace,
+                                 bool force_index64, cudaStream_t stream) {
+  if (g.N * g.C * g.out_h * g.out_w == 0) return cudaSuccess;
+  const TableGeometry tg = table_geometry(g, false);
+  const int64_t x_sizes[4] = {g.N, g.C, g.in_h, g.in_w};
+  const int64_t skip_sizes[4] = {g.N, g.C, skip_h, skip_w};
+  const int64_t xs[4] = {x_strides.n, x_strides.c, x_strides.h, x_strides.w};
+  const int64_t ss[4] = {skip_strides.n, skip_strides.c, skip_strides.h, skip_strides.w};
+  const int64_t os[4] = {out_strides.n, out_strides.c, out_strides.h, out_strides.w};
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_type<T>;
+    cudaError_t err = launch_resample_tables<acc_t>(tg, workspace, stream);
+    if (err != cudaSuccess) return err;
+    const ResampleTables<acc_t> t = bind_tables<acc_t>(workspace, tg);
+    const ResampleForwardPlan plan =
+        plan_resample_forward(x_sizes, xs, skip, ss, skip_sizes, skip_y, skip_x, g.out_h, g.out_w,
+                              out, os, sizeof(T), force_index64);
+    const dim3 grid(static_cast<unsigned int>(plan.grid_x), static_cast<unsigned int>(plan.grid_y));
+    return dispatch_index(plan.index64, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const ResampleForwardArgs<index_t> args = narrow_args<index_t>(plan.args);
+      return with_vector_width<T, index_t>(plan.V, [&](auto width) {
+        resample_skip_forward_kernel<decltype(width)::value, T, index_t>
+            <<<grid, plan.threads, 0, stream>>>(args, t, static_cast<const T*>(x),
+                                                static_cast<const T*>(skip), static_cast<T*>(out),
+                                                static_cast<int32_t>(plan.items), plan.groups);
+        return cudaGetLastError();
+      });
+    });
+  });
 }
 
 cudaError_t launch_resample_skip_backward(DType dtype, const ResampleGeometry& g,
                                           const void* grad_out, Strides4 grad_out_strides,
-                                          void* grad_x, void* workspace, cudaStream_t stream) {
-  if (g.N * g.C * g.in_h * g.in_w == 0) return cudaSuccess;
+                                          void* grad_x, Strides4 grad_x_strides, void* workspace,
+                                          bool force_index64, cudaStream_t stream) {
+  if (g.N * g.C * g.in_h * g.in_w == 0 || g.out_h * g.out_w == 0) return cudaSuccess;
+  const TableGeometry tg = table_geometry(g, true);
+  const int64_t g_sizes[4] = {g.N, g.C, g.out_h, g.out_w};
+  const int64_t gs[4] = {grad_out_strides.n, grad_out_strides.c, grad_out_strides.h,
+                         grad_out_strides.w};
+  const int64_t gxs[4] = {grad_x_strides.n, grad_x_strides.c, grad_x_strides.h, grad_x_strides.w};
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    using acc_t = typename Acc<T>::type;
-    acc_t* vsum = static_cast<acc_t*>(workspace);
-    resample_bwd_rows_kernel<T, acc_t>
-        <<<plane_grid(g.out_w, g.in_h, g.N * g.C), dim3(kBlockX, kBlockY), 0, stream>>>(
-            g, static_cast<const T*>(grad_out), grad_out_strides, vsum);
-    resample_bwd_cols_kernel<T, acc_t>
-        <<<plane_grid(g.in_w, g.in_h, g.N * g.C), dim3(kBlockX, kBlockY), 0, stream>>>(
-            g, vsum, static_cast<T*>(grad_x));
-    return cudaGetLastError();
+    using acc_t = acc_type<T>;
+    cudaError_t err = launch_resample_tables<acc_t>(tg, workspace, stream);
+    if (err != cudaSuccess) return err;
+    const ResampleTables<acc_t> t = bind_tables<acc_t>(workspace, tg);
+    const ResampleBackwardPlan plan =
+        plan_resample_backward(g_sizes, grad_out, gs, g.in_h, g.in_w, gxs, tg.h, tg.w, sizeof(T),
+                               sizeof(acc_t), force_index64);
+    if (plan.groups == 0) return cudaErrorInvalidConfiguration;  // a factor beyond ~5000
+    const dim3 grid(static_cast<unsigned int>(plan.blocks), grid_dim(plan.groups, 65535));
+    return dispatch_index(plan.index64, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const ResampleBackwardArgs<index_t> args = narrow_args<index_t>(plan.args);
+      return with_vector_width<T, index_t>(plan.V, [&](auto width) {
+        resample_skip_backward_kernel<decltype(width)::value, T, index_t>
+            <<<grid, kResampleThreads, plan.smem_bytes, stream>>>(
+                args, t, static_cast<const T*>(grad_out), static_cast<T*>(grad_x), plan.groups);
+        return cudaGetLastError();
+      });
+    });
   });
 }
 

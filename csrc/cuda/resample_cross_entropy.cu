@@ -1,0 +1,221 @@
+// CUDA kernels of the fused heads (csrc/ops/resample_cross_entropy.h): thin __global__
+// wrappers around the per-thread code of fcn_fast/resample_cross_entropy_kernels.h (which the
+// CPU emulation test runs as well), plus their launchers. CUDA headers and ours only.
+//
+// Each pass is the tap-table kernel (fp64, out_h + out_w entries; the backward adds the
+// adjoint ranges) and one element kernel:
+// * forward: P fine pixels per thread, classes walked with the online softmax; reads the
+//   coarse x (L1/L2) and target once, writes lse (4 bytes a pixel, 16-byte stores) and the
+//   loss; the reduction ends in the last block.
+// * argmax: the same walk with a running argmax; labels and confidence as vector stores.
+// * backward: blocks of (band of coarse rows, tile of coarse columns, class group); the
+//   per-pixel coefficients are staged in shared memory once per block, z is recomputed per
+//   (pixel, class) and the resampler's adjoint gathered in a fixed order.
+#include "common.cuh"
+#include "fcn_fast/resample_cross_entropy_kernels.h"
+#include "resample_cross_entropy.cuh"
+
+namespace fcn_fast {
+namespace {
+
+template <int P, typename T, typename index_t>
+__global__ void __launch_bounds__(kFusedThreads, 2)
+    fused_forward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
+                         const T* __restrict__ x, const int64_t* __restrict__ target,
+                         const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
+  using acc_t = acc_type<T>;
+  const int32_t q0 = (static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x) * P;
+  acc_t loss = acc_t(0), wsum = acc_t(0);
+  for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) {
+    const LossPartial<acc_t> part =
+        fused_forward_pixels<P>(a, t, x, target, weight, o.lse, o.loss_none, o.error_flag, n, q0);
+    loss += part.loss;
+    wsum += part.weight;
+  }
+  finish_loss_reduction(loss, wsum, o.partials, o.ticket, o.loss_reduced, o.weight_sum,
+                        a.reduction);
+}
+
+template <int P, typename T, typename label_t, typename index_t>
+__global__ void __launch_bounds__(kFusedThreads, 2)
+    fused_argmax_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
+                        const T* __restrict__ x, label_t* __restrict__ labels,
+                        float* __restrict__ confidence) {
+  const int32_t q0 = (static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x) * P;
+  for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) {
+    fused_argmax_pixels<P>(a, t, x, labels, confidence, n, q0);
+  }
+}
+
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kFusedThreads, 2)
+    fused_backward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
+                          const acc_type<T>* __restrict__ grad,
+                          const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
+                          const int64_t* __restrict__ target,
+                          const acc_type<T>* __restrict__ weight,
+                          const acc_type<T>* __restrict__ lse, T* __restrict__ grad_x,
+                          int32_t groups) {
+  using acc_t = acc_type<T>;
+  extern __shared__ __align__(16) unsigned char shared[];
+  const PixelCoefs<acc_t> coefs = pixel_coefs_in<acc_t>(shared, a.pixel_capacity, a.smoothing);
+  acc_t* vsum = reinterpret_cast<acc_t*>(
+      shared + fused_backward_vsum_offset<acc_t>(a.pixel_capacity, a.smoothing));
+  const acc_t scale = reduced_grad_scale(a.reduction, grad, weight_sum);
+  const acc_t wtotal = a.smoothing ? class_weight_total(weight, a.C) : acc_t(0);
+  for (int32_t group = blockIdx.y; group < groups; group += gridDim.y) {
+    const BackwardBlock b = backward_block(a.layout, a.C, a.in_h, a.in_w, 1, blockIdx.x, group, t);
+    fused_backward_stage(a, b, lse, target, weight, grad, scale, wtotal, coefs, threadIdx.x,
+                         kFusedThreads);
+    __syncthreads();  // phase A reads every pixel's coefficients
+    fused_backward_rows<T>(a, b, t, x, weight, coefs, vsum, threadIdx.x, kFusedThreads);
+    __syncthreads();  // phase B reads every item's vertical sums
+    backward_columns<T, index_t>(a.layout, b, t, vsum, grad_x, a.grad_x, threadIdx.x,
+                                 kFusedThreads);
+    __syncthreads();  // the next group overwrites the shared memory
+  }
+}
+
+TableGeometry table_geometry(const FusedGeometry& g, bool backward) {
+  return TableGeometry{AxisGeometry{static_cast<int32_t>(g.in_h), static_cast<int32_t>(g.out_h),
+                                    g.scale_h, g.bias_h},
+                       AxisGeometry{static_cast<int32_t>(g.in_w), static_cast<int32_t>(g.out_w),
+                                    g.scale_w, g.bias_w},
+                       g.clamp, backward};
+}
+
+int64_t tap_bytes(DType dtype) {
+  return dtype == DType::Float64 ? sizeof(TapEntry<double>) : sizeof(TapEntry<float>);
+}
+
+FusedPlan plan(const FusedGeometry& g, Strides4 x_strides, Strides3 target_strides,
+               const void* first_out, int first_size, const void* second_out, int second_size,
+               bool force_index64) {
+  const int64_t x_sizes[4] = {g.N, g.C, g.in_h, g.in_w};
+  const int64_t xs[4] = {x_strides.n, x_strides.c, x_strides.h, x_strides.w};
+  const int64_t ts[3] = {target_strides.n, target_strides.h, target_strides.w};
+  return plan_fused(x_sizes, xs, ts, g.out_h, g.out_w, first_out, first_size, second_out,
+                    second_size, force_index64);
+}
+
+// The plan's pixels per thread: 4, or 1 on the 64-bit index path (compiled for that only).
+template <typename index_t, typename F>
+cudaError_t with_pixels(F&& f) {
+  return f(std::integral_constant<int, sizeof(index_t) == 8 ? 1 : 4>{});
+}
+
+}  // namespace
+
+int64_t resample_cross_entropy_workspace_bytes(DType dtype, const FusedGeometry& g,
+                                               Strides4 x_strides, Strides3 target_strides,
+                                               FusedPass pass, bool force_index64) {
+  const int64_t tables =
+      table_layout(table_geometry(g, pass == FusedPass::Backward), tap_bytes(dtype)).bytes;
+  if (pass != FusedPass::Forward) return tables;
+  const FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
+  return tables + 2 * p.grid_x * p.grid_y * acc_size(dtype);
+}
+
+cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, const void* x,
+                                          Strides4 x_strides, const int64_t* target,
+                                          Strides3 target_strides, const void* weight, void* loss,
+                                          void* lse, void* weight_sum, void* workspace, int* flags,
+                                          int64_t ignore_index, int64_t reduction,
+                                          double label_smoothing, bool force_index64,
+                                          cudaStream_t stream) {
+  const TableGeometry tg = table_geometry(g, false);
+  const int asize = static_cast<int>(acc_size(dtype));
+  const FusedPlan p = plan(g, x_strides, target_strides, lse, asize,
+                           reduction == kReductionNone ? loss : nullptr, asize, force_index64);
+  const dim3 grid(static_cast<unsigned int>(p.grid_x), static_cast<unsigned int>(p.grid_y));
+  void* partials = static_cast<char*>(workspace) + table_layout(tg, tap_bytes(dtype)).bytes;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_type<T>;
+    cudaError_t err = launch_resample_tables<acc_t>(tg, workspace, stream);
+    if (err != cudaSuccess) return err;
+    const ResampleTables<acc_t> t = bind_tables<acc_t>(workspace, tg);
+    const LossOutputs<acc_t> o =
+        loss_outputs<acc_t>(reduction, loss, lse, weight_sum, partials, flags);
+    return dispatch_index(p.index64, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const auto a =
+          narrow_fused_args<acc_t, index_t>(p.args, ignore_index, reduction, label_smoothing);
+      return with_pixels<index_t>([&](auto pixels) {
+        fused_forward_kernel<decltype(pixels)::value, T, index_t>
+            <<<grid, kFusedThreads, 0, stream>>>(a, t, static_cast<const T*>(x), target,
+                                                 static_cast<const acc_t*>(weight), o);
+        return cudaGetLastError();
+      });
+    });
+  });
+}
+
+cudaError_t launch_resample_cross_entropy_backward(
+    DType dtype, const FusedGeometry& g, const void* grad, Strides3 grad_strides, const void* x,
+    Strides4 x_strides, const int64_t* target, Strides3 target_strides, const void* weight,
+    const void* lse, const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
+    int64_t ignore_index, int64_t reduction, double label_smoothing, bool force_index64,
+    cudaStream_t stream) {
+  if (g.N * g.C * g.in_h * g.in_w == 0 || g.out_h * g.out_w == 0) return cudaSuccess;
+  const TableGeometry tg = table_geometry(g, true);
+  const int64_t gxs[4] = {grad_x_strides.n, grad_x_strides.c, grad_x_strides.h, grad_x_strides.w};
+  const int64_t gs[3] = {grad_strides.n, grad_strides.h, grad_strides.w};
+  FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
+  plan_fused_backward(p, tg.h, tg.w, static_cast<int>(acc_size(dtype)), label_smoothing > 0.0, gxs,
+                      gs);
+  if (p.groups == 0) return cudaErrorInvalidConfiguration;  // a factor beyond ~1000
+  const dim3 grid(static_cast<unsigned int>(p.blocks), grid_dim(p.groups, 65535));
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_type<T>;
+    cudaError_t err = launch_resample_tables<acc_t>(tg, workspace, stream);
+    if (err != cudaSuccess) return err;
+    const ResampleTables<acc_t> t = bind_tables<acc_t>(workspace, tg);
+    return dispatch_index(p.index64, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const auto a =
+          narrow_fused_args<acc_t, index_t>(p.args, ignore_index, reduction, label_smoothing);
+      fused_backward_kernel<T, index_t><<<grid, kFusedThreads, p.smem_bytes, stream>>>(
+          a, t, static_cast<const acc_t*>(grad), static_cast<const acc_t*>(weight_sum),
+          static_cast<const T*>(x), target, static_cast<const acc_t*>(weight),
+          static_cast<const acc_t*>(lse), static_cast<T*>(grad_x), p.groups);
+      return cudaGetLastError();
+    });
+  });
+}
+
+cudaError_t launch_resample_argmax(DType dtype, const FusedGeometry& g, const void* x,
+                                   Strides4 x_strides, void* labels, bool labels_uint8,
+                                   float* confidence, void* workspace, bool force_index64,
+                                   cudaStream_t stream) {
+  if (g.N * g.out_h * g.out_w == 0) return cudaSuccess;
+  const TableGeometry tg = table_geometry(g, false);
+  const FusedPlan p = plan(g, x_strides, Strides3{0, 0, 0}, labels, labels_uint8 ? 1 : 8,
+                           confidence, 4, force_index64);
+  const dim3 grid(static_cast<unsigned int>(p.grid_x), static_cast<unsigned int>(p.grid_y));
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_type<T>;
+    cudaError_t err = launch_resample_tables<acc_t>(tg, workspace, stream);
+    if (err != cudaSuccess) return err;
+    const ResampleTables<acc_t> t = bind_tables<acc_t>(workspace, tg);
+    return dispatch_index(p.index64, [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      const auto a = narrow_fused_args<acc_t, index_t>(p.args, 0, 0, 0.0);
+      return with_pixels<index_t>([&](auto pixels) {
+        constexpr int P = decltype(pixels)::value;
+        if (labels_uint8) {
+          fused_argmax_kernel<P, T, uint8_t, index_t><<<grid, kFusedThreads, 0, stream>>>(
+              a, t, static_cast<const T*>(x), static_cast<uint8_t*>(labels), confidence);
+        } else {
+          fused_argmax_kernel<P, T, int64_t, index_t><<<grid, kFusedThreads, 0, stream>>>(
+              a, t, static_cast<const T*>(x), static_cast<int64_t*>(labels), confidence);
+        }
+        return cudaGetLastError();
+      });
+    });
+  });
+}
+
+}  // namespace fcn_fast

@@ -1,0 +1,301 @@
+#pragma once
+// Per-thread code of the CUDA pixel_cross_entropy kernels (csrc/cuda/pixel_cross_entropy.cu)
+// and the host-side plan of their launches. Plain C++ (no CUDA runtime, no ATen): the
+// __global__ kernels wrap these functions, and tests/test_cuda_emulation.py runs the same
+// functions over the whole grid on the CPU. The per-pixel math is pixel_cross_entropy_math.h.
+//
+// Two ways through the logits (N, C, S):
+// * pixel runs (S contiguous, NCHW): a thread owns P consecutive pixels (P * element size
+//   = 16 bytes) and walks the classes; each class step is one 16-byte load per thread, one
+//   contiguous 512-byte piece per warp.
+// * staged chunks (classes contiguous, channels_last): a block copies a contiguous chunk of
+//   pixels (all their classes) into shared memory with 16-byte accesses, then each thread
+//   walks one pixel's classes there; the backward writes its gradient in place and copies
+//   the chunk out the same way.
+// Reductions: per-thread partials, a fixed-order block sum, one partial per block, summed in
+// block order by the last block to finish (an integer ticket, no float atomics, no host
+// sync): deterministic.
+#include <stdint.h>
+
+#include "fcn_fast/element_access.h"
+#include "fcn_fast/pixel_cross_entropy_math.h"
+
+namespace fcn_fast {
+
+constexpr int kLossThreads = 256;
+
+template <typename acc_t, typename index_t>
+struct LossArgs {
+  int32_t N, C, S;
+  index_t xn, xc, xs;  // logits strides
+  index_t tn, ts;      // target strides
+  index_t gn, gs;      // backward, reduction none: strides of grad (0 allowed)
+  index_t on, oc, os;  // backward: grad_logits strides
+  int64_t ignore_index;
+  int32_t reduction;
+  acc_t eps, eps_over_c;
+  bool smoothing;                           // label_smoothing > 0
+  bool x_vector, out_vector, pixel_vector;  // logits / grad_logits / lse, loss pixel runs
+  int32_t chunk;                            // staged path: pixels per block (0: pixel runs)
+};
+
+template <typename acc_t>
+struct LossPartial {
+  acc_t loss, weight;
+};
+
+// Sum of the class weights in class order (C without weights): the smoothing term's W.
+template <typename acc_t>
+FCN_HD acc_t class_weight_total(const acc_t* weight, int32_t C) {
+  if (weight == nullptr) return static_cast<acc_t>(C);
+  acc_t total = acc_t(0);
+  for (int32_t c = 0; c < C; ++c) total += weight[c];
+  return total;
+}
+
+// Loss of P pixels s0 .. s0 + count - 1 of image n, whose logits start at px (class c of
+// pixel p at px[c * sc + p * ss]; in global memory or a staged chunk). Writes lse and, for
+// reduction none, the loss; flags a target outside [0, C) that is not ignore_index; returns
+// the sums of loss and target weight over the valid pixels.
+template <int P, typename T, typename index_t>
+FCN_HD LossPartial<acc_type<T>> loss_forward_pixels(const LossArgs<acc_type<T>, index_t>& a,
+                                                    const T* px, index_t sc, index_t ss,
+                                                    bool vector, int32_t n, int32_t s0, int count,
+                                                    const int64_t* target,
+                                                    const acc_type<T>* weight, acc_type<T>* lse,
+                                                    acc_type<T>* loss_none, int* error_flag) {
+  using acc_t = acc_type<T>;
+  LossPartial<acc_t> part{acc_t(0), acc_t(0)};
+  if (count <= 0) return part;
+  OnlineLse<acc_t> st[P];
+#pragma unroll 4
+  for (int32_t c = 0; c < a.C; ++c) {
+    acc_t v[P];
+    load_run<P>(px + static_cast<index_t>(c) * sc, ss, count, vector, v);
+    const acc_t wc = (a.smoothing && weight != nullptr) ? weight[c] : acc_t(1);
+#pragma unroll
+    for (int p = 0; p < P; ++p) st[p].add(v[p], wc, a.smoothing);
+  }
+  acc_t lse_out[P], loss_out[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    lse_out[p] = acc_t(0);
+    loss_out[p] = acc_t(0);
+    if (p >= count) continue;
+    const acc_t logs = fcn_log(st[p].s);
+    lse_out[p] = st[p].m + logs;
+    const int64_t tv = target[static_cast<index_t>(n) * a.tn + static_cast<index_t>(s0 + p) * a.ts];
+    if (tv == a.ignore_index) continue;
+    if (tv < 0 || tv >= a.C) {
+      *error_flag = 1;  // every writer stores the same value: no atomic needed
+      continue;
+    }
+    const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
+    // The target's logit is read again (one scalar load per pixel) rather than picked out of
+    // the class loop with a compare and select per class.
+    const acc_t xt = load_acc(px + static_cast<index_t>(tv) * sc + static_cast<index_t>(p) * ss);
+    const acc_t value =
+        pixel_loss(logs, shifted_logit(xt, st[p].m), wt, a.smoothing ? st[p].swx : acc_t(0),
+                   a.smoothing ? st[p].wsum : acc_t(0), a.eps, a.eps_over_c);
+    loss_out[p] = value;
+    part.loss += value;
+    part.weight += wt;
+  }
+  const index_t at = static_cast<index_t>(n) * a.S + s0;
+  const bool vector_out = a.pixel_vector && count == P;
+  store_run<P>(lse + at, index_t(1), count, vector_out, lse_out);
+  if (loss_none != nullptr) store_run<P>(loss_none + at, index_t(1), count, vector_out, loss_out);
+  return part;
+}
+
+// The scale of the loss gradient for reductions mean and sum (none reads grad per pixel).
+template <typename acc_t>
+FCN_HD acc_t reduced_grad_scale(int32_t reduction, const acc_t* grad, const acc_t* weight_sum) {
+  if (reduction == kReductionNone) return acc_t(0);
+  return reduction == kReductionMean ? grad[0] / weight_sum[0] : grad[0];
+}
+
+// d loss / d logits of P pixels: grad_logits[c * oc + p * os] from po, logits as in
+// loss_forward_pixels; the softmax is recomputed from the saved lse. wtotal: the class
+// weight total (smoothing only); scale: reduced_grad_scale.
+template <int P, typename T, typename index_t>
+FCN_HD void loss_backward_pixels(const LossArgs<acc_type<T>, index_t>& a, const T* px, index_t sc,
+                                 index_t ss, bool vector_in, T* po, index_t oc, index_t os,
+                                 bool vector_out, int32_t n, int32_t s0, int count,
+                                 const acc_type<T>* grad, acc_type<T> scale, const int64_t* target,
+                                 const acc_type<T>* weight, const acc_type<T>* lse,
+                                 acc_type<T> wtotal) {
+  using acc_t = acc_type<T>;
+  if (count <= 0) return;
+  GradCoef<acc_t> coef[P];
+  int32_t tc[P];
+  acc_t l[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    coef[p] = GradCoef<acc_t>{acc_t(0), acc_t(0), acc_t(0)};
+    tc[p] = -1;
+    l[p] = acc_t(0);
+    if (p >= count) continue;
+    const index_t s = s0 + p;
+    l[p] = lse[static_cast<index_t>(n) * a.S + s];
+    const int64_t tv = target[static_cast<index_t>(n) * a.tn + s * a.ts];
+    if (tv == a.ignore_index || tv < 0 || tv >= a.C) continue;  // the forward flagged these
+    const acc_t pixel_scale =
+        a.reduction == kReductionNone ? grad[static_cast<index_t>(n) * a.gn + s * a.gs] : scale;
+    coef[p] = grad_coef(pixel_scale, weight == nullptr ? acc_t(1) : weight[tv], wtotal, a.eps,
+                        a.eps_over_c);
+    tc[p] = static_cast<int32_t>(tv);
+  }
+#pragma unroll 4
+  for (int32_t c = 0; c < a.C; ++c) {
+    acc_t v[P], g[P];
+    load_run<P>(px + static_cast<index_t>(c) * sc, ss, count, vector_in, v);
+    const acc_t wc = (a.smoothing && weight != nullptr) ? weight[c] : acc_t(1);
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      g[p] = grad_element(fcn_exp(shifted_logit(v[p], l[p])), coef[p], wc, c == tc[p]);
+    }
+    store_run<P>(po + static_cast<index_t>(c) * oc, os, count, vector_out, g);
+  }
+}
+
+// A staged chunk moved between global and shared memory, `thread` of `threads`: 16-byte
+// pieces when both ends are 16-byte aligned (vector), the odd tail element by element.
+template <typename T>
+FCN_HD void copy_chunk(const T* src, T* dst, int32_t count, bool vector, int32_t thread,
+                       int32_t threads) {
+  constexpr int V = vector_width(static_cast<int>(sizeof(T)));
+  int32_t done = 0;
+  if (V > 1 && vector) {
+    const int32_t pieces = count / V;
+    for (int32_t i = thread; i < pieces; i += threads) {
+      store_pack<V>(dst + i * V, load_pack<V>(src + i * V));
+    }
+    done = pieces * V;
+  }
+  for (int32_t i = done + thread; i < count; i += threads) dst[i] = src[i];
+}
+
+// The order in which csrc/cuda/common.cuh's block_sum adds the per-thread values of a block
+// (a shuffle-down tree within each warp of 32, then the warps' sums in warp order), for the
+// emulation to reproduce the GPU's rounding. `values` is overwritten.
+template <typename acc_t>
+acc_t block_sum_in_gpu_order(acc_t* values, int32_t threads) {
+  acc_t total = acc_t(0);
+  for (int32_t w = 0; w * 32 < threads; ++w) {
+    acc_t* lane = values + w * 32;
+    const int32_t lanes = threads - w * 32 < 32 ? threads - w * 32 : 32;
+    for (int32_t k = lanes; k < 32; ++k) lane[k] = acc_t(0);  // not reached: blocks are full warps
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      for (int l = 0; l < offset; ++l) lane[l] += lane[l + offset];
+    }
+    total += lane[0];
+  }
+  return total;
+}
+
+// ---- Host-side plan (shared by the launchers and the CPU emulation) ----
+
+struct LossPlan {
+  int P;  // pixels per thread on the pixel-run path (1 on the staged path)
+  bool index64;
+  bool staged_vector;  // staged chunks move as 16-byte pieces
+  LossArgs<double, int64_t> args;
+  int64_t grid_x, grid_y;
+  int64_t smem_bytes;
+};
+
+constexpr int64_t kStagedSmemBudget = 32 * 1024;
+
+// logits (N, C, S) strides xs; target (N, S) strides ts; out: grad_logits (backward) or
+// nullptr; lse and loss_none are fresh contiguous (N, S) buffers of the accumulation type.
+inline LossPlan plan_pixel_cross_entropy(int64_t N, int64_t C, int64_t S, const void* x,
+                                         const int64_t (&xs)[3], const int64_t (&ts)[2],
+                                         const void* out, const int64_t (&os)[3], const void* lse,
+                                         int element_size, int acc_size, bool force_index64,
+                                         int forced_pixels = 0) {
+  LossPlan p{};
+  LossArgs<double, int64_t>& a = p.args;
+  a.N = static_cast<int32_t>(N);
+  a.C = static_cast<int32_t>(C);
+  a.S = static_cast<int32_t>(S);
+  a.xn = xs[0];
+  a.xc = xs[1];
+  a.xs = xs[2];
+  a.tn = ts[0];
+  a.ts = ts[1];
+  a.on = os[0];
+  a.oc = os[1];
+  a.os = os[2];
+  const int64_t x_sizes[4] = {N, C, S, 1}, x_strides[4] = {xs[0], xs[1], xs[2], 1};
+  const int64_t t_sizes[4] = {N, S, 1, 1}, t_strides[4] = {ts[0], ts[1], 1, 1};
+  const int64_t o_strides[4] = {os[0], os[1], os[2], 1};
+  p.index64 = force_index64 || !fits_int32(tensor_extent(x_sizes, x_strides)) ||
+              !fits_int32(tensor_extent(t_sizes, t_strides)) || !fits_int32(N * S) ||
+              (out != nullptr && !fits_int32(tensor_extent(x_sizes, o_strides)));
+  // Staged when each image's pixels are one contiguous run of (S, C) in x and in out, and
+  // a chunk of at least a warp of pixels fits the budget.
+  const int64_t chunk = kStagedSmemBudget / (C * element_size) / 32 * 32;
+  const bool dense =
+      C > 1 && xs[1] == 1 && xs[2] == C && (out == nullptr || (os[1] == 1 && os[2] == C));
+  if (dense && chunk >= 32 && forced_pixels == 0) {
+    a.chunk = static_cast<int32_t>(chunk < kLossThreads ? chunk : kLossThreads);
+    p.P = 1;
+    p.smem_bytes = a.chunk * C * element_size;
+    p.grid_x = (S + a.chunk - 1) / a.chunk;
+    // 16-byte pieces: every chunk start (image start + k * chunk * C elements) aligned.
+    p.staged_vector =
+        vector_rows_ok(x, element_size, vector_width(element_size), {xs[0], a.chunk * C}) &&
+        (out == nullptr ||
+         vector_rows_ok(out, element_size, vector_width(element_size), {os[0], a.chunk * C}));
+  } else {
+    a.chunk = 0;
+    // Past 2^31 elements: one pixel per thread (the 64-bit kernels are compiled scalar only).
+    const int P = forced_pixels > 0 ? forced_pixels : (p.index64 ? 1 : vector_width(element_size));
+    p.P = P;
+    a.x_vector = xs[2] == 1 && vector_rows_ok(x, element_size, P, {xs[0], xs[1]});
+    a.out_vector =
+        out != nullptr && os[2] == 1 && vector_rows_ok(out, element_size, P, {os[0], os[1]});
+    p.smem_bytes = 0;
+    p.grid_x =
+        (S + static_cast<int64_t>(P) * kLossThreads - 1) / (static_cast<int64_t>(P) * kLossThreads);
+  }
+  // lse / loss rows (N, S) of the accumulation type: runs of P start aligned.
+  a.pixel_vector = p.P > 1 && vector_rows_ok(lse, acc_size, p.P, {S});
+  p.grid_x = p.grid_x < 1 ? 1 : p.grid_x;
+  p.grid_y = N < 1 ? 1 : (N < 65535 ? N : 65535);
+  return p;
+}
+
+template <typename acc_t, typename index_t>
+LossArgs<acc_t, index_t> narrow_loss_args(const LossArgs<double, int64_t>& a, int64_t gn,
+                                          int64_t gs, int64_t ignore_index, int64_t reduction,
+                                          double label_smoothing) {
+  LossArgs<acc_t, index_t> r;
+  r.N = a.N;
+  r.C = a.C;
+  r.S = a.S;
+  r.xn = static_cast<index_t>(a.xn);
+  r.xc = static_cast<index_t>(a.xc);
+  r.xs = static_cast<index_t>(a.xs);
+  r.tn = static_cast<index_t>(a.tn);
+  r.ts = static_cast<index_t>(a.ts);
+  r.gn = static_cast<index_t>(gn);
+  r.gs = static_cast<index_t>(gs);
+  r.on = static_cast<index_t>(a.on);
+  r.oc = static_cast<index_t>(a.oc);
+  r.os = static_cast<index_t>(a.os);
+  r.ignore_index = ignore_index;
+  r.reduction = static_cast<int32_t>(reduction);
+  // eps / C rounded once on the host in the accumulation type: the kernels never see a double.
+  r.eps = static_cast<acc_t>(label_smoothing);
+  r.eps_over_c = r.eps / static_cast<acc_t>(a.C);
+  r.smoothing = label_smoothing > 0.0;
+  r.x_vector = a.x_vector;
+  r.out_vector = a.out_vector;
+  r.pixel_vector = a.pixel_vector;
+  r.chunk = a.chunk;
+  return r;
+}
+
+}  // namespace fcn_fast
