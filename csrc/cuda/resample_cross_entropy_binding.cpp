@@ -108,9 +108,9 @@ std::tuple<at::Tensor, at::Tensor> resample_argmax_cuda(const at::Tensor& x,
   const c10::cuda::CUDAGuard guard(x.device());
   const FusedGeometry g = geometry(x, out_h, out_w, resampling);
   at::Tensor labels = at::empty({g.N, out_h, out_w}, x.options().dtype(out_dtype));
-  at::Tensor confidence = return_confidence
-                              ? at::empty({g.N, out_h, out_w}, x.options().dtype(at::kFloat))
-                              : at::empty({0}, x.options().dtype(at::kFloat));
+  // Not asked for: an empty (0, out_h, out_w) tensor, as every backend and the fake kernel.
+  at::Tensor confidence =
+      at::empty({return_confidence ? g.N : 0, out_h, out_w}, x.options().dtype(at::kFloat));
   if (labels.numel() == 0) return {labels, confidence};
   check_sizes(g, "resample_argmax_cuda");
   const DType dtype = cuda_dtype(x);
