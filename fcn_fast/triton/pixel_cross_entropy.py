@@ -29,6 +29,7 @@ from fcn_fast.triton._launch import (
     device_guard,
     exact,
     index_type,
+    interpreted,
     pow2,
     pow2_divisor,
     split3,
@@ -166,6 +167,7 @@ def _fwd_classes_kernel(
     S,
     C,
     sN,
+    sC,
     sS,
     tN,
     tS,
@@ -202,7 +204,9 @@ def _fwd_classes_kernel(
         cs = c0 + tl.arange(0, BLOCK_C)
         mask_c = cs < C
         x = tl.load(
-            x_ptr + pix[:, None] + cs[None, :], mask=mask_p[:, None] & mask_c[None, :], other=0.0
+            x_ptr + pix[:, None] + (cs.to(IDX) * sC)[None, :],
+            mask=mask_p[:, None] & mask_c[None, :],
+            other=0.0,
         ).to(acc_ty)
         x = tl.where(mask_c[None, :], x, float("-inf"))  # padding classes add exp(-inf) = 0
         m_new = tl.maximum(m, tl.max(x, axis=1))
@@ -226,7 +230,7 @@ def _fwd_classes_kernel(
     valid = active & (t >= 0) & (t < C)
     bad = active & ((t < 0) | (t >= C))
     tc = tl.where(valid, t, 0)
-    xt = tl.load(x_ptr + pix + tc, mask=valid, other=0.0).to(acc_ty)
+    xt = tl.load(x_ptr + pix + tc.to(IDX) * sC, mask=valid, other=0.0).to(acc_ty)
     if HAS_WEIGHT:
         wt = tl.load(w_ptr + tc, mask=valid, other=0.0).to(acc_ty)
     else:
@@ -387,12 +391,14 @@ def _bwd_classes_kernel(
     S,
     C,
     sN,
+    sC,
     sS,
     tN,
     tS,
     gN,
     gS,
     oN,
+    oC,
     oS,
     tiles_s,
     ignore_index,
@@ -434,7 +440,9 @@ def _bwd_classes_kernel(
         cs = c0 + tl.arange(0, BLOCK_C)
         mask_c = cs < C
         m2 = mask_p[:, None] & mask_c[None, :]
-        x = tl.load(x_ptr + x_pix[:, None] + cs[None, :], mask=m2, other=0.0).to(acc_ty)
+        x = tl.load(x_ptr + x_pix[:, None] + (cs.to(IDX) * sC)[None, :], mask=m2, other=0.0).to(
+            acc_ty
+        )
         grad = tl.exp(shifted(x, lse[:, None])) * a[:, None]
         if SMOOTH:
             if HAS_WEIGHT:
@@ -443,12 +451,17 @@ def _bwd_classes_kernel(
             else:
                 grad -= d[:, None]
         grad = tl.where(cs[None, :] == t[:, None], grad - b[:, None], grad)
-        tl.store(out_ptr + o_pix[:, None] + cs[None, :], grad.to(out_ptr.dtype.element_ty), mask=m2)
+        o_ptr = out_ptr + o_pix[:, None] + (cs.to(IDX) * oC)[None, :]
+        tl.store(o_ptr, grad.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 def _class_major(t: torch.Tensor) -> bool:
-    """(N, C, S) with contiguous classes and C > 1 (channels_last, or (N, C) logits)."""
-    return t.stride(1) == 1 and t.shape[1] > 1 and t.stride(2) != 1
+    """Whether the [BLOCK_P, BLOCK_C] kernels take (N, C, S) logits: contiguous classes
+    (channels_last, or (N, C) logits); and, under the interpreter, which pays per operation
+    rather than per element, many classes in any layout (a loop step per class is slow
+    there; on a GPU the per-class loop is the fast NCHW path)."""
+    C = t.shape[1]
+    return (t.stride(1) == 1 and C > 1 and t.stride(2) != 1) or (interpreted(t) and C > 64)
 
 
 def _pixel_block(dtype: torch.dtype) -> int:
@@ -480,7 +493,8 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
     vec = vector_width(logits.dtype)
     if class_major:
         block_p, block_c = _class_blocks(C)
-        align = pow2_divisor(vec, logits.stride(0), logits.stride(2))
+        sN, sC, sS = logits.stride()
+        align = pow2_divisor(vec, sN, sS) if sC == 1 else 1
     else:
         block_p = _pixel_block(logits.dtype)
         align = (
@@ -503,7 +517,7 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
         if class_major:
             _fwd_classes_kernel[grid](
                 logits, target, w_arg, loss, lse, parts,
-                S, C, logits.stride(0), logits.stride(2), *target.stride(), tiles_s,
+                S, C, *logits.stride(), *target.stride(), tiles_s,
                 ignore_index, *split3(label_smoothing), *split3(label_smoothing / C),
                 BLOCK_C=block_c, **common,
             )  # fmt: skip
@@ -562,14 +576,15 @@ def _backward(
     )
     w_arg = weight if weight is not None else lse
     eps = (*split3(label_smoothing), *split3(label_smoothing / C))
-    if _class_major(logits) and out.stride() == logits.stride():
+    if _class_major(logits):
         block_p, block_c = _class_blocks(C)
-        align = pow2_divisor(vec, *logits.stride()[::2], *out.stride()[::2])
+        dense = logits.stride(1) == 1 and out.stride(1) == 1
+        align = pow2_divisor(vec, *logits.stride()[::2], *out.stride()[::2]) if dense else 1
         tiles_s = triton.cdiv(S, block_p)
         _bwd_classes_kernel[(N * tiles_s,)](
             grad, logits, target, w_arg, lse, weight_sum, out,
-            S, C, logits.stride(0), logits.stride(2), *target.stride(), gN, gS,
-            out.stride(0), out.stride(2), tiles_s, ignore_index, *eps,
+            S, C, *logits.stride(), *target.stride(), gN, gS,
+            *out.stride(), tiles_s, ignore_index, *eps,
             ALIGN=align, BLOCK_P=block_p, BLOCK_C=block_c, **common,
         )  # fmt: skip
     else:
