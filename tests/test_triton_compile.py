@@ -221,6 +221,14 @@ def _resample_cases():
             {"vec_stores": ["_fwd_pixels_kernel"]},
         ),
         (
+            "downsampling (4 gathers per output)",
+            "float32",
+            lambda: rs.resample_skip_triton(
+                _meta(2, 3, 14, 9), None, 1.75, 0.375, 1.8, 0.4, True, 8, 5, 0, 0
+            ),
+            {},
+        ),
+        (
             "float64",
             "float64",
             lambda: (
@@ -340,8 +348,12 @@ def _fused_cases():
         ("fused zero boundary with outside taps, reduction none", "float16",
          lambda: run(_meta(2, 5, 4, 5, dtype="float16"), (1 / 3, -1 / 3, 1 / 3, 0.0, False),
                      (11, 13), reduction=0), {}),
-        ("fused float64", "float64",
-         lambda: run(_meta(2, 5, 4, 5, dtype="float64"), up, (9, 9), smoothing=0.1), {}),
+        ("fused float64, downsampling (4 gathers per pixel)", "float64",
+         lambda: run(_meta(2, 5, 14, 9, dtype="float64"), (1.75, 0.375, 1.8, 0.4, True), (8, 5),
+                     smoothing=0.1), {}),
+        ("fused float32, downsampling", "float32",
+         lambda: run(_meta(2, 5, 14, 9), (1.75, 0.375, 1.8, 0.4, True), (8, 5), backward=False),
+         {}),
     ]  # fmt: skip
 
 

@@ -366,3 +366,32 @@ def test_loss_backward_is_bitwise_deterministic(device, layout):
         for _ in range(2)
     ]
     assert torch.equal(*grads)
+
+
+@pytest.mark.parametrize("head", ["fcn8-crop31", "fcn3-odd", "corners-one", "interp-up"])
+def test_separable_forward_paths(device, monkeypatch, head):
+    """The forward's separable path (each input row blended once per tile: the GPU's choice
+    for upsampling), which the interpreter otherwise skips for speed."""
+    head = HEADS[head]
+    x = torch.randn(2, 3, *head.in_size, dtype=torch.float64)
+    x[0, 1, 0, 0] = float("inf")  # rows near it that no output taps must not turn NaN
+    args = (x.to(device), None, *head.geometry, *head.out_size, 0, 0)
+    direct = rs.resample_skip_triton(*args)  # 4 gathers per output
+    monkeypatch.setattr(rs, "SEPARABLE_IN_INTERPRETER", True)
+    assert rs.separable_rows(head.geometry[0], rs.SEPARABLE_BLOCK_H, torch.device(device)) > 0
+    torch.testing.assert_close(rs.resample_skip_triton(*args), direct, **F64_TOL, equal_nan=True)
+    x = x[:1].clone()
+    x[0, 1, 0, 0] = 0.5
+    z = head.reference(x)
+    target = _targets(1, 3, head.out_size, -100, device)
+    loss, lse, _ = rce.resample_cross_entropy_triton(
+        x.to(device), target, None, *head.geometry, -100, 0, 0.1
+    )
+    ref = F.cross_entropy(z, target.cpu(), reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(loss.cpu(), ref, **F64_TOL)
+    torch.testing.assert_close(lse.cpu(), torch.logsumexp(z, 1), **F64_TOL)
+    labels, confidence = rce.resample_argmax_triton(
+        x.to(device), *head.geometry, *head.out_size, torch.int64, True
+    )
+    assert torch.equal(labels.cpu(), z.argmax(1))
+    torch.testing.assert_close(confidence.cpu().double(), z.softmax(1).amax(1), rtol=1e-6, atol=0)

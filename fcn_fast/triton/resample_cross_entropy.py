@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from fcn_fast._common import accumulation_dtype, output_memory_format
+from fcn_fast.triton import resample_skip
 from fcn_fast.triton._launch import (
     device_guard,
     exact,
@@ -47,11 +48,15 @@ from fcn_fast.triton.pixel_cross_entropy import (
     weight_total,
 )
 from fcn_fast.triton.resample_skip import (
+    SEPARABLE_BLOCK_H,
     BackwardConfig,
+    blend,
     column_adjoint,
     flush_rows,
+    separable_rows,
     store_tile,
     tap_ok,
+    tile_taps,
 )
 
 _NUM_WARPS = 4
@@ -97,6 +102,7 @@ def _fwd_kernel(
     STORE_LOSS: tl.constexpr,
     IDX: tl.constexpr,
     VEC: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
@@ -111,9 +117,10 @@ def _fwd_kernel(
     mask = (oy < out_h) & (ox < out_w)
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
-    o00, o01, o10, o11, k00, k01, k10, k11, w0y, w1y, w0x, w1x = fine_pixel_taps(
-        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, xs_h, xs_w, CLAMP, IDX
+    i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x = tile_taps(
+        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP
     )
+    r_base = tl.load(itab_ptr + ty * BLOCK_H)  # i0 of the tile's first row, its smallest
     t = tl.load(t_ptr + n.to(IDX) * t_n + oy.to(IDX) * t_h + ox.to(IDX) * t_w, mask=mask, other=0)
     x_c = x_ptr + n.to(IDX) * xs_n  # class c's plane, advanced by a class per iteration
     m = tl.full((BLOCK_H, BLOCK_W), float("-inf"), acc_ty)
@@ -122,20 +129,11 @@ def _fwd_kernel(
     swx = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
     wacc = tl.zeros((), acc_ty)
     for c in range(C):
-        # The logits of class c at the fine pixels: 4 gathers of x, blended horizontally
-        # then vertically as resample_skip's forward (helpers inlined: a call per class
-        # costs the interpreter milliseconds). Zero-boundary taps outside x are masked.
-        if TAP_MASK:
-            x00 = tl.load(x_c + o00, mask=k00, other=0.0).to(acc_ty)
-            x01 = tl.load(x_c + o01, mask=k01, other=0.0).to(acc_ty)
-            x10 = tl.load(x_c + o10, mask=k10, other=0.0).to(acc_ty)
-            x11 = tl.load(x_c + o11, mask=k11, other=0.0).to(acc_ty)
-        else:
-            x00 = tl.load(x_c + o00).to(acc_ty)
-            x01 = tl.load(x_c + o01).to(acc_ty)
-            x10 = tl.load(x_c + o10).to(acc_ty)
-            x11 = tl.load(x_c + o11).to(acc_ty)
-        z = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+        # The logits of class c at the tile's fine pixels, as resample_skip's forward.
+        z = blend(
+            x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+            acc_ty, ROWS, TAP_MASK, IDX,
+        )  # fmt: skip
         x_c += xs_c
         # Online softmax, one exp per logit (pixel_cross_entropy's online_add, inlined).
         gt = z > m
@@ -172,43 +170,6 @@ def _fwd_kernel(
 
 
 @triton.jit
-def fine_pixel_taps(
-    itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, xs_h, xs_w, CLAMP: tl.constexpr,
-    IDX: tl.constexpr,
-):  # fmt: skip
-    """For a [BLOCK_H, 1] x [1, BLOCK_W] tile of fine pixels: the offsets of their 4 taps in
-    an x plane, the taps' masks (inside x) and the weights (row weights [BLOCK_H, 1], column
-    weights [1, BLOCK_W]). Pixels past the output take the last row's / column's taps (in
-    range); their results are dropped."""
-    ry = tl.minimum(oy, out_h - 1)
-    rx = tl.minimum(ox, out_w - 1)
-    i0y = tl.load(itab_ptr + ry)
-    w0y = tl.load(wtab_ptr + ry)
-    w1y = tl.load(wtab_ptr + out_h + ry)
-    i0x = tl.load(itab_ptr + out_h + rx)
-    w0x = tl.load(wtab_ptr + 2 * out_h + rx)
-    w1x = tl.load(wtab_ptr + 2 * out_h + out_w + rx)
-    if CLAMP:
-        i1y = tl.minimum(i0y + 1, in_h - 1)
-        i1x = tl.minimum(i0x + 1, in_w - 1)
-    else:
-        i1y = i0y + 1
-        i1x = i0x + 1
-    r0 = i0y.to(IDX) * xs_h
-    r1 = i1y.to(IDX) * xs_h
-    c0 = i0x.to(IDX) * xs_w
-    c1 = i1x.to(IDX) * xs_w
-    k0y = tap_ok(i0y, in_h)
-    k1y = tap_ok(i1y, in_h)
-    k0x = tap_ok(i0x, in_w)
-    k1x = tap_ok(i1x, in_w)
-    return (
-        r0 + c0, r0 + c1, r1 + c0, r1 + c1, k0y & k0x, k0y & k1x, k1y & k0x, k1y & k1x,
-        w0y, w1y, w0x, w1x,
-    )  # fmt: skip
-
-
-@triton.jit
 def _argmax_kernel(
     x_ptr,
     labels_ptr,
@@ -231,6 +192,7 @@ def _argmax_kernel(
     CONFIDENCE: tl.constexpr,
     IDX: tl.constexpr,
     VEC: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
@@ -243,25 +205,35 @@ def _argmax_kernel(
     oy = ty * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
     ox = (tile - ty * tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
     mask = (oy < out_h) & (ox < out_w)
-    o00, o01, o10, o11, k00, k01, k10, k11, w0y, w1y, w0x, w1x = fine_pixel_taps(
-        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, xs_h, xs_w, CLAMP, IDX
+    i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x = tile_taps(
+        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP
     )
+    r_base = tl.load(itab_ptr + ty * BLOCK_H)
     x_img = x_ptr + n.to(IDX) * xs_n
     x_c = x_img
     best = tl.full((BLOCK_H, BLOCK_W), float("-inf"), acc_ty)
     label = tl.zeros((BLOCK_H, BLOCK_W), tl.int32)
     for c in range(C):
-        if TAP_MASK:  # the logits of class c, as in _fwd_kernel
-            x00 = tl.load(x_c + o00, mask=k00, other=0.0).to(acc_ty)
-            x01 = tl.load(x_c + o01, mask=k01, other=0.0).to(acc_ty)
-            x10 = tl.load(x_c + o10, mask=k10, other=0.0).to(acc_ty)
-            x11 = tl.load(x_c + o11, mask=k11, other=0.0).to(acc_ty)
-        else:
-            x00 = tl.load(x_c + o00).to(acc_ty)
-            x01 = tl.load(x_c + o01).to(acc_ty)
-            x10 = tl.load(x_c + o10).to(acc_ty)
-            x11 = tl.load(x_c + o11).to(acc_ty)
-        z = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+        z = blend(
+            x_c,
+            r_base,
+            i0y,
+            i1y,
+            w0y,
+            w1y,
+            i0x,
+            i1x,
+            w0x,
+            w1x,
+            in_h,
+            in_w,
+            xs_h,
+            xs_w,
+            acc_ty,
+            ROWS,
+            TAP_MASK,
+            IDX,
+        )  # the logits of class c, as in _fwd_kernel; fmt: skip
         x_c += xs_c
         # torch.argmax: the first maximum wins; the first NaN beats everything.
         take = (z > best) | ((z != z) & (best == best))
@@ -274,17 +246,10 @@ def _argmax_kernel(
         s = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
         x_c = x_img
         for _ in range(C):
-            if TAP_MASK:
-                x00 = tl.load(x_c + o00, mask=k00, other=0.0).to(acc_ty)
-                x01 = tl.load(x_c + o01, mask=k01, other=0.0).to(acc_ty)
-                x10 = tl.load(x_c + o10, mask=k10, other=0.0).to(acc_ty)
-                x11 = tl.load(x_c + o11, mask=k11, other=0.0).to(acc_ty)
-            else:
-                x00 = tl.load(x_c + o00).to(acc_ty)
-                x01 = tl.load(x_c + o01).to(acc_ty)
-                x10 = tl.load(x_c + o10).to(acc_ty)
-                x11 = tl.load(x_c + o11).to(acc_ty)
-            z = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+            z = blend(
+                x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+                acc_ty, ROWS, TAP_MASK, IDX,
+            )  # fmt: skip
             x_c += xs_c
             s += tl.exp(z - best)
         tl.store(conf_ptr + pix, (1.0 / s).to(conf_ptr.dtype.element_ty), mask=mask)
@@ -404,6 +369,11 @@ def _bwd_kernel(
         acc0 = tl.zeros([CB, BX], dtype=acc_ty)  # input row r
         acc1 = tl.zeros([CB, BX], dtype=acc_ty)  # input row r + 1
         r = i_lo - 2
+        # x's rows i0(y) and i1(y), blended horizontally at the fine columns: they change
+        # every 1/scale fine rows, so they are kept (rows hr and its second tap).
+        h0 = tl.zeros([CB, BX], dtype=acc_ty)
+        h1 = tl.zeros([CB, BX], dtype=acc_ty)
+        hr = -(2**30)
         tl.debug_barrier()  # the slot's previous tile has been read by every thread
         for y in range(y_lo, y_hi):
             yi = tl.cast(y, IDX)
@@ -426,24 +396,28 @@ def _bwd_kernel(
             b = scale * ((1.0 - eps) * wt)
             a = b + scale * (eps_over_c * wtotal)
             lse = tl.load(lse_row + yi * out_w, mask=x_ok, other=0.0)
-            # z: the 4 taps of x, blended as the forward (helpers inlined, see _fwd_kernel).
-            r0 = i0.to(IDX) * xs_h
-            r1 = i1.to(IDX) * xs_h
-            if TAP_MASK:
-                # Row masks as vectors: the interpreter rejects masks broadcast from a
-                # scalar comparison.
-                k0y = tap_ok(i0 + tl.zeros_like(xs), in_h)[None, :]
-                k1y = tap_ok(i1 + tl.zeros_like(xs), in_h)[None, :]
-                x00 = tl.load(x_c0 + r0, mask=k0y & k0x, other=0.0).to(acc_ty)
-                x01 = tl.load(x_c1 + r0, mask=k0y & k1x, other=0.0).to(acc_ty)
-                x10 = tl.load(x_c0 + r1, mask=k1y & k0x, other=0.0).to(acc_ty)
-                x11 = tl.load(x_c1 + r1, mask=k1y & k1x, other=0.0).to(acc_ty)
-            else:
-                x00 = tl.load(x_c0 + r0).to(acc_ty)
-                x01 = tl.load(x_c1 + r0).to(acc_ty)
-                x10 = tl.load(x_c0 + r1).to(acc_ty)
-                x11 = tl.load(x_c1 + r1).to(acc_ty)
-            z = w0 * (w0x * x00 + w1x * x01) + w1 * (w0x * x10 + w1x * x11)
+            if i0 != hr:
+                # The 4 taps of x, blended as the forward (helpers inlined, see _fwd_kernel).
+                r0 = i0.to(IDX) * xs_h
+                r1 = i1.to(IDX) * xs_h
+                if TAP_MASK:
+                    # Row masks as vectors: the interpreter rejects masks broadcast from a
+                    # scalar comparison.
+                    k0y = tap_ok(i0 + tl.zeros_like(xs), in_h)[None, :]
+                    k1y = tap_ok(i1 + tl.zeros_like(xs), in_h)[None, :]
+                    x00 = tl.load(x_c0 + r0, mask=k0y & k0x, other=0.0).to(acc_ty)
+                    x01 = tl.load(x_c1 + r0, mask=k0y & k1x, other=0.0).to(acc_ty)
+                    x10 = tl.load(x_c0 + r1, mask=k1y & k0x, other=0.0).to(acc_ty)
+                    x11 = tl.load(x_c1 + r1, mask=k1y & k1x, other=0.0).to(acc_ty)
+                else:
+                    x00 = tl.load(x_c0 + r0).to(acc_ty)
+                    x01 = tl.load(x_c1 + r0).to(acc_ty)
+                    x10 = tl.load(x_c0 + r1).to(acc_ty)
+                    x11 = tl.load(x_c1 + r1).to(acc_ty)
+                h0 = w0x * x00 + w1x * x01
+                h1 = w0x * x10 + w1x * x11
+                hr = i0
+            z = w0 * h0 + w1 * h1
             lse_b = lse[None, :]
             g = tl.exp(tl.where(z == float("-inf"), float("-inf"), z - lse_b)) * a[None, :]
             if SMOOTH:
@@ -505,10 +479,13 @@ def _tap_mask(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w)
 
 def _pixel_tiles(out_h: int, out_w: int, device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_H, BLOCK_W, tiles_w, tiles per image) of the forward and argmax programs:
-    _BLOCK_P fine pixels each (more under the interpreter, which pays per program)."""
+    _BLOCK_P fine pixels each, 8 rows when the image has them (upsampling then blends each
+    input row once per tile, see resample_skip.blend); more under the interpreter, which
+    pays per program."""
+    interpreted_direct = device.type == "cpu" and not resample_skip.SEPARABLE_IN_INTERPRETER
     pixels = 4096 if device.type == "cpu" else _BLOCK_P
-    block_w = min(pow2(out_w), 128)
-    block_h = max(1, min(pow2(out_h), pixels // block_w))
+    block_h = min(pow2(out_h), pixels if interpreted_direct else SEPARABLE_BLOCK_H)
+    block_w = min(pow2(out_w), max(pixels // block_h, 16))
     tiles_w = triton.cdiv(out_w, block_w)
     return block_h, block_w, tiles_w, tiles_w * triton.cdiv(out_h, block_h)
 
@@ -553,7 +530,8 @@ def _forward(
             CLAMP=bool(clamp),
             TAP_MASK=_tap_mask(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w),
             HAS_WEIGHT=weight is not None, SMOOTH=label_smoothing > 0, STORE_LOSS=reduction == 0,
-            IDX=index_type(x, target, lse), VEC=vec, BLOCK_H=block_h, BLOCK_W=block_w,
+            IDX=index_type(x, target, lse), VEC=vec,
+            ROWS=separable_rows(scale_h, block_h, x.device), BLOCK_H=block_h, BLOCK_W=block_w,
             num_warps=_NUM_WARPS,
         )  # fmt: skip
     finish_kernel[(1,)](
@@ -588,7 +566,8 @@ def resample_argmax_triton(
             CLAMP=bool(clamp),
             TAP_MASK=_tap_mask(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w),
             CONFIDENCE=bool(return_confidence), IDX=index_type(x, labels), VEC=vec,
-            BLOCK_H=block_h, BLOCK_W=block_w, num_warps=_NUM_WARPS,
+            ROWS=separable_rows(scale_h, block_h, x.device), BLOCK_H=block_h, BLOCK_W=block_w,
+            num_warps=_NUM_WARPS,
         )  # fmt: skip
     return labels, confidence
 

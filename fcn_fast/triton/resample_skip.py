@@ -26,6 +26,8 @@ sum runs in a fixed order: bitwise identical run to run, no atomics.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -54,6 +56,88 @@ _BWD_TILE = 2048
 def tap_ok(i, in_size):
     """Whether taps i lie inside [0, in_size) (zero boundary)."""
     return (i >= 0) & (i < in_size)
+
+
+@triton.jit
+def tile_taps(itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP: tl.constexpr):
+    """Taps of a [BH, 1] x [1, BW] tile of outputs, from the tables: (i0, i1, w0, w1) of its
+    rows ([BH, 1]) and of its columns ([1, BW]). Outputs past the edge take the last row's
+    or column's taps (inside x); their results are dropped."""
+    ry = tl.minimum(oy, out_h - 1)
+    rx = tl.minimum(ox, out_w - 1)
+    i0y = tl.load(itab_ptr + ry)
+    w0y = tl.load(wtab_ptr + ry)
+    w1y = tl.load(wtab_ptr + out_h + ry)
+    i0x = tl.load(itab_ptr + out_h + rx)
+    w0x = tl.load(wtab_ptr + 2 * out_h + rx)
+    w1x = tl.load(wtab_ptr + 2 * out_h + out_w + rx)
+    if CLAMP:
+        i1y = tl.minimum(i0y + 1, in_h - 1)
+        i1x = tl.minimum(i0x + 1, in_w - 1)
+    else:
+        i1y = i0y + 1
+        i1x = i0x + 1
+    return i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x
+
+
+@triton.jit
+def blend(
+    x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+    acc_ty: tl.constexpr, ROWS: tl.constexpr, TAP_MASK: tl.constexpr, IDX: tl.constexpr,
+):  # fmt: skip
+    """The resampled tile of the x plane at x_c, from tile_taps' taps: horizontal blend, then
+    vertical, the order of the C++ kernels. Taps outside x (zero boundary, TAP_MASK) are
+    masked loads, not a multiplication by their 0 weight (0 * inf would be NaN).
+
+    ROWS == 0: 4 gathers per output. ROWS > 0 (upsampling): the tile's rows read at most
+    ROWS input rows from r_base (the first row's i0); each is blended horizontally once, 2
+    gathers per column, and added to the rows that tap it: ~2 operations per output and row
+    instead of 4 gathers and 6 operations."""
+    c0 = i0x.to(IDX) * xs_w
+    c1 = i1x.to(IDX) * xs_w
+    k0x = tap_ok(i0x, in_w)
+    k1x = tap_ok(i1x, in_w)
+    if ROWS == 0:
+        r0 = i0y.to(IDX) * xs_h
+        r1 = i1y.to(IDX) * xs_h
+        if TAP_MASK:
+            k0y = tap_ok(i0y, in_h)
+            k1y = tap_ok(i1y, in_h)
+            x00 = tl.load(x_c + r0 + c0, mask=k0y & k0x, other=0.0).to(acc_ty)
+            x01 = tl.load(x_c + r0 + c1, mask=k0y & k1x, other=0.0).to(acc_ty)
+            x10 = tl.load(x_c + r1 + c0, mask=k1y & k0x, other=0.0).to(acc_ty)
+            x11 = tl.load(x_c + r1 + c1, mask=k1y & k1x, other=0.0).to(acc_ty)
+        else:
+            x00 = tl.load(x_c + r0 + c0).to(acc_ty)
+            x01 = tl.load(x_c + r0 + c1).to(acc_ty)
+            x10 = tl.load(x_c + r1 + c0).to(acc_ty)
+            x11 = tl.load(x_c + r1 + c1).to(acc_ty)
+        return w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+    else:
+        d0 = i0y - r_base
+        d1 = i1y - r_base
+        v = tl.zeros_like(w0y * w0x)
+        for k in tl.static_range(ROWS):
+            row = r_base + k
+            if TAP_MASK:
+                # A vector mask: the interpreter rejects one broadcast from a scalar test.
+                row_ok = tap_ok(row + tl.zeros_like(i0x), in_h)
+                r = row.to(IDX) * xs_h
+                xa = tl.load(x_c + r + c0, mask=row_ok & k0x, other=0.0).to(acc_ty)
+                xb = tl.load(x_c + r + c1, mask=row_ok & k1x, other=0.0).to(acc_ty)
+            else:
+                # Every tapped row is inside x; one past the end that no output taps reads
+                # the last row instead (its weight is 0).
+                r = tl.minimum(row, in_h - 1).to(IDX) * xs_h
+                xa = tl.load(x_c + r + c0).to(acc_ty)
+                xb = tl.load(x_c + r + c1).to(acc_ty)
+            h = w0x * xa + w1x * xb
+            t0 = d0 == k
+            t1 = d1 == k
+            coef = tl.where(t0, w0y, 0.0) + tl.where(t1, w1y, 0.0)
+            # Only the rows that tap row k take it: 0 * inf would be NaN.
+            v = tl.where(t0 | t1, v + coef * h, v)
+        return v
 
 
 @triton.jit
@@ -87,6 +171,7 @@ def _fwd_planes_kernel(
     IDX: tl.constexpr,
     VEC: tl.constexpr,
     SKIP_ALIGN: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
@@ -101,65 +186,34 @@ def _fwd_planes_kernel(
     tx = tile - ty * tiles_w
     n = plane // C
     c = plane - n * C
-    oy = ty * BLOCK_H + tl.arange(0, BLOCK_H)
-    ox = tx * BLOCK_W + tl.arange(0, BLOCK_W)
-    # Rows and columns past the output's edge take the last one's taps (always in range);
-    # their stores are masked.
-    ry = tl.minimum(oy, out_h - 1)
-    rx = tl.minimum(ox, out_w - 1)
-    i0y = tl.load(itab_ptr + ry)
-    w0y = tl.load(wtab_ptr + ry)[:, None]
-    w1y = tl.load(wtab_ptr + out_h + ry)[:, None]
-    i0x = tl.load(itab_ptr + out_h + rx)
-    w0x = tl.load(wtab_ptr + 2 * out_h + rx)[None, :]
-    w1x = tl.load(wtab_ptr + 2 * out_h + out_w + rx)[None, :]
-    if CLAMP:
-        i1y = tl.minimum(i0y + 1, in_h - 1)
-        i1x = tl.minimum(i0x + 1, in_w - 1)
-    else:
-        i1y = i0y + 1
-        i1x = i0x + 1
+    rows = ty * BLOCK_H + tl.arange(0, BLOCK_H)
+    oy = rows[:, None]
+    ox = tx * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x = tile_taps(
+        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP
+    )
+    r_base = tl.load(itab_ptr + ty * BLOCK_H)  # i0 of the tile's first row, its smallest
+    x_c = x_ptr + n.to(IDX) * xs_n + c.to(IDX) * xs_c
+    v = blend(
+        x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+        acc_ty, ROWS, TAP_MASK, IDX,
+    )  # fmt: skip
 
-    x_base = x_ptr + n.to(IDX) * xs_n + c.to(IDX) * xs_c
-    r0 = (i0y.to(IDX) * xs_h)[:, None]
-    r1 = (i1y.to(IDX) * xs_h)[:, None]
-    c0 = (i0x.to(IDX) * xs_w)[None, :]
-    c1 = (i1x.to(IDX) * xs_w)[None, :]
-    if TAP_MASK:
-        # Zero boundary with taps outside x: those are masked, not multiplied by their 0
-        # weight (0 * inf would be NaN).
-        k0y = tap_ok(i0y, in_h)[:, None]
-        k1y = tap_ok(i1y, in_h)[:, None]
-        k0x = tap_ok(i0x, in_w)[None, :]
-        k1x = tap_ok(i1x, in_w)[None, :]
-        x00 = tl.load(x_base + r0 + c0, mask=k0y & k0x, other=0.0).to(acc_ty)
-        x01 = tl.load(x_base + r0 + c1, mask=k0y & k1x, other=0.0).to(acc_ty)
-        x10 = tl.load(x_base + r1 + c0, mask=k1y & k0x, other=0.0).to(acc_ty)
-        x11 = tl.load(x_base + r1 + c1, mask=k1y & k1x, other=0.0).to(acc_ty)
-    else:
-        x00 = tl.load(x_base + r0 + c0).to(acc_ty)
-        x01 = tl.load(x_base + r0 + c1).to(acc_ty)
-        x10 = tl.load(x_base + r1 + c0).to(acc_ty)
-        x11 = tl.load(x_base + r1 + c1).to(acc_ty)
-    # Horizontal blend first, then vertical: the order of the C++ and CUDA kernels.
-    v = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
-
-    m_out = (oy < out_h)[:, None] & (ox < out_w)[None, :]
+    m_out = (oy < out_h) & (ox < out_w)
     if HAS_SKIP:
         s_row = (
             n.to(IDX) * ss_n
             + c.to(IDX) * ss_c
-            + (oy + skip_y).to(IDX) * ss_h
+            + (rows + skip_y).to(IDX) * ss_h
             + skip_x.to(IDX) * ss_w
         )
         s_row = tl.multiple_of(s_row, SKIP_ALIGN)
-        s_ptr = skip_ptr + s_row[:, None] + (ox.to(IDX) * ss_w)[None, :]
+        s_ptr = skip_ptr + s_row[:, None] + ox.to(IDX) * ss_w
         if EVEN:
             v += tl.load(s_ptr).to(acc_ty)
         else:
             v += tl.load(s_ptr, mask=m_out, other=0.0).to(acc_ty)
-    o_row = (plane.to(IDX) * out_h + oy) * out_w
-    o_ptr = out_ptr + o_row[:, None] + ox[None, :]
+    o_ptr = out_ptr + (plane.to(IDX) * out_h + oy) * out_w + ox
     if EVEN:
         tl.store(o_ptr, v.to(out_ptr.dtype.element_ty))
     else:
@@ -464,6 +518,25 @@ def _check_plane_tensor(t, name: str) -> None:
         raise TypeError(f"fcn_fast triton: {name} must be floating point, got {t.dtype}")
 
 
+# Tile height of the separable forward, and the most input rows it blends per tile (about
+# 2 * ROWS operations per output, against ~22 for 4 gathers and their blend).
+SEPARABLE_BLOCK_H = 8
+_MAX_ROWS = 6
+# The interpreter pays per operation, where the separable path has ROWS times more: it
+# takes the 4-gather path unless a test asks for the other (tests/test_triton_kernels.py).
+SEPARABLE_IN_INTERPRETER = False
+
+
+def separable_rows(scale_h: float, block_h: int, device: torch.device) -> int:
+    """ROWS of blend(): how many input rows a tile of block_h output rows can tap (their
+    first taps differ by at most ceil((block_h - 1) * scale), +1 for the second tap, +1 for
+    rounding of the float64 taps), or 0 (4 gathers per output) where that is not cheaper."""
+    if device.type == "cpu" and not SEPARABLE_IN_INTERPRETER:
+        return 0
+    rows = math.floor((block_h - 1) * scale_h + 1e-9) + 3 if scale_h >= 0.0 else 0
+    return rows if rows <= min(_MAX_ROWS, block_h + 1) else 0
+
+
 def _zero_taps_in_range(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w):
     """Whether the forward can skip per-tap masks: always under clamp, and under the zero
     boundary when every tap lies inside x (the FCN heads' crops mostly do)."""
@@ -563,6 +636,9 @@ def _forward(x, skip, out, scale_h, bias_h, scale_w, bias_w, clamp, skip_y, skip
         vec = pow2_divisor(vec_max, out_w)
         block_w = min(pow2(out_w), 256)
         block_h = max(1, min(pow2(out_h), _TILE // block_w))
+        rows = separable_rows(scale_h, min(block_h, SEPARABLE_BLOCK_H), x.device)
+        if rows:
+            block_h = min(block_h, SEPARABLE_BLOCK_H)
         tiles_w = triton.cdiv(out_w, block_w)
         tiles_per_plane = triton.cdiv(out_h, block_h) * tiles_w
         skip_align = (
@@ -574,7 +650,8 @@ def _forward(x, skip, out, scale_h, bias_h, scale_w, bias_w, clamp, skip_y, skip
             C, in_h, in_w, out_h, out_w // vec, tiles_w, tiles_per_plane,
             *x.stride(), *ss, skip_y, skip_x,
             EVEN=out_h % block_h == 0 and out_w % block_w == 0,
-            VEC=vec, SKIP_ALIGN=skip_align, BLOCK_H=block_h, BLOCK_W=block_w, **common,
+            VEC=vec, SKIP_ALIGN=skip_align, ROWS=rows,
+            BLOCK_H=block_h, BLOCK_W=block_w, **common,
         )  # fmt: skip
 
 
