@@ -62,6 +62,8 @@ from fcn_fast.triton.resample_skip import (
 _NUM_WARPS = 4
 _BLOCK_P = 512  # fine pixels per forward / argmax program
 _BWD_PROGRAMS_PER_SM = 2
+# [CB, BX] = [8, 256] per fine row and about six such tensors live: 8 elements a thread each.
+_BWD_NUM_WARPS = 8
 
 
 @triton.jit
@@ -374,19 +376,31 @@ def _bwd_kernel(
         h0 = tl.zeros([CB, BX], dtype=acc_ty)
         h1 = tl.zeros([CB, BX], dtype=acc_ty)
         hr = -(2**30)
+        # The next fine row's targets, lse and upstream gradient are loaded one row ahead
+        # (rows past the window re-read its last row).
+        y_last = tl.maximum(y_hi - 1, 0)
+        y_pf = tl.minimum(y_lo, y_last).to(IDX)
+        tgt_next = tl.load(t_row + y_pf * t_h, mask=x_ok, other=0)
+        lse_next = tl.load(lse_row + y_pf * out_w, mask=x_ok, other=0.0)
+        if REDUCTION == 0:
+            g_next = tl.load(g_row + y_pf * g_h, mask=x_ok, other=0.0)
         tl.debug_barrier()  # the slot's previous tile has been read by every thread
         for y in range(y_lo, y_hi):
-            yi = tl.cast(y, IDX)
             i0 = tl.load(itab_ptr + y)
             w0 = tl.load(wtab_ptr + y)
             w1 = tl.load(wtab_ptr + out_h + y)
             i1 = tl.minimum(i0 + 1, in_h - 1) if CLAMP else i0 + 1
+            tgt = tgt_next
+            lse = lse_next
+            y_pf = tl.minimum(y + 1, y_last).to(IDX)
+            tgt_next = tl.load(t_row + y_pf * t_h, mask=x_ok, other=0)
+            lse_next = tl.load(lse_row + y_pf * out_w, mask=x_ok, other=0.0)
             # d loss / d z at the fine pixels (y, ox) of classes cc (grad_coef of the C++
             # math): a * softmax - b * onehot - d * w[c].
-            tgt = tl.load(t_row + yi * t_h, mask=x_ok, other=0)
             valid = x_ok & (tgt != ignore_index) & (tgt >= 0) & (tgt < C)
             if REDUCTION == 0:
-                scale = tl.load(g_row + yi * g_h, mask=valid, other=0.0).to(acc_ty)
+                scale = tl.where(valid, g_next.to(acc_ty), 0.0)
+                g_next = tl.load(g_row + y_pf * g_h, mask=x_ok, other=0.0)
             else:
                 scale = tl.where(valid, g_all, 0.0)
             if HAS_WEIGHT:
@@ -395,7 +409,6 @@ def _bwd_kernel(
                 wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
             b = scale * ((1.0 - eps) * wt)
             a = b + scale * (eps_over_c * wtotal)
-            lse = tl.load(lse_row + yi * out_w, mask=x_ok, other=0.0)
             if i0 != hr:
                 # The 4 taps of x, blended as the forward (helpers inlined, see _fwd_kernel).
                 r0 = i0.to(IDX) * xs_h
@@ -549,7 +562,8 @@ def resample_argmax_triton(
     if out_dtype not in (torch.int64, torch.uint8) or (out_dtype == torch.uint8 and C > 256):
         raise ValueError("fcn_fast triton: out_dtype must be int64, or uint8 for <= 256 classes")
     labels = torch.empty((N, out_h, out_w), dtype=out_dtype, device=x.device)
-    shape = (N, out_h, out_w) if return_confidence else (0,)
+    # Not asked for: empty, (0, out_h, out_w) as the op's fake kernel says.
+    shape = (N if return_confidence else 0, out_h, out_w)
     confidence = torch.empty(shape, dtype=torch.float32, device=x.device)
     if labels.numel() == 0:
         return labels, confidence
@@ -628,6 +642,6 @@ def resample_cross_entropy_backward_triton(
             TAP_MASK=_tap_mask(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w),
             REDUCTION=reduction, HAS_WEIGHT=weight is not None, SMOOTH=label_smoothing > 0,
             IDX=index_type(x, target, lse, grad if reduction == 0 else None), VEC=vec,
-            CB=config.cb, BI=config.bi, BJ=config.bj, BX=config.bx, num_warps=_NUM_WARPS,
+            CB=config.cb, BI=config.bi, BJ=config.bj, BX=config.bx, num_warps=_BWD_NUM_WARPS,
         )  # fmt: skip
     return grad_x

@@ -48,7 +48,7 @@ from fcn_fast.triton._taps import tap_tables, taps_in_range
 _TILE = 2048
 _NUM_WARPS = 4
 # Backward: persistent programs per SM, and the largest phase-2 tile (CB * BI * BJ).
-_BWD_PROGRAMS_PER_SM = 2
+_BWD_PROGRAMS_PER_SM = 4
 _BWD_TILE = 2048
 
 
@@ -461,13 +461,26 @@ def _bwd_kernel(
         acc0 = tl.zeros([CB, BX], dtype=acc_ty)  # input row r
         acc1 = tl.zeros([CB, BX], dtype=acc_ty)  # input row r + 1
         r = i_lo - 2
+        # Three rows in flight (a persistent program has few warps to hide DRAM latency
+        # with): g_a is row y, g_b row y + 1, g_c row y + 2; loads past the window re-read
+        # its last row.
+        y_last = tl.maximum(y_hi - 1, 0)
+        row = tl.multiple_of(g_plane + tl.minimum(y_lo, y_last).to(IDX) * gs_h, G_ALIGN)
+        g_a = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
+        row = tl.multiple_of(g_plane + tl.minimum(y_lo + 1, y_last).to(IDX) * gs_h, G_ALIGN)
+        g_b = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
+        row = tl.multiple_of(g_plane + tl.minimum(y_lo + 2, y_last).to(IDX) * gs_h, G_ALIGN)
+        g_c = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
         tl.debug_barrier()  # the slot's previous tile has been read by every thread
         for y in range(y_lo, y_hi):
             i0 = tl.load(itab_ptr + y)
             w0 = tl.load(wtab_ptr + y)
             w1 = tl.load(wtab_ptr + out_h + y)
-            g_row = tl.multiple_of(g_plane + tl.cast(y, IDX) * gs_h, G_ALIGN)
-            g = tl.load(g_ptr + g_row + g_cols, mask=m, other=0.0).to(acc_ty)
+            g = g_a.to(acc_ty)
+            g_a = g_b
+            g_b = g_c
+            row = tl.multiple_of(g_plane + tl.minimum(y + 3, y_last).to(IDX) * gs_h, G_ALIGN)
+            g_c = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
             if i0 > r:
                 # Input rows below i0 are complete: row r is acc0, r + 1 acc1, and rows
                 # further on got nothing (downsampling). (flush_rows, inlined: a helper
