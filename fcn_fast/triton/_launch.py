@@ -57,11 +57,6 @@ def exact(hi, mid, lo, acc_ty: tl.constexpr):
         return tl.cast(hi, acc_ty)
 
 
-def acc_type(dtype: torch.dtype):
-    """fcn_fast._common.accumulation_dtype, as a Triton type (a constexpr of the kernels)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def vector_width(dtype: torch.dtype) -> int:
     """Elements of `dtype` in one 16-byte vector access."""
     return max(1, VECTOR_BYTES // dtype.itemsize)
