@@ -375,7 +375,7 @@ def _bwd_kernel(
         # every 1/scale fine rows, so they are kept (rows hr and its second tap).
         h0 = tl.zeros([CB, BX], dtype=acc_ty)
         h1 = tl.zeros([CB, BX], dtype=acc_ty)
-        hr = -(2**30)
+        hr = tl.full((), -(2**30), tl.int32)
         # The next fine row's targets, lse and upstream gradient are loaded one row ahead
         # (rows past the window re-read its last row).
         y_last = tl.maximum(y_hi - 1, 0)
