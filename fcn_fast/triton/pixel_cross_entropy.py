@@ -512,7 +512,8 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
         BLOCK_P=block_p,
         num_warps=_NUM_WARPS,
     )
-    w_arg = weight if weight is not None else lse
+    # The kernels index the class weights as w_ptr + c (the ops pass them contiguous).
+    w_arg = weight.contiguous() if weight is not None else lse
     if grid[0] > 0:
         if class_major:
             _fwd_classes_kernel[grid](
@@ -574,7 +575,8 @@ def _backward(
         IDX=index_type(logits, target, out),
         num_warps=_NUM_WARPS,
     )
-    w_arg = weight if weight is not None else lse
+    # The kernels index the class weights as w_ptr + c (the ops pass them contiguous).
+    w_arg = weight.contiguous() if weight is not None else lse
     eps = (*split3(label_smoothing), *split3(label_smoothing / C))
     if _class_major(logits):
         block_p, block_c = _class_blocks(C)

@@ -536,7 +536,7 @@ def _forward(
         )
         vec = pow2_divisor(vector_width(acc), out_w)
         _fwd_kernel[(grid,)](
-            x, target, weight if weight is not None else lse, loss, lse, parts,
+            x, target, weight.contiguous() if weight is not None else lse, loss, lse, parts,
             tables.itab, tables.wtab,
             C, in_h, in_w, out_h, out_w // vec, tiles_w, tiles, *x.stride(), *target.stride(),
             ignore_index, *split3(label_smoothing), *split3(label_smoothing / C),
@@ -632,8 +632,9 @@ def resample_cross_entropy_backward_triton(
         scratch = torch.empty(programs * config.slot, dtype=acc, device=x.device)
         g_strides = grad.stride() if reduction == 0 else (0, 0, 0)
         lse = lse.contiguous()
+        w_arg = weight.contiguous() if weight is not None else lse  # indexed as w_ptr + c
         _bwd_kernel[(programs,)](
-            grad, x, target, weight if weight is not None else lse, lse, weight_sum, grad_x,
+            grad, x, target, w_arg, lse, weight_sum, grad_x,
             scratch, tables.itab, tables.wtab,
             C, in_h, in_w, out_h, out_w, n_tiles, tiles_i, tiles_j, c_blocks, config.nj,
             tables.win_y, tables.win_x, *x.stride(), *target.stride(), *g_strides,
