@@ -1,8 +1,9 @@
 """Checks specific to the Triton resample-skip kernels (op-level tests: test_resample_skip.py).
 
-The exact float64 split of scale/bias, and backward tilings (tiny tiles, chunked
-column windows) that the default block choice does not reach at test sizes, against
-the autograd adjoint of plain PyTorch in float64.
+The exact float64 split of scale/bias, and backward tilings (one class per tile as on a
+GPU, tiny row and column tiles, several tiles per persistent program) that the default
+block choice does not reach at test sizes, against the autograd adjoint of plain PyTorch
+in float64.
 """
 
 import numpy as np
@@ -47,15 +48,18 @@ def _reference_grad(case, grad_out):
 
 
 @pytest.mark.parametrize("case", [FCN, INTERP, CORNERS], ids=["fcn", "interp", "corners"])
-@pytest.mark.parametrize("blocks", [None, (2, 2, 4), (4, 2, 8), (2, 8, 16)])
-def test_backward_tilings(case, blocks):
+# (CB classes, BI rows, BJ >= nj columns per tile, BX output columns read, nj)
+@pytest.mark.parametrize("config", [None, (1, 2, 2, 16, 1), (2, 4, 2, 32, 2), (1, 1, 4, 64, 3)])
+def test_backward_tilings(case, config):
     device = backend_device("triton")
     *params, _, out_size = case
     grad_out = torch.randn(1, 2, *out_size, dtype=torch.float64)
     expected = _reference_grad(case, grad_out)
     # A transposed view: every tiling also reads non-unit strides.
     g = grad_out.transpose(2, 3).contiguous().transpose(2, 3).to(device)
-    got = triton_rs.resample_skip_backward_triton(g, *expected.shape[2:], *params, _blocks=blocks)
+    if config is not None:
+        config = triton_rs.BackwardConfig(*config)
+    got = triton_rs.resample_skip_backward_triton(g, *expected.shape[2:], *params, _config=config)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 

@@ -2,12 +2,20 @@
 (csrc/ops/pixel_cross_entropy.h), registered as the op's `triton` backend by
 fcn_fast/triton/__init__.py.
 
-A program owns BLOCK_P pixels of one image (coalesced along the pixel axis for
-NCHW) and walks the classes in tiles of BLOCK_C with an online softmax, so any C
-works. The forward writes the per-pixel lse and one (loss, weight) partial per
-program; a one-program kernel adds the partials in a fixed order (deterministic,
-no atomics). Out-of-range targets set an error flag, checked without a host sync
-(see fcn_fast/ops/pixel_cross_entropy.py).
+Two layouts of the (N, C, S) logits, each with its own program shape:
+* pixel-contiguous (NCHW; also the generic path for any strides): a program owns BLOCK_P
+  pixels of one image and walks the classes one at a time, each a [BLOCK_P] load that the
+  compiler emits as 16-byte vectors (8 bf16 or 4 fp32 pixels per access). The softmax
+  statistics are per pixel, so no reduction crosses threads.
+* class-contiguous (channels_last, (N, C) logits): a program owns a [BLOCK_P, BLOCK_C] tile
+  that loads rows of classes; the per-pixel max and sums reduce along the contiguous axis,
+  inside a warp.
+The forward's online softmax costs one exp per logit (a new maximum rescales the running
+sum with the exp it computes anyway). It writes the per-pixel lse and one (loss, weight,
+bad targets) partial per program; a one-program kernel adds the partials in a fixed order
+(deterministic, no atomics) and writes the reduced loss, the weight sum and the targets'
+check flag, which the op asserts without a host sync. The backward recomputes
+softmax - onehot from lse: it reads the logits once and writes the gradient once.
 """
 
 from __future__ import annotations
@@ -17,25 +25,65 @@ import triton
 import triton.language as tl
 
 from fcn_fast._common import accumulation_dtype
-from fcn_fast.triton._launch import device_guard, f64, split3
+from fcn_fast.triton._launch import (
+    device_guard,
+    exact,
+    index_type,
+    interpreted,
+    pow2,
+    pow2_divisor,
+    split3,
+    vector_width,
+)
+
+_NUM_WARPS = 4
+_TILE = 2048  # elements per class-contiguous tile
+_PARTS = 3  # per program: loss sum, weight sum, bad targets
 
 
 @triton.jit
-def _fwd_kernel(
+def online_add(x, m, s):
+    """Adds logits x to the running (max m, sum s of exp(. - m)) with one exp per logit:
+    e = exp(-|x - m|) is the new term when x <= m, and the rescale of s when x > m. A -inf
+    logit adds 0 (also when m is -inf, where x - m would be NaN); NaN poisons s."""
+    gt = x > m
+    e = tl.exp(tl.where(gt, m - x, x - m))
+    e = tl.where(x == float("-inf"), 0.0, e)
+    s = tl.where(gt, s * e + 1.0, s + e)
+    return tl.where(gt, x, m), s
+
+
+@triton.jit
+def shifted(x, m):
+    """x - m, except that a -inf logit stays -inf (shifted_logit of the C++ math)."""
+    return tl.where(x == float("-inf"), float("-inf"), x - m)
+
+
+@triton.jit
+def pixel_loss(logs, xt_m, wt, swx, wtotal, eps, eps_over_c, SMOOTH: tl.constexpr):
+    """pixel_loss of pixel_cross_entropy_math.h."""
+    loss = (1.0 - eps) * (wt * (logs - xt_m))
+    if SMOOTH:
+        loss += eps_over_c * (wtotal * logs - swx)
+    return loss
+
+
+@triton.jit
+def _fwd_pixels_kernel(
     x_ptr,
     t_ptr,
     w_ptr,
     loss_ptr,
     lse_ptr,
     part_ptr,
-    err_ptr,
-    S,
+    S_v,
     C,
     sN,
     sC,
     sS,
     tN,
     tS,
+    tiles_s,
     ignore_index,
     eps0,
     eps1,
@@ -43,92 +91,296 @@ def _fwd_kernel(
     epc0,
     epc1,
     epc2,
-    wtotal_ptr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr,
     STORE_LOSS: tl.constexpr,
+    IDX: tl.constexpr,
+    ALIGN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    # S as a multiple of ALIGN (and sN, sC multiples of it, see the launcher): the compiler
+    # then proves every class row of the tile aligned and its mask constant per vector.
+    S = S_v * ALIGN
+    acc_ty = lse_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    n = pid // tiles_s  # once per program
+    ps = (pid - n * tiles_s) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = ps < S
+    eps = exact(eps0, eps1, eps2, acc_ty)
+    eps_over_c = exact(epc0, epc1, epc2, acc_ty)
+    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask, other=0)
+    x_pix = x_ptr + ps.to(IDX) * sS
+    row = n.to(IDX) * sN  # offset of class c's row, advanced by sC per class
+    m = tl.full((BLOCK_P,), float("-inf"), acc_ty)
+    s = tl.zeros((BLOCK_P,), acc_ty)
+    xt = tl.zeros((BLOCK_P,), acc_ty)
+    swx = tl.zeros((BLOCK_P,), acc_ty)
+    wacc = tl.zeros((), acc_ty)  # sum of the class weights so far (the same for every pixel)
+    for c in range(C):
+        # Pixels past S read 0, not -inf: no log(0) for them (their results are dropped).
+        x = tl.load(x_pix + tl.multiple_of(row, ALIGN), mask=mask, other=0.0).to(acc_ty)
+        row += sC
+        # online_add and shifted, inlined: one exp per logit, e = exp(-|x - m|) is the new
+        # term when x <= m and the rescale of s when x > m; a -inf logit adds 0 (also when
+        # m is still -inf, where x - m is NaN); NaN poisons s.
+        gt = x > m
+        e = tl.exp(tl.where(gt, m - x, x - m))
+        e = tl.where(x == float("-inf"), 0.0, e)
+        if SMOOTH:
+            wc = tl.load(w_ptr + c).to(acc_ty) if HAS_WEIGHT else tl.full((), 1.0, acc_ty)
+            # OnlineLse::add: a new maximum moves the weighted sum of the earlier logits.
+            # (nested where: a scalar condition in `&` trips the interpreter)
+            swx += tl.where(gt, tl.where(wacc != 0.0, wacc * (m - x), 0.0), 0.0)
+            m = tl.where(gt, x, m)
+            swx += wc * tl.where(x == float("-inf"), float("-inf"), x - m)
+            wacc += wc
+        else:
+            m = tl.where(gt, x, m)
+        s = tl.where(gt, s * e + 1.0, s + e)
+        xt = tl.where(t == c, x, xt)
+    logs = tl.log(s)
+    tl.store(lse_ptr + n.to(IDX) * S + ps, m + logs, mask=mask)
+    active = mask & (t != ignore_index)
+    valid = active & (t >= 0) & (t < C)
+    bad = active & ((t < 0) | (t >= C))
+    if HAS_WEIGHT:
+        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
+    else:
+        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
+    loss = pixel_loss(logs, shifted(xt, m), wt, swx, wacc, eps, eps_over_c, SMOOTH)
+    loss = tl.where(valid, loss, 0.0)
+    if STORE_LOSS:
+        tl.store(loss_ptr + n.to(IDX) * S + ps, loss, mask=mask)
+    tl.store(part_ptr + 3 * pid, tl.sum(loss, axis=0))
+    tl.store(part_ptr + 3 * pid + 1, tl.sum(wt, axis=0))
+    tl.store(part_ptr + 3 * pid + 2, tl.sum(bad.to(acc_ty), axis=0))
+
+
+@triton.jit
+def _fwd_classes_kernel(
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    loss_ptr,
+    lse_ptr,
+    part_ptr,
+    S,
+    C,
+    sN,
+    sC,
+    sS,
+    tN,
+    tS,
+    tiles_s,
+    ignore_index,
+    eps0,
+    eps1,
+    eps2,
+    epc0,
+    epc1,
+    epc2,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    STORE_LOSS: tl.constexpr,
+    IDX: tl.constexpr,
+    ALIGN: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # One grid axis (axis 1 is limited to 65535 programs, too few for large N).
-    pid = tl.program_id(0).to(tl.int64)
-    tiles_s = tl.cdiv(S, BLOCK_P)
-    n = pid // tiles_s
-    pid_s = pid % tiles_s
+    # Classes contiguous (sC == 1): [BLOCK_P, BLOCK_C] tiles, reductions along the classes.
     acc_ty = lse_ptr.dtype.element_ty
-    wtotal = tl.load(wtotal_ptr)
-    # label_smoothing and label_smoothing / C, exact doubles (see split3).
-    eps = f64(eps0, eps1, eps2).to(acc_ty)
-    eps_over_c = f64(epc0, epc1, epc2).to(acc_ty)
-    offs_s = pid_s * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_s = offs_s < S
-    base = x_ptr + n * sN + offs_s.to(tl.int64) * sS
+    pid = tl.program_id(0)
+    n = pid // tiles_s
+    ps = (pid - n * tiles_s) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = ps < S
+    eps = exact(eps0, eps1, eps2, acc_ty)
+    eps_over_c = exact(epc0, epc1, epc2, acc_ty)
+    pix = tl.multiple_of(n.to(IDX) * sN + ps.to(IDX) * sS, ALIGN)
     m = tl.full((BLOCK_P,), float("-inf"), acc_ty)
     s = tl.zeros((BLOCK_P,), acc_ty)
     swx = tl.zeros((BLOCK_P,), acc_ty)
-    wacc = tl.zeros((BLOCK_P,), acc_ty)
+    wacc = tl.zeros((), acc_ty)
     for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        mask = mask_c[:, None] & mask_s[None, :]
-        ptrs = base[None, :] + offs_c.to(tl.int64)[:, None] * sC
-        x = tl.load(ptrs, mask=mask, other=float("-inf")).to(acc_ty)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        # Guards keep -inf logits from making NaN (-inf - -inf), as the C++ math does.
-        scale = tl.where(m == m_new, 1.0, tl.exp(m - m_new))
-        d = tl.where(x == float("-inf"), float("-inf"), x - m_new[None, :])
-        s = s * scale + tl.sum(tl.exp(d), axis=0)
+        cs = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cs < C
+        x = tl.load(
+            x_ptr + pix[:, None] + (cs.to(IDX) * sC)[None, :],
+            mask=mask_p[:, None] & mask_c[None, :],
+            other=0.0,
+        ).to(acc_ty)
+        x = tl.where(mask_c[None, :], x, float("-inf"))  # padding classes add exp(-inf) = 0
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        # -inf guards: no NaN from (-inf) - (-inf), as the C++ math.
+        rescale = tl.where(m == m_new, 1.0, tl.exp(m - m_new))
+        d = shifted(x, m_new[:, None])
+        s = s * rescale + tl.sum(tl.exp(d), axis=1)
         if SMOOTH:
             if HAS_WEIGHT:
-                wc = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(acc_ty)
+                wc = tl.load(w_ptr + cs, mask=mask_c, other=0.0).to(acc_ty)
             else:
                 wc = tl.where(mask_c, 1.0, 0.0).to(acc_ty)
-            shift = tl.where((wacc == 0.0) | (m == m_new), 0.0, wacc * (m - m_new))
-            swx = swx + shift + tl.sum(tl.where(mask, wc[:, None] * d, 0.0), axis=0)
-            wacc = wacc + tl.sum(wc, axis=0)
+            swx += tl.where(m != m_new, tl.where(wacc != 0.0, wacc * (m - m_new), 0.0), 0.0)
+            swx += tl.sum(tl.where(mask_c[None, :], wc[None, :] * d, 0.0), axis=1)
+            wacc += tl.sum(wc, axis=0)
         m = m_new
     logs = tl.log(s)
-    tl.store(lse_ptr + n * S + offs_s, m + logs, mask=mask_s)
-    t = tl.load(t_ptr + n * tN + offs_s.to(tl.int64) * tS, mask=mask_s, other=ignore_index)
-    active = mask_s & (t != ignore_index)
-    bad = active & ((t < 0) | (t >= C))
-    tl.store(err_ptr + offs_s * 0, tl.full((BLOCK_P,), 1, tl.int32), mask=bad)
+    tl.store(lse_ptr + n.to(IDX) * S + ps, m + logs, mask=mask_p)
+    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
+    active = mask_p & (t != ignore_index)
     valid = active & (t >= 0) & (t < C)
+    bad = active & ((t < 0) | (t >= C))
     tc = tl.where(valid, t, 0)
-    xt = tl.load(base + tc * sC, mask=valid, other=0.0).to(acc_ty)
-    xt_m = tl.where(xt == float("-inf"), float("-inf"), xt - m)
+    xt = tl.load(x_ptr + pix + tc.to(IDX) * sC, mask=valid, other=0.0).to(acc_ty)
     if HAS_WEIGHT:
         wt = tl.load(w_ptr + tc, mask=valid, other=0.0).to(acc_ty)
     else:
         wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-    loss = (1.0 - eps) * (wt * (logs - xt_m))
-    if SMOOTH:
-        loss += eps_over_c * (wtotal * logs - swx)
+    loss = pixel_loss(logs, shifted(xt, m), wt, swx, wacc, eps, eps_over_c, SMOOTH)
     loss = tl.where(valid, loss, 0.0)
     if STORE_LOSS:
-        tl.store(loss_ptr + n * S + offs_s, loss.to(loss_ptr.dtype.element_ty), mask=mask_s)
-    part = pid
-    tl.store(part_ptr + 2 * part, tl.sum(loss, axis=0))
-    tl.store(part_ptr + 2 * part + 1, tl.sum(wt, axis=0))
+        tl.store(loss_ptr + n.to(IDX) * S + ps, loss, mask=mask_p)
+    tl.store(part_ptr + 3 * pid, tl.sum(loss, axis=0))
+    tl.store(part_ptr + 3 * pid + 1, tl.sum(wt, axis=0))
+    tl.store(part_ptr + 3 * pid + 2, tl.sum(bad.to(acc_ty), axis=0))
 
 
 @triton.jit
-def _sum_partials_kernel(part_ptr, out_ptr, n_parts, BLOCK: tl.constexpr):
-    """out[0] = sum of losses, out[1] = sum of weights, in a fixed order (one program)."""
-    acc_ty = out_ptr.dtype.element_ty
+def finish_kernel(
+    part_ptr,
+    n_parts,
+    loss_ptr,
+    wsum_ptr,
+    ok_ptr,
+    REDUCTION: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program: adds the per-program (loss, weight, bad) partials in a fixed order, and
+    writes the reduced loss (mean: sum / weight sum, NaN when every pixel is ignored),
+    the weight sum and whether every target was in range."""
+    acc_ty = wsum_ptr.dtype.element_ty
     acc_loss = tl.zeros((BLOCK,), acc_ty)
     acc_w = tl.zeros((BLOCK,), acc_ty)
+    acc_bad = tl.zeros((BLOCK,), acc_ty)
     for i0 in range(0, n_parts, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
         mask = offs < n_parts
-        acc_loss += tl.load(part_ptr + 2 * offs, mask=mask, other=0.0)
-        acc_w += tl.load(part_ptr + 2 * offs + 1, mask=mask, other=0.0)
-    tl.store(out_ptr, tl.sum(acc_loss, axis=0))
-    tl.store(out_ptr + 1, tl.sum(acc_w, axis=0))
+        acc_loss += tl.load(part_ptr + 3 * offs, mask=mask, other=0.0)
+        acc_w += tl.load(part_ptr + 3 * offs + 1, mask=mask, other=0.0)
+        acc_bad += tl.load(part_ptr + 3 * offs + 2, mask=mask, other=0.0)
+    loss = tl.sum(acc_loss, axis=0)
+    wsum = tl.sum(acc_w, axis=0)
+    if REDUCTION == 1:
+        tl.store(loss_ptr, loss / wsum)
+    elif REDUCTION == 2:
+        tl.store(loss_ptr, loss)
+    tl.store(wsum_ptr, wsum)
+    tl.store(ok_ptr, tl.sum(acc_bad, axis=0) == 0.0)
 
 
 @triton.jit
-def _bwd_kernel(
+def grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION: tl.constexpr, IDX: tl.constexpr):
+    """Per pixel: d loss / d (pixel loss), 0 for ignored pixels (grad_coef's `scale`)."""
+    acc_ty = wsum_ptr.dtype.element_ty
+    if REDUCTION == 0:
+        g = tl.load(g_ptr + n.to(IDX) * gN + ps.to(IDX) * gS, mask=valid, other=0.0)
+        return g.to(acc_ty)
+    else:
+        g = tl.load(g_ptr).to(acc_ty)
+        if REDUCTION == 1:
+            g = g / tl.load(wsum_ptr).to(acc_ty)
+        return tl.where(valid, g, 0.0)
+
+
+@triton.jit
+def weight_total(w_ptr, C, HAS_WEIGHT: tl.constexpr, acc_ty: tl.constexpr, BLOCK: tl.constexpr):
+    """sum_c w[c] (C without weights), in a fixed order."""
+    if HAS_WEIGHT:
+        acc = tl.zeros((BLOCK,), acc_ty)
+        for c0 in range(0, C, BLOCK):
+            cs = c0 + tl.arange(0, BLOCK)
+            acc += tl.load(w_ptr + cs, mask=cs < C, other=0.0).to(acc_ty)
+        return tl.sum(acc, axis=0)
+    else:
+        return tl.full((), C, acc_ty)
+
+
+@triton.jit
+def _bwd_pixels_kernel(
+    g_ptr,
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    lse_ptr,
+    wsum_ptr,
+    out_ptr,
+    S_v,
+    C,
+    sN,
+    sC,
+    sS,
+    tN,
+    tS,
+    gN,
+    gS,
+    oN,
+    oC,
+    oS,
+    tiles_s,
+    ignore_index,
+    eps0,
+    eps1,
+    eps2,
+    epc0,
+    epc1,
+    epc2,
+    REDUCTION: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    IDX: tl.constexpr,
+    ALIGN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    S = S_v * ALIGN
+    acc_ty = lse_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    n = pid // tiles_s
+    ps = (pid - n * tiles_s) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = ps < S
+    eps = exact(eps0, eps1, eps2, acc_ty)
+    eps_over_c = exact(epc0, epc1, epc2, acc_ty)
+    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask, other=0)
+    valid = mask & (t != ignore_index) & (t >= 0) & (t < C)
+    scale = grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION, IDX)
+    if HAS_WEIGHT:
+        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
+    else:
+        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
+    # grad_coef of the C++ math: d loss / d x[c] = p[c] * a - [c == t] * b - d * w[c].
+    b = scale * ((1.0 - eps) * wt)
+    a = b + scale * (eps_over_c * weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128)) if SMOOTH else b
+    d = scale * eps_over_c
+    lse = tl.load(lse_ptr + n.to(IDX) * S + ps, mask=mask, other=0.0)
+    x_pix = x_ptr + ps.to(IDX) * sS
+    o_pix = out_ptr + ps.to(IDX) * oS
+    x_row = n.to(IDX) * sN  # class c's rows, advanced by a class per iteration
+    o_row = n.to(IDX) * oN
+    for c in range(C):
+        x = tl.load(x_pix + tl.multiple_of(x_row, ALIGN), mask=mask, other=0.0).to(acc_ty)
+        # shifted() inlined (a helper call per class is slow in the interpreter)
+        grad = tl.exp(tl.where(x == float("-inf"), float("-inf"), x - lse)) * a
+        if SMOOTH:
+            if HAS_WEIGHT:
+                grad -= d * tl.load(w_ptr + c).to(acc_ty)
+            else:
+                grad -= d
+        grad = tl.where(t == c, grad - b, grad)
+        tl.store(o_pix + tl.multiple_of(o_row, ALIGN), grad.to(out_ptr.dtype.element_ty), mask=mask)
+        x_row += sC
+        o_row += oC
+
+
+@triton.jit
+def _bwd_classes_kernel(
     g_ptr,
     x_ptr,
     t_ptr,
@@ -148,6 +400,7 @@ def _bwd_kernel(
     oN,
     oC,
     oS,
+    tiles_s,
     ignore_index,
     eps0,
     eps1,
@@ -155,69 +408,70 @@ def _bwd_kernel(
     epc0,
     epc1,
     epc2,
-    wtotal_ptr,
     REDUCTION: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr,
+    IDX: tl.constexpr,
+    ALIGN: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # One grid axis (axis 1 is limited to 65535 programs, too few for large N).
-    pid = tl.program_id(0).to(tl.int64)
-    tiles_s = tl.cdiv(S, BLOCK_P)
-    n = pid // tiles_s
-    pid_s = pid % tiles_s
     acc_ty = lse_ptr.dtype.element_ty
-    wtotal = tl.load(wtotal_ptr)
-    # label_smoothing and label_smoothing / C, exact doubles (see split3).
-    eps = f64(eps0, eps1, eps2).to(acc_ty)
-    eps_over_c = f64(epc0, epc1, epc2).to(acc_ty)
-    offs_s = pid_s * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_s = offs_s < S
-    offs_s64 = offs_s.to(tl.int64)
-    t = tl.load(t_ptr + n * tN + offs_s64 * tS, mask=mask_s, other=ignore_index)
-    valid = mask_s & (t != ignore_index) & (t >= 0) & (t < C)
-    if REDUCTION == 0:
-        scale = tl.load(g_ptr + n * gN + offs_s64 * gS, mask=valid, other=0.0).to(acc_ty)
-    else:
-        g = tl.load(g_ptr).to(acc_ty)
-        if REDUCTION == 1:
-            g = g / tl.load(wsum_ptr).to(acc_ty)
-        scale = tl.where(valid, g, 0.0)
-    tc = tl.where(valid, t, 0)
+    pid = tl.program_id(0)
+    n = pid // tiles_s
+    ps = (pid - n * tiles_s) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = ps < S
+    eps = exact(eps0, eps1, eps2, acc_ty)
+    eps_over_c = exact(epc0, epc1, epc2, acc_ty)
+    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
+    valid = mask_p & (t != ignore_index) & (t >= 0) & (t < C)
+    scale = grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION, IDX)
     if HAS_WEIGHT:
-        wt = tl.load(w_ptr + tc, mask=valid, other=0.0).to(acc_ty)
+        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
     else:
         wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
     b = scale * ((1.0 - eps) * wt)
-    a = b + scale * (eps_over_c * wtotal)
-    dsc = scale * eps_over_c
-    lse = tl.load(lse_ptr + n * S + offs_s, mask=mask_s, other=0.0)
-    xbase = x_ptr + n * sN + offs_s64 * sS
-    obase = out_ptr + n * oN + offs_s64 * oS
+    a = b + scale * (eps_over_c * weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128)) if SMOOTH else b
+    d = scale * eps_over_c
+    lse = tl.load(lse_ptr + n.to(IDX) * S + ps, mask=mask_p, other=0.0)
+    x_pix = tl.multiple_of(n.to(IDX) * sN + ps.to(IDX) * sS, ALIGN)
+    o_pix = tl.multiple_of(n.to(IDX) * oN + ps.to(IDX) * oS, ALIGN)
     for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        mask = mask_c[:, None] & mask_s[None, :]
-        x = tl.load(xbase[None, :] + offs_c.to(tl.int64)[:, None] * sC, mask=mask, other=0.0)
-        x = x.to(acc_ty)
-        d = tl.where(x == float("-inf"), float("-inf"), x - lse[None, :])
-        grad = tl.exp(d) * a[None, :]
+        cs = c0 + tl.arange(0, BLOCK_C)
+        mask_c = cs < C
+        m2 = mask_p[:, None] & mask_c[None, :]
+        x = tl.load(x_ptr + x_pix[:, None] + (cs.to(IDX) * sC)[None, :], mask=m2, other=0.0).to(
+            acc_ty
+        )
+        grad = tl.exp(shifted(x, lse[:, None])) * a[:, None]
         if SMOOTH:
             if HAS_WEIGHT:
-                wc = tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(acc_ty)
+                wc = tl.load(w_ptr + cs, mask=mask_c, other=0.0).to(acc_ty)
+                grad -= d[:, None] * wc[None, :]
             else:
-                wc = tl.where(mask_c, 1.0, 0.0).to(acc_ty)
-            grad = grad - dsc[None, :] * wc[:, None]
-        grad = tl.where(offs_c[:, None] == t[None, :], grad - b[None, :], grad)
-        optrs = obase[None, :] + offs_c.to(tl.int64)[:, None] * oC
-        tl.store(optrs, grad.to(out_ptr.dtype.element_ty), mask=mask)
+                grad -= d[:, None]
+        grad = tl.where(cs[None, :] == t[:, None], grad - b[:, None], grad)
+        o_ptr = out_ptr + o_pix[:, None] + (cs.to(IDX) * oC)[None, :]
+        tl.store(o_ptr, grad.to(out_ptr.dtype.element_ty), mask=m2)
 
 
-def _blocks(C: int, device: torch.device) -> tuple[int, int]:
-    if device.type == "cuda":
-        return 128, min(triton.next_power_of_2(C), 32)
-    return 32, min(triton.next_power_of_2(C), 16)  # interpreter: small tiles, still online
+def _class_major(t: torch.Tensor) -> bool:
+    """Whether the [BLOCK_P, BLOCK_C] kernels take (N, C, S) logits: contiguous classes
+    (channels_last, or (N, C) logits); and, under the interpreter, which pays per operation
+    rather than per element, many classes in any layout (a loop step per class is slow
+    there; on a GPU the per-class loop is the fast NCHW path)."""
+    C = t.shape[1]
+    return (t.stride(1) == 1 and C > 1 and t.stride(2) != 1) or (interpreted(t) and C > 64)
+
+
+def _pixel_block(dtype: torch.dtype) -> int:
+    # Two 16-byte vectors per thread per class for fp32/fp64, one for 16-bit dtypes.
+    return _NUM_WARPS * 32 * max(vector_width(dtype), 8)
+
+
+def _class_blocks(C: int) -> tuple[int, int]:
+    block_c = min(pow2(C), 64)
+    return max(1, _TILE // block_c), block_c
 
 
 def pixel_cross_entropy_triton(logits, target, weight, ignore_index, reduction, label_smoothing):
@@ -230,63 +484,68 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
     N, C, S = logits.shape
     acc = accumulation_dtype(logits.dtype)
     device = logits.device
-    BLOCK_P, BLOCK_C = _blocks(C, device)
-    grid = (triton.cdiv(S, BLOCK_P) * N,)
     lse = torch.empty((N, S), dtype=acc, device=device)
     # The loss in the accumulation dtype for every reduction (csrc/ops/pixel_cross_entropy.h).
     loss = torch.empty((N, S) if reduction == 0 else (), dtype=acc, device=device)
-    parts = torch.zeros((grid[0], 2), dtype=acc, device=device)
-    err = torch.zeros(1, dtype=torch.int32, device=device)
-    wtotal = _wtotal(weight, C, acc, device)
-    if S > 0 and N > 0:
-        _fwd_kernel[grid](
-            logits,
-            target,
-            weight if weight is not None else lse,
-            loss,
-            lse,
-            parts,
-            err,
-            S,
-            C,
-            *logits.stride(),
-            *target.stride(),
-            ignore_index,
-            *split3(label_smoothing),
-            *split3(label_smoothing / C),
-            wtotal,
-            HAS_WEIGHT=weight is not None,
-            SMOOTH=label_smoothing > 0,
-            STORE_LOSS=reduction == 0,
-            BLOCK_P=BLOCK_P,
-            BLOCK_C=BLOCK_C,
+    weight_sum = torch.empty((), dtype=acc, device=device)
+    ok = torch.empty((), dtype=torch.bool, device=device)
+    class_major = _class_major(logits)
+    vec = vector_width(logits.dtype)
+    if class_major:
+        block_p, block_c = _class_blocks(C)
+        sN, sC, sS = logits.stride()
+        align = pow2_divisor(vec, sN, sS) if sC == 1 else 1
+    else:
+        block_p = _pixel_block(logits.dtype)
+        align = (
+            pow2_divisor(vec, logits.stride(0), logits.stride(1), S) if logits.stride(2) == 1 else 1
         )
-    sums = torch.empty(2, dtype=acc, device=device)
-    _sum_partials_kernel[(1,)](parts, sums, parts.shape[0], BLOCK=256)
-    _check_targets(err, C, ignore_index)
-    if reduction == 1:
-        loss = sums[0] / sums[1]  # 0 / 0 = NaN when all are ignored
-    elif reduction == 2:
-        loss = sums[0].clone()
-    return loss, lse, sums[1].clone()
+    tiles_s = triton.cdiv(S, block_p)
+    grid = (N * tiles_s,)
+    parts = torch.empty((max(grid[0], 1), 3), dtype=acc, device=device)
+    common = dict(
+        HAS_WEIGHT=weight is not None,
+        SMOOTH=label_smoothing > 0,
+        STORE_LOSS=reduction == 0,
+        IDX=index_type(logits, target, lse),
+        ALIGN=align,
+        BLOCK_P=block_p,
+        num_warps=_NUM_WARPS,
+    )
+    # The kernels index the class weights as w_ptr + c (the ops pass them contiguous).
+    w_arg = weight.contiguous() if weight is not None else lse
+    if grid[0] > 0:
+        if class_major:
+            _fwd_classes_kernel[grid](
+                logits, target, w_arg, loss, lse, parts,
+                S, C, *logits.stride(), *target.stride(), tiles_s,
+                ignore_index, *split3(label_smoothing), *split3(label_smoothing / C),
+                BLOCK_C=block_c, **common,
+            )  # fmt: skip
+        else:
+            _fwd_pixels_kernel[grid](
+                logits, target, w_arg, loss, lse, parts,
+                S // align, C, *logits.stride(), *target.stride(), tiles_s,
+                ignore_index, *split3(label_smoothing), *split3(label_smoothing / C),
+                **common,
+            )  # fmt: skip
+    finish_kernel[(1,)](
+        parts, grid[0], loss, weight_sum, ok, REDUCTION=reduction, BLOCK=1024, num_warps=4
+    )
+    check_targets(ok, C, ignore_index)
+    return loss, lse, weight_sum
 
 
-def _wtotal(weight, C, acc, device):
-    """sum_c w[c] as a 1-element device tensor (read by the kernels: no host sync)."""
-    if weight is None:
-        return torch.full((1,), float(C), dtype=acc, device=device)
-    return weight.detach().to(acc).sum().reshape(1)
-
-
-def _check_targets(err, C, ignore_index):
+def check_targets(ok: torch.Tensor, C: int, ignore_index: int) -> None:
     msg = (
         f"pixel_cross_entropy: target contains a value outside [0, C) = [0, {C}) "
         f"that is not ignore_index ({ignore_index})"
     )
-    if err.device.type == "cuda":
-        torch._assert_async(err[0] == 0, msg)  # no host sync: fails at a later sync
-    elif int(err[0]) != 0:  # CPU tensors (interpreter): no device to sync with
-        raise ValueError(msg)
+    if ok.device.type == "cpu":  # the interpreter: no device to sync with
+        if not bool(ok):
+            raise ValueError(msg)
+    elif ok.device.type == "cuda":
+        torch._assert_async(ok, msg)  # no host sync: fails at a later sync
 
 
 def pixel_cross_entropy_backward_triton(
@@ -306,33 +565,39 @@ def _backward(
     out = torch.empty_like(logits)
     if out.numel() == 0:
         return out
-    acc = accumulation_dtype(logits.dtype)
-    BLOCK_P, BLOCK_C = _blocks(C, logits.device)
-    grid = (triton.cdiv(S, BLOCK_P) * N,)
+    lse = lse.contiguous()
     gN, gS = grad.stride() if reduction == 0 else (0, 0)
-    _bwd_kernel[grid](
-        grad,
-        logits,
-        target,
-        weight if weight is not None else lse,
-        lse.contiguous(),
-        weight_sum,
-        out,
-        S,
-        C,
-        *logits.stride(),
-        *target.stride(),
-        gN,
-        gS,
-        *out.stride(),
-        ignore_index,
-        *split3(label_smoothing),
-        *split3(label_smoothing / C),
-        _wtotal(weight, C, acc, logits.device),
+    vec = vector_width(logits.dtype)
+    common = dict(
         REDUCTION=reduction,
         HAS_WEIGHT=weight is not None,
         SMOOTH=label_smoothing > 0,
-        BLOCK_P=BLOCK_P,
-        BLOCK_C=BLOCK_C,
+        IDX=index_type(logits, target, out),
+        num_warps=_NUM_WARPS,
     )
+    # The kernels index the class weights as w_ptr + c (the ops pass them contiguous).
+    w_arg = weight.contiguous() if weight is not None else lse
+    eps = (*split3(label_smoothing), *split3(label_smoothing / C))
+    if _class_major(logits):
+        block_p, block_c = _class_blocks(C)
+        dense = logits.stride(1) == 1 and out.stride(1) == 1
+        align = pow2_divisor(vec, *logits.stride()[::2], *out.stride()[::2]) if dense else 1
+        tiles_s = triton.cdiv(S, block_p)
+        _bwd_classes_kernel[(N * tiles_s,)](
+            grad, logits, target, w_arg, lse, weight_sum, out,
+            S, C, *logits.stride(), *target.stride(), gN, gS,
+            *out.stride(), tiles_s, ignore_index, *eps,
+            ALIGN=align, BLOCK_P=block_p, BLOCK_C=block_c, **common,
+        )  # fmt: skip
+    else:
+        block_p = _pixel_block(logits.dtype)
+        dense = logits.stride(2) == 1 and out.stride(2) == 1
+        strides = (*logits.stride()[:2], *out.stride()[:2], S)
+        align = pow2_divisor(vec, *strides) if dense else 1
+        tiles_s = triton.cdiv(S, block_p)
+        _bwd_pixels_kernel[(N * tiles_s,)](
+            grad, logits, target, w_arg, lse, weight_sum, out,
+            S // align, C, *logits.stride(), *target.stride(), gN, gS, *out.stride(), tiles_s,
+            ignore_index, *eps, ALIGN=align, BLOCK_P=block_p, **common,
+        )  # fmt: skip
     return out

@@ -1,19 +1,27 @@
 """Triton kernels of the resample-skip op (DESIGN.md 2.1-2.3): the forward and its adjoint.
 
 Same contract as the C++ kernels (csrc/ops/resample_skip.h); registered as the op's
-`triton` backend by fcn_fast/triton/__init__.py;
-the per-axis tap math transcribes csrc/include/fcn_fast/resample_skip_math.h, in float64.
+`triton` backend by fcn_fast/triton/__init__.py. The taps of every output row and column
+come from one table kernel (fcn_fast/triton/_taps.py, float64 as the C++ math); the
+kernels below touch every element with float32 (float64 for float64 data) and int32
+offsets (an INT64 variant for tensors beyond 2^31 elements), and no integer division
+per element.
 
-Forward: each program owns a BLOCK_H x BLOCK_W output tile of one (n, c) plane; row and
-column taps are computed once per tile, then 4 masked gathers, the skip add and a store.
+Forward, NCHW output (_fwd_planes_kernel): a program owns a BLOCK_H x BLOCK_W tile of one
+(n, c) plane: 4 gathers of x (L1/L2 hits: x is 1/f^2 of the output), the skip window, and
+full-row stores that the compiler emits as 16-byte vectors (out_w is passed as a multiple
+of VEC, so every row start is provably aligned). Channels_last output (_fwd_pixels_kernel):
+a program owns BLOCK_P pixels of one output row times BLOCK_C classes, so stores and the
+gathers of a channels_last x run along the contiguous class axis.
 
-Backward: a gather, no atomics, so it is bitwise deterministic. Each program owns BI x BJ
-input elements of one plane and walks the output rows y that read any of its rows (the
-resample_first_output / resample_window bounds). Per row it forms the horizontal adjoint
-h[j] = sum_k wx[j, k] * grad_out[y, first(j) + k] over each column's window of outputs
-(a [BJ, KX] gather of contiguous segments, so each warp reads consecutive addresses),
-then acc[i, j] += wy[i] * h[j]. The per-column windows replace a dense [BJ, span] weight
-matrix: that one does span / (2 * factor) times more multiply-adds than there are taps.
+Backward (_bwd_kernel): grad_x = Ry^T grad_out Rx, a deterministic gather. A persistent
+program owns, in turn, tiles of BI input rows x nj input columns x CB classes. Phase 1
+reads each grad_out row of the tile's window once, coalesced (one [CB, BX] load per output
+row y), and adds it with its two row weights into two running accumulators, the input
+rows i0(y) and i0(y) + 1; a row is complete once i0 moves past it (i0 is monotone in y)
+and goes to a per-program scratch slot (L2-resident). Phase 2 applies the column adjoint:
+each input column j sums its window of scratch columns with the table's weights. Every
+sum runs in a fixed order: bitwise identical run to run, no atomics.
 """
 
 from __future__ import annotations
@@ -25,80 +33,125 @@ import triton
 import triton.language as tl
 
 from fcn_fast._common import FLOAT_DTYPES, output_memory_format
-from fcn_fast.triton._launch import device_guard, f64, split3
+from fcn_fast.triton._launch import (
+    device_guard,
+    index_type,
+    interpreted,
+    persistent_programs,
+    pow2,
+    pow2_divisor,
+    vector_width,
+)
+from fcn_fast.triton._taps import tap_tables, taps_in_range
 
-# Elements per program-wide 2-D tile (forward tile, backward [BJ, KX] window tile), and
-# warps per program: 8 keeps registers near 110 per thread for these tiles (ptxas, sm_90;
-# int64 offsets cost two registers each), where 4 warps need 135-200.
+# Elements per forward program (16 per thread at 4 warps: four 16-byte stores for fp32).
 _TILE = 2048
-_NUM_WARPS = 8
-# Widest column window handled in one gather; wider windows (factors > ~60, or
-# align_corners onto a huge output) loop over chunks of this many outputs.
-_MAX_KX = 256
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n (n >= 1)."""
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def _window(scale: float, out_size: int) -> int:
-    """resample_window of resample_skip_math.h, in the same double arithmetic."""
-    if not scale > 0.0:
-        return out_size
-    w = math.floor(2.0 / scale) + 4.0
-    return int(w) if w < out_size else out_size
+_NUM_WARPS = 4
+# Backward: persistent programs per SM, and the largest phase-2 tile (CB * BI * BJ).
+_BWD_PROGRAMS_PER_SM = 4
+_BWD_TILE = 2048
 
 
 @triton.jit
-def _tap(idx, scale, bias, in_size, CLAMP: tl.constexpr):
-    """resample_tap: (i0, i1, w0, w1, ok0, ok1) of output indices idx, float64 weights.
+def tap_ok(i, in_size):
+    """Whether taps i lie inside [0, in_size) (zero boundary)."""
+    return (i >= 0) & (i < in_size)
 
-    okK says whether tap K lies inside the input (always true for clamp); its weight is
-    0 when it does not, and callers mask that tap's load rather than multiply by 0.
-    """
-    s = idx.to(tl.float64) * scale + bias
+
+@triton.jit
+def tile_taps(itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP: tl.constexpr):
+    """Taps of a [BH, 1] x [1, BW] tile of outputs, from the tables: (i0, i1, w0, w1) of its
+    rows ([BH, 1]) and of its columns ([1, BW]). Outputs past the edge take the last row's
+    or column's taps (inside x); their results are dropped."""
+    ry = tl.minimum(oy, out_h - 1)
+    rx = tl.minimum(ox, out_w - 1)
+    i0y = tl.load(itab_ptr + ry)
+    w0y = tl.load(wtab_ptr + ry)
+    w1y = tl.load(wtab_ptr + out_h + ry)
+    i0x = tl.load(itab_ptr + out_h + rx)
+    w0x = tl.load(wtab_ptr + 2 * out_h + rx)
+    w1x = tl.load(wtab_ptr + 2 * out_h + out_w + rx)
     if CLAMP:
-        s = tl.maximum(s, 0.0)
-        i0 = tl.minimum(s.to(tl.int64), in_size - 1)
-        lam = s - i0.to(tl.float64)
-        lam = tl.minimum(tl.maximum(lam, 0.0), 1.0)
-        i1 = tl.where(i0 < in_size - 1, i0 + 1, i0)
-        ok0 = i0 >= 0
-        ok1 = i1 >= 0
+        i1y = tl.minimum(i0y + 1, in_h - 1)
+        i1x = tl.minimum(i0x + 1, in_w - 1)
     else:
-        i0 = s.to(tl.int64)  # truncates; step down for negative non-integers: floor
-        i0 = tl.where(i0.to(tl.float64) > s, i0 - 1, i0)
-        lam = s - i0.to(tl.float64)
-        i1 = i0 + 1
-        ok0 = (i0 >= 0) & (i0 < in_size)
-        ok1 = (i1 >= 0) & (i1 < in_size)
-    w0 = tl.where(ok0, 1.0 - lam, 0.0)
-    w1 = tl.where(ok1, lam, 0.0)
-    return i0, i1, w0, w1, ok0, ok1
+        i1y = i0y + 1
+        i1x = i0x + 1
+    return i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x
 
 
 @triton.jit
-def _first_output(i, scale, bias):
-    """resample_first_output for a vector of input indices i (0 where scale <= 0)."""
-    sc = scale + tl.zeros(i.shape, dtype=tl.float64)
-    pos = sc > 0.0
-    t = (i.to(tl.float64) - 1.0 - bias) / tl.where(pos, sc, 1.0)
-    c = t.to(tl.int64)
-    c = tl.where(c.to(tl.float64) < t, c + 1, c)  # ceil
-    return tl.where(pos, tl.maximum(c - 1, 0), 0)
+def blend(
+    x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+    acc_ty: tl.constexpr, ROWS: tl.constexpr, TAP_MASK: tl.constexpr, IDX: tl.constexpr,
+):  # fmt: skip
+    """The resampled tile of the x plane at x_c, from tile_taps' taps: horizontal blend, then
+    vertical, the order of the C++ kernels. Taps outside x (zero boundary, TAP_MASK) are
+    masked loads, not a multiplication by their 0 weight (0 * inf would be NaN).
+
+    ROWS == 0: 4 gathers per output. ROWS > 0 (upsampling): the tile's rows read at most
+    ROWS input rows from r_base (the first row's i0); each is blended horizontally once, 2
+    gathers per column, and added to the rows that tap it: ~2 operations per output and row
+    instead of 4 gathers and 6 operations."""
+    c0 = i0x.to(IDX) * xs_w
+    c1 = i1x.to(IDX) * xs_w
+    k0x = tap_ok(i0x, in_w)
+    k1x = tap_ok(i1x, in_w)
+    if ROWS == 0:
+        r0 = i0y.to(IDX) * xs_h
+        r1 = i1y.to(IDX) * xs_h
+        if TAP_MASK:
+            k0y = tap_ok(i0y, in_h)
+            k1y = tap_ok(i1y, in_h)
+            x00 = tl.load(x_c + r0 + c0, mask=k0y & k0x, other=0.0).to(acc_ty)
+            x01 = tl.load(x_c + r0 + c1, mask=k0y & k1x, other=0.0).to(acc_ty)
+            x10 = tl.load(x_c + r1 + c0, mask=k1y & k0x, other=0.0).to(acc_ty)
+            x11 = tl.load(x_c + r1 + c1, mask=k1y & k1x, other=0.0).to(acc_ty)
+        else:
+            x00 = tl.load(x_c + r0 + c0).to(acc_ty)
+            x01 = tl.load(x_c + r0 + c1).to(acc_ty)
+            x10 = tl.load(x_c + r1 + c0).to(acc_ty)
+            x11 = tl.load(x_c + r1 + c1).to(acc_ty)
+        return w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+    else:
+        d0 = i0y - r_base
+        d1 = i1y - r_base
+        v = tl.zeros_like(w0y * w0x)
+        for k in tl.static_range(ROWS):
+            row = r_base + k
+            if TAP_MASK:
+                # A vector mask: the interpreter rejects one broadcast from a scalar test.
+                row_ok = tap_ok(row + tl.zeros_like(i0x), in_h)
+                r = row.to(IDX) * xs_h
+                xa = tl.load(x_c + r + c0, mask=row_ok & k0x, other=0.0).to(acc_ty)
+                xb = tl.load(x_c + r + c1, mask=row_ok & k1x, other=0.0).to(acc_ty)
+            else:
+                # Every tapped row is inside x; one past the end that no output taps reads
+                # the last row instead (its weight is 0).
+                r = tl.minimum(row, in_h - 1).to(IDX) * xs_h
+                xa = tl.load(x_c + r + c0).to(acc_ty)
+                xb = tl.load(x_c + r + c1).to(acc_ty)
+            h = w0x * xa + w1x * xb
+            t0 = d0 == k
+            t1 = d1 == k
+            coef = tl.where(t0, w0y, 0.0) + tl.where(t1, w1y, 0.0)
+            # Only the rows that tap row k take it: 0 * inf would be NaN.
+            v = tl.where(t0 | t1, v + coef * h, v)
+        return v
 
 
 @triton.jit
-def _resample_skip_fwd_kernel(
+def _fwd_planes_kernel(
     x_ptr,
     skip_ptr,
     out_ptr,
+    itab_ptr,
+    wtab_ptr,
     C,
     in_h,
     in_w,
     out_h,
-    out_w,
+    out_w_v,
     tiles_w,
     tiles_per_plane,
     xs_n,
@@ -109,208 +162,366 @@ def _resample_skip_fwd_kernel(
     ss_c,
     ss_h,
     ss_w,
-    os_n,
-    os_c,
-    os_h,
-    os_w,
     skip_y,
     skip_x,
-    sh0,
-    sh1,
-    sh2,
-    bh0,
-    bh1,
-    bh2,
-    sw0,
-    sw1,
-    sw2,
-    bw0,
-    bw1,
-    bw2,
     CLAMP: tl.constexpr,
     HAS_SKIP: tl.constexpr,
-    ACC: tl.constexpr,
+    TAP_MASK: tl.constexpr,
+    EVEN: tl.constexpr,
+    IDX: tl.constexpr,
+    VEC: tl.constexpr,
+    SKIP_ALIGN: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    # int64 from the start: every offset below is int64, so > 2^31-element tensors work.
-    pid = tl.program_id(0).to(tl.int64)
-    plane = pid // tiles_per_plane
+    # out_w as a multiple of VEC: the compiler then knows every output row starts on a
+    # 16-byte boundary and that the row mask is constant over each vector.
+    out_w = out_w_v * VEC
+    acc_ty = wtab_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    plane = pid // tiles_per_plane  # int32, once per program
     tile = pid - plane * tiles_per_plane
-    n = plane // C
-    c = plane - n * C
     ty = tile // tiles_w
     tx = tile - ty * tiles_w
-    oy = ty * BLOCK_H + tl.arange(0, BLOCK_H)
-    ox = tx * BLOCK_W + tl.arange(0, BLOCK_W)
-    in_y = oy < out_h
-    in_x = ox < out_w
+    n = plane // C
+    c = plane - n * C
+    rows = ty * BLOCK_H + tl.arange(0, BLOCK_H)
+    oy = rows[:, None]
+    ox = tx * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x = tile_taps(
+        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP
+    )
+    r_base = tl.load(itab_ptr + ty * BLOCK_H)  # i0 of the tile's first row, its smallest
+    x_c = x_ptr + n.to(IDX) * xs_n + c.to(IDX) * xs_c
+    v = blend(
+        x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+        acc_ty, ROWS, TAP_MASK, IDX,
+    )  # fmt: skip
 
-    i0y, i1y, w0y, w1y, ok0y, ok1y = _tap(oy, f64(sh0, sh1, sh2), f64(bh0, bh1, bh2), in_h, CLAMP)
-    i0x, i1x, w0x, w1x, ok0x, ok1x = _tap(ox, f64(sw0, sw1, sw2), f64(bw0, bw1, bw2), in_w, CLAMP)
-    w0y = w0y.to(ACC)[:, None]
-    w1y = w1y.to(ACC)[:, None]
-    w0x = w0x.to(ACC)[None, :]
-    w1x = w1x.to(ACC)[None, :]
-
-    base = x_ptr + n * xs_n + c * xs_c
-    row0 = (i0y * xs_h)[:, None]
-    row1 = (i1y * xs_h)[:, None]
-    col0 = (i0x * xs_w)[None, :]
-    col1 = (i1x * xs_w)[None, :]
-    m_out = in_y[:, None] & in_x[None, :]
-    # Taps outside the input are masked, not multiplied by 0 (0 * inf would be NaN).
-    m0y = m_out & ok0y[:, None]
-    m1y = m_out & ok1y[:, None]
-    x00 = tl.load(base + row0 + col0, mask=m0y & ok0x[None, :], other=0.0).to(ACC)
-    x10 = tl.load(base + row1 + col0, mask=m1y & ok0x[None, :], other=0.0).to(ACC)
-    x01 = tl.load(base + row0 + col1, mask=m0y & ok1x[None, :], other=0.0).to(ACC)
-    x11 = tl.load(base + row1 + col1, mask=m1y & ok1x[None, :], other=0.0).to(ACC)
-    # Horizontal blend first, then vertical: the order of the C++ and CUDA kernels.
-    v = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+    m_out = (oy < out_h) & (ox < out_w)
     if HAS_SKIP:
-        s_off = (
-            n * ss_n + c * ss_c + ((oy + skip_y) * ss_h)[:, None] + ((ox + skip_x) * ss_w)[None, :]
+        s_row = (
+            n.to(IDX) * ss_n
+            + c.to(IDX) * ss_c
+            + (rows + skip_y).to(IDX) * ss_h
+            + skip_x.to(IDX) * ss_w
         )
-        v += tl.load(skip_ptr + s_off, mask=m_out, other=0.0).to(ACC)
-    o_off = n * os_n + c * os_c + (oy * os_h)[:, None] + (ox * os_w)[None, :]
-    tl.store(out_ptr + o_off, v.to(out_ptr.dtype.element_ty), mask=m_out)
+        s_row = tl.multiple_of(s_row, SKIP_ALIGN)
+        s_ptr = skip_ptr + s_row[:, None] + ox.to(IDX) * ss_w
+        if EVEN:
+            v += tl.load(s_ptr).to(acc_ty)
+        else:
+            v += tl.load(s_ptr, mask=m_out, other=0.0).to(acc_ty)
+    o_ptr = out_ptr + (plane.to(IDX) * out_h + oy) * out_w + ox
+    if EVEN:
+        tl.store(o_ptr, v.to(out_ptr.dtype.element_ty))
+    else:
+        tl.store(o_ptr, v.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
 @triton.jit
-def _col_adjoint(
-    cols,
-    first,
-    k0,
-    win_w,
-    out_w,
-    scale,
-    bias,
+def _fwd_pixels_kernel(
+    x_ptr,
+    skip_ptr,
+    out_ptr,
+    itab_ptr,
+    wtab_ptr,
+    C_v,
+    in_h,
     in_w,
+    out_h,
+    out_w,
+    p_blocks,
+    c_blocks,
+    xs_n,
+    xs_c,
+    xs_h,
+    xs_w,
+    ss_n,
+    ss_c,
+    ss_h,
+    ss_w,
+    skip_y,
+    skip_x,
     CLAMP: tl.constexpr,
-    ACC: tl.constexpr,
-    KX: tl.constexpr,
+    HAS_SKIP: tl.constexpr,
+    TAP_MASK: tl.constexpr,
+    EVEN: tl.constexpr,
+    IDX: tl.constexpr,
+    VEC: tl.constexpr,
+    SKIP_ALIGN: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    """Outputs first[j] + k0 + [0, KX) of each input column cols[j]: (X, valid, weight).
+    # Channels_last output: out[n, y, x, c] at ((n * out_h + y) * out_w + x) * C + c.
+    C = C_v * VEC  # a multiple of VEC, so pixel rows start aligned (see _fwd_planes_kernel)
+    acc_ty = wtab_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    rest = pid // c_blocks
+    cb = pid - rest * c_blocks
+    row = rest // p_blocks  # n * out_h + y
+    pb = rest - row * p_blocks
+    n = row // out_h
+    y = row - n * out_h
+    ox = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    cc = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    rx = tl.minimum(ox, out_w - 1)
+    cl = tl.minimum(cc, C - 1)  # classes past C read class C - 1; their stores are masked
+    # The row's taps, spread over the pixels (a vector mask below: the interpreter rejects
+    # masks broadcast from a scalar comparison).
+    i0y = tl.load(itab_ptr + y) + tl.zeros_like(ox)
+    w0y = tl.load(wtab_ptr + y)
+    w1y = tl.load(wtab_ptr + out_h + y)
+    i0x = tl.load(itab_ptr + out_h + rx)
+    w0x = tl.load(wtab_ptr + 2 * out_h + rx)[:, None]
+    w1x = tl.load(wtab_ptr + 2 * out_h + out_w + rx)[:, None]
+    if CLAMP:
+        i1y = tl.minimum(i0y + 1, in_h - 1)
+        i1x = tl.minimum(i0x + 1, in_w - 1)
+    else:
+        i1y = i0y + 1
+        i1x = i0x + 1
 
-    weight is resample_weight: the tap weights of X that land on cols[j], summed (both taps
-    coincide at the clamped last column). valid mirrors the C++ window k < count[j].
-    """
-    k = k0 + tl.arange(0, KX)
-    ox = first[:, None] + k[None, :]
-    ok = (k[None, :] < win_w) & (ox < out_w)
-    i0, i1, w0, w1, _, _ = _tap(ox, scale, bias, in_w, CLAMP)
-    cols_b = cols[:, None]
-    w = tl.where(i0 == cols_b, w0.to(ACC), 0.0) + tl.where(i1 == cols_b, w1.to(ACC), 0.0)
-    return ox, ok, tl.where(ok, w, 0.0)
+    x_base = x_ptr + n.to(IDX) * xs_n + (cl.to(IDX) * xs_c)[None, :]
+    r0 = (i0y.to(IDX) * xs_h)[:, None]
+    r1 = (i1y.to(IDX) * xs_h)[:, None]
+    c0 = (i0x.to(IDX) * xs_w)[:, None]
+    c1 = (i1x.to(IDX) * xs_w)[:, None]
+    if TAP_MASK:
+        k0y = tap_ok(i0y, in_h)[:, None]
+        k1y = tap_ok(i1y, in_h)[:, None]
+        k0x = tap_ok(i0x, in_w)[:, None]
+        k1x = tap_ok(i1x, in_w)[:, None]
+        x00 = tl.load(x_base + r0 + c0, mask=k0y & k0x, other=0.0).to(acc_ty)
+        x01 = tl.load(x_base + r0 + c1, mask=k0y & k1x, other=0.0).to(acc_ty)
+        x10 = tl.load(x_base + r1 + c0, mask=k1y & k0x, other=0.0).to(acc_ty)
+        x11 = tl.load(x_base + r1 + c1, mask=k1y & k1x, other=0.0).to(acc_ty)
+    else:
+        x00 = tl.load(x_base + r0 + c0).to(acc_ty)
+        x01 = tl.load(x_base + r0 + c1).to(acc_ty)
+        x10 = tl.load(x_base + r1 + c0).to(acc_ty)
+        x11 = tl.load(x_base + r1 + c1).to(acc_ty)
+    v = w0y * (w0x * x00 + w1x * x01) + w1y * (w0x * x10 + w1x * x11)
+
+    m_out = (ox < out_w)[:, None] & (cc < C)[None, :]
+    if HAS_SKIP:
+        s_pix = n.to(IDX) * ss_n + (y + skip_y).to(IDX) * ss_h + (ox + skip_x).to(IDX) * ss_w
+        s_pix = tl.multiple_of(s_pix, SKIP_ALIGN)
+        s_ptr = skip_ptr + s_pix[:, None] + (cc.to(IDX) * ss_c)[None, :]
+        if EVEN:
+            v += tl.load(s_ptr).to(acc_ty)
+        else:
+            v += tl.load(s_ptr, mask=m_out, other=0.0).to(acc_ty)
+    o_pix = (row.to(IDX) * out_w + ox) * C
+    o_ptr = out_ptr + o_pix[:, None] + cc[None, :]
+    if EVEN:
+        tl.store(o_ptr, v.to(out_ptr.dtype.element_ty))
+    else:
+        tl.store(o_ptr, v.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
 @triton.jit
-def _resample_skip_bwd_kernel(
+def flush_rows(slot_rows, lo, hi, i_lo, r, acc0, acc1, BX: tl.constexpr):
+    """Store the finished input rows [lo, hi) of the running accumulators to the scratch
+    slot: row r is acc0, row r + 1 is acc1, rows further on got no contribution (0)."""
+    for rw in range(lo, hi):
+        v = tl.where(rw == r, acc0, tl.where(rw == r + 1, acc1, 0.0))
+        tl.store(slot_rows + (rw - i_lo) * BX, v)
+
+
+@triton.jit
+def column_adjoint(
+    slot,
+    itab_ptr,
+    wtab_ptr,
+    j_lo,
+    nj,
+    x_lo,
+    in_w,
+    out_h,
+    out_w,
+    in_h,
+    win_x,
+    CB: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BX: tl.constexpr,
+):
+    """Phase 2 of the backward: [CB, BI, BJ] = for each input column j of the tile, the sum
+    over its window k < count[j] of wadj_x[j, k] * slot[cb, i, first_x[j] + k - x_lo]."""
+    acc_ty = wtab_ptr.dtype.element_ty
+    js = tl.arange(0, BJ)
+    cols = j_lo + js
+    j_ok = (js < nj) & (cols < in_w)
+    i_fx = out_h + out_w + in_h
+    fx = tl.load(itab_ptr + i_fx + cols, mask=j_ok, other=0) - x_lo
+    count = tl.load(itab_ptr + i_fx + in_w + cols, mask=j_ok, other=0)
+    w_row = wtab_ptr + 2 * (out_h + out_w) + cols * win_x
+    s_ptr = (
+        slot
+        + tl.arange(0, CB)[:, None, None] * (BI * BX)
+        + tl.arange(0, BI)[None, :, None] * BX
+        + fx[None, None, :]
+    )
+    acc = tl.zeros([CB, BI, BJ], dtype=acc_ty)
+    for k in range(win_x):
+        take = k < count
+        w = tl.load(w_row + k, mask=take, other=0.0)
+        s = tl.load(s_ptr + k, mask=take[None, None, :], other=0.0)
+        acc += w[None, None, :] * s
+    return acc
+
+
+@triton.jit
+def store_tile(gx_ptr, acc, n, cc, i_lo, j_lo, nj, C, in_h, in_w, s_n, s_c, s_h, s_w,
+               IDX: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):  # fmt: skip
+    """Store a [CB, BI, BJ] tile of grad_x (classes cc, rows i_lo.., columns j_lo..)."""
+    rows = i_lo + tl.arange(0, BI)
+    js = tl.arange(0, BJ)
+    cols = j_lo + js
+    off = (
+        n.to(IDX) * s_n
+        + (cc.to(IDX) * s_c)[:, None, None]
+        + (rows.to(IDX) * s_h)[None, :, None]
+        + (cols.to(IDX) * s_w)[None, None, :]
+    )
+    m = (cc < C)[:, None, None] & (rows < in_h)[None, :, None]
+    m = m & ((js < nj) & (cols < in_w))[None, None, :]
+    tl.store(gx_ptr + off, acc.to(gx_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_kernel(
     g_ptr,
     gx_ptr,
+    scratch_ptr,
+    itab_ptr,
+    wtab_ptr,
     C,
     in_h,
     in_w,
     out_h,
     out_w,
+    n_tiles,
+    tiles_i,
     tiles_j,
-    tiles_per_plane,
+    c_blocks,
+    nj,
+    win_y,
+    win_x,
     gs_n,
     gs_c,
     gs_h,
     gs_w,
-    win_h,
-    win_w,
-    sh0,
-    sh1,
-    sh2,
-    bh0,
-    bh1,
-    bh2,
-    sw0,
-    sw1,
-    sw2,
-    bw0,
-    bw1,
-    bw2,
+    gxs_n,
+    gxs_c,
+    gxs_h,
+    gxs_w,
     CLAMP: tl.constexpr,
-    ACC: tl.constexpr,
+    IDX: tl.constexpr,
+    VEC: tl.constexpr,
+    G_ALIGN: tl.constexpr,
+    CB: tl.constexpr,
     BI: tl.constexpr,
     BJ: tl.constexpr,
-    KX: tl.constexpr,
-    CHUNKED: tl.constexpr,
+    BX: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    plane = pid // tiles_per_plane
-    tile = pid - plane * tiles_per_plane
-    n = plane // C
-    c = plane - n * C
-    ti = tile // tiles_j
-    tj = tile - ti * tiles_j
-    rows = ti * BI + tl.arange(0, BI)
-    cols = tj * BJ + tl.arange(0, BJ)
-    scale_h = f64(sh0, sh1, sh2)
-    bias_h = f64(bh0, bh1, bh2)
-    scale_w = f64(sw0, sw1, sw2)
-    bias_w = f64(bw0, bw1, bw2)
+    acc_ty = wtab_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    cls = tl.arange(0, CB)
+    xs = tl.arange(0, BX)
+    slot = scratch_ptr + pid * (CB * BI * BX)
+    slot_rows = slot + cls[:, None] * (BI * BX) + xs[None, :]
+    i_fy = out_h + out_w
+    for t in range(pid, n_tiles, tl.num_programs(0)):
+        # Tile order: row tiles fastest, so programs running side by side share the grad_out
+        # rows of their vertical halo in L2.
+        rest = t // tiles_i
+        ti = t - rest * tiles_i
+        rest2 = rest // tiles_j
+        tj = rest - rest2 * tiles_j
+        n = rest2 // c_blocks
+        cb = rest2 - n * c_blocks
+        i_lo = ti * BI
+        i_hi = tl.minimum(i_lo + BI, in_h)
+        j_lo = tj * nj
+        cc = cb * CB + cls
+        # The output columns of the tile's input columns, from an aligned start.
+        x_lo = (tl.load(itab_ptr + i_fy + in_h + j_lo) // VEC) * VEC
+        y_lo = tl.load(itab_ptr + i_fy + i_lo)
+        y_hi = tl.minimum(tl.load(itab_ptr + i_fy + i_hi - 1) + win_y, out_h)
+        ox = x_lo + xs
+        m = (cc < C)[:, None] & (ox < out_w)[None, :]
+        # The tile's first class and image in one (hinted) scalar: with CB = 1 the column
+        # offsets are then provably contiguous and aligned.
+        g_plane = n.to(IDX) * gs_n + (cb * CB).to(IDX) * gs_c
+        g_cols = (cls.to(IDX) * gs_c)[:, None] + (ox.to(IDX) * gs_w)[None, :]
 
-    # Rows: input row i is read by outputs [row_first[i], row_end[i]) (C++ first/count).
-    row_first = tl.minimum(_first_output(rows, scale_h, bias_h), out_h)
-    row_end = tl.minimum(row_first + win_h, out_h)
-    y_lo = tl.min(row_first, axis=0)
-    y_hi = tl.max(tl.where(rows < in_h, row_end, 0), axis=0)
-    col_first = tl.minimum(_first_output(cols, scale_w, bias_w), out_w)
+        acc0 = tl.zeros([CB, BX], dtype=acc_ty)  # input row r
+        acc1 = tl.zeros([CB, BX], dtype=acc_ty)  # input row r + 1
+        r = i_lo - 2
+        # Three rows in flight (a persistent program has few warps to hide DRAM latency
+        # with): g_a is row y, g_b row y + 1, g_c row y + 2; loads past the window re-read
+        # its last row.
+        y_last = tl.maximum(y_hi - 1, 0)
+        row = tl.multiple_of(g_plane + tl.minimum(y_lo, y_last).to(IDX) * gs_h, G_ALIGN)
+        g_a = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
+        row = tl.multiple_of(g_plane + tl.minimum(y_lo + 1, y_last).to(IDX) * gs_h, G_ALIGN)
+        g_b = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
+        row = tl.multiple_of(g_plane + tl.minimum(y_lo + 2, y_last).to(IDX) * gs_h, G_ALIGN)
+        g_c = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
+        tl.debug_barrier()  # the slot's previous tile has been read by every thread
+        for y in range(y_lo, y_hi):
+            i0 = tl.load(itab_ptr + y)
+            w0 = tl.load(wtab_ptr + y)
+            w1 = tl.load(wtab_ptr + out_h + y)
+            g = g_a.to(acc_ty)
+            g_a = g_b
+            g_b = g_c
+            row = tl.multiple_of(g_plane + tl.minimum(y + 3, y_last).to(IDX) * gs_h, G_ALIGN)
+            g_c = tl.load(g_ptr + row + g_cols, mask=m, other=0.0)
+            if i0 > r:
+                # Input rows below i0 are complete: row r is acc0, r + 1 acc1, and rows
+                # further on got nothing (downsampling). (flush_rows, inlined: a helper
+                # call per row costs the interpreter milliseconds.)
+                for rw in range(tl.maximum(r, i_lo), tl.minimum(i0, i_hi)):
+                    v = tl.where(rw == r, acc0, tl.where(rw == r + 1, acc1, 0.0))
+                    tl.store(slot_rows + (rw - i_lo) * BX, v)
+                acc0 = tl.where(i0 == r + 1, acc1, 0.0)
+                acc1 = tl.zeros([CB, BX], dtype=acc_ty)
+                r = i0
+            # The second tap: row i0 + 1, or i0 itself at the clamp edge, where both weights
+            # add (resample_weight).
+            if CLAMP:
+                same = i0 >= in_h - 1
+                acc0 += (w0 + tl.where(same, w1, 0.0)) * g
+                acc1 += tl.where(same, 0.0, w1) * g
+            else:
+                acc0 += w0 * g
+                acc1 += w1 * g
+        flush_rows(slot_rows, tl.maximum(r, i_lo), i_hi, i_lo, r, acc0, acc1, BX)
+        tl.debug_barrier()  # the slot's rows are visible to every thread
 
-    g_plane = g_ptr + n * gs_n + c * gs_c
-    if not CHUNKED:
-        # The column windows fit in one [BJ, KX] tile: weights and offsets once per program.
-        ox, ok, wx = _col_adjoint(
-            cols, col_first, 0, win_w, out_w, scale_w, bias_w, in_w, CLAMP, ACC, KX
+        acc = column_adjoint(
+            slot,
+            itab_ptr,
+            wtab_ptr,
+            j_lo,
+            nj,
+            x_lo,
+            in_w,
+            out_h,
+            out_w,
+            in_h,
+            win_x,
+            CB,
+            BI,
+            BJ,
+            BX,
         )
-        g_off = ox * gs_w
-    acc = tl.zeros([BI, BJ], dtype=ACC)
-    for y in range(y_lo, y_hi):
-        g_row = g_plane + y * gs_h
-        if CHUNKED:
-            h = tl.zeros([BJ], dtype=ACC)
-            for k0 in range(0, win_w, KX):
-                ox, ok, wx = _col_adjoint(
-                    cols, col_first, k0, win_w, out_w, scale_w, bias_w, in_w, CLAMP, ACC, KX
-                )
-                g = tl.load(g_row + ox * gs_w, mask=ok, other=0.0).to(ACC)
-                h += tl.sum(wx * g, axis=1)
-        else:
-            g = tl.load(g_row + g_off, mask=ok, other=0.0).to(ACC)
-            h = tl.sum(wx * g, axis=1)
-        # Vertical adjoint weights of row y for the tile's rows: _tap inlined (a call per
-        # iteration costs milliseconds in the interpreter), on a vector, not a scalar.
-        sy = (y + tl.zeros([BI], dtype=tl.int64)).to(tl.float64) * scale_h + bias_h
-        if CLAMP:
-            sy = tl.maximum(sy, 0.0)
-            i0 = tl.minimum(sy.to(tl.int64), in_h - 1)
-            lam = tl.minimum(tl.maximum(sy - i0.to(tl.float64), 0.0), 1.0)
-            i1 = tl.where(i0 < in_h - 1, i0 + 1, i0)
-        else:
-            i0 = sy.to(tl.int64)
-            i0 = tl.where(i0.to(tl.float64) > sy, i0 - 1, i0)
-            lam = sy - i0.to(tl.float64)
-            i1 = i0 + 1
-        # Taps outside the input match no stored row (rows < in_h) of the tile.
-        wy = tl.where(rows == i0, (1.0 - lam).to(ACC), 0.0) + tl.where(rows == i1, lam.to(ACC), 0.0)
-        # Only rows whose window holds y take it, as in C++: a 0 weight times an inf
-        # gradient outside the window must not turn into NaN.
-        take = (y >= row_first) & (y < row_end)
-        acc = tl.where(take[:, None], acc + wy[:, None] * h[None, :], acc)
-
-    gx_off = plane * in_h * in_w + (rows * in_w)[:, None] + cols[None, :]
-    mask = (rows < in_h)[:, None] & (cols < in_w)[None, :]
-    tl.store(gx_ptr + gx_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
-
-
-def _triton_acc_type(dtype: torch.dtype):
-    """fcn_fast._common.accumulation_dtype, as a Triton type (a constexpr of the kernels)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+        store_tile(gx_ptr, acc, n, cc, i_lo, j_lo, nj, C, in_h, in_w, gxs_n, gxs_c, gxs_h, gxs_w,
+                   IDX, BI, BJ)  # fmt: skip
 
 
 def _check_plane_tensor(t, name: str) -> None:
@@ -320,10 +531,31 @@ def _check_plane_tensor(t, name: str) -> None:
         raise TypeError(f"fcn_fast triton: {name} must be floating point, got {t.dtype}")
 
 
-def _fwd_blocks(out_h: int, out_w: int) -> tuple[int, int]:
-    block_w = min(128, max(16, _pow2(out_w)))
-    block_h = max(1, min(_pow2(out_h), _TILE // block_w))
-    return block_h, block_w
+# Tile height of the separable forward, and the most input rows it blends per tile (about
+# 2 * ROWS operations per output, against ~22 for 4 gathers and their blend).
+SEPARABLE_BLOCK_H = 8
+_MAX_ROWS = 6
+# The interpreter pays per operation, where the separable path has ROWS times more: it
+# takes the 4-gather path unless a test asks for the other (tests/test_triton_kernels.py).
+SEPARABLE_IN_INTERPRETER = False
+
+
+def separable_rows(scale_h: float, block_h: int, device: torch.device) -> int:
+    """ROWS of blend(): how many input rows a tile of block_h output rows can tap (their
+    first taps differ by at most ceil((block_h - 1) * scale), +1 for the second tap, +1 for
+    rounding of the float64 taps), or 0 (4 gathers per output) where that is not cheaper."""
+    if device.type == "cpu" and not SEPARABLE_IN_INTERPRETER:
+        return 0
+    rows = math.floor((block_h - 1) * scale_h + 1e-9) + 3 if scale_h >= 0.0 else 0
+    return rows if rows <= min(_MAX_ROWS, block_h + 1) else 0
+
+
+def _zero_taps_in_range(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w):
+    """Whether the forward can skip per-tap masks: always under clamp, and under the zero
+    boundary when every tap lies inside x (the FCN heads' crops mostly do)."""
+    return clamp or (
+        taps_in_range(scale_h, bias_h, in_h, out_h) and taps_in_range(scale_w, bias_w, in_w, out_w)
+    )
 
 
 def resample_skip_triton(
@@ -357,70 +589,139 @@ def resample_skip_triton(
             or skip_x + out_w > skip.shape[3]
         ):
             raise ValueError("fcn_fast triton: skip window out of range")
+    memory_format = output_memory_format(x)
     out = torch.empty(
-        (N, C, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x)
+        (N, C, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=memory_format
     )
     if out.numel() == 0:
         return out
     if in_h < 1 or in_w < 1:
         raise ValueError("fcn_fast triton: x has an empty spatial axis")
-    block_h, block_w = _fwd_blocks(out_h, out_w)
-    tiles_h, tiles_w = triton.cdiv(out_h, block_h), triton.cdiv(out_w, block_w)
-    grid = (N * C * tiles_h * tiles_w,)
-    skip_arg = skip if skip is not None else out
     with device_guard(x):
-        _resample_skip_fwd_kernel[grid](
-            x,
-            skip_arg,
-            out,
-            C,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            tiles_w,
-            tiles_h * tiles_w,
-            *x.stride(),
-            *skip_arg.stride(),
-            *out.stride(),
-            skip_y,
-            skip_x,
-            *split3(scale_h),
-            *split3(bias_h),
-            *split3(scale_w),
-            *split3(bias_w),
-            CLAMP=bool(clamp),
-            HAS_SKIP=skip is not None,
-            ACC=_triton_acc_type(x.dtype),
-            BLOCK_H=block_h,
-            BLOCK_W=block_w,
-            num_warps=_NUM_WARPS,
+        _forward(
+            x, skip, out, scale_h, bias_h, scale_w, bias_w, clamp, skip_y, skip_x, memory_format
         )
     return out
 
 
-def _bwd_blocks(
-    planes: int, in_h: int, in_w: int, win_w: int, scale_w: float, min_programs: int = 0
-) -> tuple[int, int, int]:
-    """(BI, BJ, KX) of the backward: KX covers a column's window of outputs (up to
-    _MAX_KX; wider windows are chunked), BJ * KX ~ _TILE. BI trades the vertical
-    multiply-adds (BI per row of grad_out, useful on ~2 rows) against re-reading the
-    window rows at the tile's edges (~2 * factor rows per tile): about sqrt(8 * factor),
-    at least 8 (downsampling re-reads ~5 window rows per tile). Tiles shrink until
-    there are min_programs programs (GPU occupancy). Not yet tuned on a GPU.
-    """
-    kx = min(max(2, _pow2(win_w)), _MAX_KX)
-    bj = max(2, min(_pow2(in_w), _TILE // kx, 128))
-    factor = 1.0 / scale_w if scale_w > 0 else 1.0
-    bi = max(2, min(_pow2(in_h), max(8, _pow2(int(math.sqrt(8.0 * factor)))), 32))
-    while planes * triton.cdiv(in_h, bi) * triton.cdiv(in_w, bj) < min_programs and (
-        bi > 2 or bj > 2
-    ):
-        if bi >= bj and bi > 2:
-            bi //= 2
-        else:
-            bj //= 2
-    return bi, bj, kx
+def _forward(x, skip, out, scale_h, bias_h, scale_w, bias_w, clamp, skip_y, skip_x, fmt):
+    N, C, in_h, in_w = x.shape
+    out_h, out_w = out.shape[2:]
+    tables = tap_tables(
+        scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w,
+        acc_dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+        device=x.device,
+    )  # fmt: skip
+    has_skip = skip is not None
+    skip_arg = skip if has_skip else out
+    ss = skip_arg.stride()
+    tap_mask = not _zero_taps_in_range(
+        scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w
+    )
+    vec_max = vector_width(x.dtype)
+    common = dict(
+        CLAMP=bool(clamp),
+        HAS_SKIP=has_skip,
+        TAP_MASK=tap_mask,
+        IDX=index_type(x, skip, out),
+        num_warps=_NUM_WARPS,
+    )
+    if fmt == torch.channels_last:
+        vec = pow2_divisor(vec_max, C)
+        block_c = min(pow2(C), 64)
+        block_p = max(1, min(pow2(out_w), _TILE // block_c))
+        p_blocks, c_blocks = triton.cdiv(out_w, block_p), triton.cdiv(C, block_c)
+        # Skip loads are vectors too when its class axis is contiguous and aligned.
+        skip_align = (
+            pow2_divisor(vec, ss[0], ss[2], ss[3], skip_y * ss[2] + skip_x * ss[3])
+            if has_skip and ss[1] == 1
+            else 1
+        )
+        grid = (N * out_h * p_blocks * c_blocks,)
+        _fwd_pixels_kernel[grid](
+            x, skip_arg, out, tables.itab, tables.wtab,
+            C // vec, in_h, in_w, out_h, out_w, p_blocks, c_blocks,
+            *x.stride(), *ss, skip_y, skip_x,
+            EVEN=out_w % block_p == 0 and C % block_c == 0,
+            VEC=vec, SKIP_ALIGN=skip_align, BLOCK_P=block_p, BLOCK_C=block_c, **common,
+        )  # fmt: skip
+    else:
+        vec = pow2_divisor(vec_max, out_w)
+        block_w = min(pow2(out_w), 256)
+        block_h = max(1, min(pow2(out_h), _TILE // block_w))
+        rows = separable_rows(scale_h, min(block_h, SEPARABLE_BLOCK_H), x.device)
+        if rows:
+            block_h = min(block_h, SEPARABLE_BLOCK_H)
+        tiles_w = triton.cdiv(out_w, block_w)
+        tiles_per_plane = triton.cdiv(out_h, block_h) * tiles_w
+        skip_align = (
+            pow2_divisor(vec, ss[0], ss[1], ss[2], skip_x) if has_skip and ss[3] == 1 else 1
+        )
+        grid = (N * C * tiles_per_plane,)
+        _fwd_planes_kernel[grid](
+            x, skip_arg, out, tables.itab, tables.wtab,
+            C, in_h, in_w, out_h, out_w // vec, tiles_w, tiles_per_plane,
+            *x.stride(), *ss, skip_y, skip_x,
+            EVEN=out_h % block_h == 0 and out_w % block_w == 0,
+            VEC=vec, SKIP_ALIGN=skip_align, ROWS=rows,
+            BLOCK_H=block_h, BLOCK_W=block_w, **common,
+        )  # fmt: skip
+
+
+class BackwardConfig:
+    """Tile of the backward: CB classes x BI input rows x nj input columns (BJ >= nj, a
+    power of two), reading BX output columns per grad_out row."""
+
+    def __init__(self, cb: int, bi: int, bj: int, bx: int, nj: int):
+        self.cb, self.bi, self.bj, self.bx, self.nj = cb, bi, bj, bx, nj
+
+    @property
+    def slot(self) -> int:
+        return self.cb * self.bi * self.bx
+
+    def check(self, scale_w: float, win_x: int, vec: int) -> None:
+        """The BX output columns from the tile's aligned start must hold every output its nj
+        input columns read: first_x grows by at most 1 / scale + 1 per column
+        (resample_first_output), the window is win_x, the alignment costs < vec."""
+        span = (self.nj - 1) / scale_w + 1 if scale_w > 0.0 else 0
+        if self.nj > self.bj or span + win_x + vec - 1 > self.bx + 1e-6:
+            raise ValueError(f"fcn_fast triton: backward tile {vars(self)} too small")
+
+
+def backward_config(
+    C: int,
+    in_h: int,
+    in_w: int,
+    scale_w: float,
+    win_x: int,
+    vec: int,
+    class_major: bool,
+    elt: int,
+    interpreted: bool = False,
+) -> BackwardConfig:
+    """Class-contiguous grad_out (channels_last) takes 32 bytes of classes per pixel and
+    ~2048 elements per load; NCHW takes one class and one 16-byte vector per thread. The
+    row tile BI trades the vertical halo (~2f rows per tile) against phase 2's registers.
+    The interpreter pays per operation, not per element: there, all classes in one tile."""
+    tile = _BWD_TILE
+    if interpreted:
+        cb, bx, tile = min(pow2(C), 16), 128 * vec, 8 * _BWD_TILE
+    elif class_major:
+        cb = min(pow2(C), max(1, 32 // elt))
+        bx = max(64, 2048 // cb)
+    else:
+        cb = 1
+        bx = 128 * vec
+    # Outputs of nj consecutive input columns span <= (nj - 1) / scale + 1 + win_x; the
+    # aligned start adds < vec: nj as large as BX allows (resample_first_output's bounds).
+    while bx < win_x + vec + 2:
+        bx *= 2
+    # (scale 0: one output column, which every input column reads)
+    nj = int((bx - win_x - vec - 1) * scale_w) + 1 if scale_w > 0.0 else in_w
+    bi = max(1, min(pow2(in_h), 16))
+    nj = max(1, min(nj, in_w, max(1, tile // (cb * bi))))
+    bj = pow2(nj)
+    return BackwardConfig(cb, bi, bj, bx, nj)
 
 
 def resample_skip_backward_triton(
@@ -432,11 +733,10 @@ def resample_skip_backward_triton(
     scale_w: float,
     bias_w: float,
     clamp: bool,
-    _blocks: tuple[int, int, int] | None = None,
+    _config: BackwardConfig | None = None,
 ) -> torch.Tensor:
-    """grad_x (N, C, in_h, in_w), contiguous: the exact adjoint of resample_skip_fwd's
-    resampling, gathered per input element (no atomics). `_blocks` forces (BI, BJ, KX)
-    for tests."""
+    """grad_x (N, C, in_h, in_w), contiguous: the exact adjoint of resample_skip_triton's
+    resampling, gathered per input element (no atomics). `_config` forces the tiling (tests)."""
     _check_plane_tensor(grad_out, "grad_out")
     if in_h < 1 or in_w < 1:
         raise ValueError(f"fcn_fast triton: input size must be positive, got ({in_h}, {in_w})")
@@ -446,38 +746,39 @@ def resample_skip_backward_triton(
         return grad_x
     if out_h == 0 or out_w == 0:
         return grad_x.zero_()
-    win_h, win_w = _window(scale_h, out_h), _window(scale_w, out_w)
-    min_programs = 0
-    if grad_out.is_cuda:
-        sms = torch.cuda.get_device_properties(grad_out.device).multi_processor_count
-        min_programs = 4 * sms
-    bi, bj, kx = _blocks or _bwd_blocks(N * C, in_h, in_w, win_w, scale_w, min_programs)
-    tiles_i, tiles_j = triton.cdiv(in_h, bi), triton.cdiv(in_w, bj)
-    grid = (N * C * tiles_i * tiles_j,)
     with device_guard(grad_out):
-        _resample_skip_bwd_kernel[grid](
-            grad_out,
-            grad_x,
-            C,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            tiles_j,
-            tiles_i * tiles_j,
-            *grad_out.stride(),
-            win_h,
-            win_w,
-            *split3(scale_h),
-            *split3(bias_h),
-            *split3(scale_w),
-            *split3(bias_w),
-            CLAMP=bool(clamp),
-            ACC=_triton_acc_type(grad_out.dtype),
-            BI=bi,
-            BJ=bj,
-            KX=kx,
-            CHUNKED=win_w > kx,
-            num_warps=_NUM_WARPS,
-        )
+        _backward(grad_out, grad_x, scale_h, bias_h, scale_w, bias_w, clamp, _config)
     return grad_x
+
+
+def _backward(grad_out, grad_x, scale_h, bias_h, scale_w, bias_w, clamp, config):
+    N, C, out_h, out_w = grad_out.shape
+    in_h, in_w = grad_x.shape[2:]
+    acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+    tables = tap_tables(
+        scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w,
+        acc_dtype=acc, device=grad_out.device, adjoint=True,
+    )  # fmt: skip
+    gs = grad_out.stride()
+    class_major = gs[1] == 1 and C > 1 and gs[3] != 1
+    vec = vector_width(grad_out.dtype)
+    if config is None:
+        config = backward_config(
+            C, in_h, in_w, scale_w, tables.win_x, vec, class_major, grad_out.element_size(),
+            interpreted=interpreted(grad_out),
+        )  # fmt: skip
+    config.check(scale_w, tables.win_x, vec)
+    # Row starts of grad_out are vector-aligned when its strides allow (contiguous rows).
+    g_align = pow2_divisor(vec, gs[0], gs[1], gs[2]) if gs[3] == 1 else 1
+    tiles_i, tiles_j = triton.cdiv(in_h, config.bi), triton.cdiv(in_w, config.nj)
+    c_blocks = triton.cdiv(C, config.cb)
+    n_tiles = N * c_blocks * tiles_j * tiles_i
+    programs = persistent_programs(grad_out.device, n_tiles, _BWD_PROGRAMS_PER_SM)
+    scratch = torch.empty(programs * config.slot, dtype=acc, device=grad_out.device)
+    _bwd_kernel[(programs,)](
+        grad_out, grad_x, scratch, tables.itab, tables.wtab,
+        C, in_h, in_w, out_h, out_w, n_tiles, tiles_i, tiles_j, c_blocks, config.nj,
+        tables.win_y, tables.win_x, *gs, *grad_x.stride(),
+        CLAMP=bool(clamp), IDX=index_type(grad_out, grad_x), VEC=vec, G_ALIGN=g_align,
+        CB=config.cb, BI=config.bi, BJ=config.bj, BX=config.bx, num_warps=_NUM_WARPS,
+    )  # fmt: skip
