@@ -28,7 +28,7 @@ import tempfile
 import pytest
 import torch
 
-from fcn_fast.ops.resample_skip import _interpolate_geometry
+from fcn_fast.ops._geometry import interpolate_geometry
 from fcn_fast.reference import (
     interpolate_add_reference,
     pixel_cross_entropy_reference,
@@ -228,7 +228,7 @@ def resampler(kind, x_shape, spec):
 
         return sb, False, out, reference
     corners = spec["align_corners"]
-    out, scale, bias = _interpolate_geometry((h, w), spec["size"], None, corners, "emulation")
+    out, scale, bias, _ = interpolate_geometry((h, w), spec["size"], None, corners, "emulation")
     sb = (scale[0], bias[0], scale[1], bias[1])
 
     def reference(x, skip=None, skip_crop=(0, 0)):
