@@ -476,10 +476,6 @@ def _bwd_kernel(
                    IDX, BI, BJ)  # fmt: skip
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return accumulation_dtype(dtype)
-
-
 def _tap_mask(scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w) -> bool:
     return not (
         clamp
@@ -521,7 +517,7 @@ def _forward(
 ):  # fmt: skip
     N, C, in_h, in_w = x.shape
     out_h, out_w = target.shape[1:]
-    acc = _acc(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     device = x.device
     lse = torch.empty((N, out_h, out_w), dtype=acc, device=device)
     loss = torch.empty((N, out_h, out_w) if reduction == 0 else (), dtype=acc, device=device)
@@ -568,7 +564,7 @@ def resample_argmax_triton(
     if labels.numel() == 0:
         return labels, confidence
     with device_guard(x):
-        acc = _acc(x.dtype)
+        acc = accumulation_dtype(x.dtype)
         tables = tap_tables(
             scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w, acc, x.device
         )
@@ -615,7 +611,7 @@ def resample_cross_entropy_backward_triton(
     if out_h == 0 or out_w == 0:
         return grad_x.zero_()
     with device_guard(x):
-        acc = _acc(x.dtype)
+        acc = accumulation_dtype(x.dtype)
         tables = tap_tables(
             scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w, acc, x.device,
             adjoint=True,
