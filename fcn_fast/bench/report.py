@@ -15,7 +15,7 @@ import os
 from fcn_fast.bench.runner import Result
 
 SCHEMA = "fcn_fast.bench/1"
-_NUMERIC = ("ms", "GB/s", "% copy", "% fresh", "× ref", "peak MB")
+_NUMERIC = ("ms", "GB/s", "% copy", "% fresh", "× ref", "× unfused", "peak MB", "peak % ref")
 COLUMNS = (
     "op",
     "case",
@@ -28,9 +28,17 @@ COLUMNS = (
     "% copy",
     "% fresh",
     "× ref",
+    "× unfused",
     "peak MB",
+    "peak % ref",
     "numerics",
 )
+# Columns shown only where some row has them: % fresh (CPU runs), × unfused (fused heads).
+_OPTIONAL = {
+    "% fresh": "pct_of_fresh_copy",
+    "× unfused": "speedup_vs_unfused",
+    "peak % ref": "peak_mem_pct_of_reference",
+}
 
 
 def _num(value, fmt=None):
@@ -65,16 +73,21 @@ def row_cells(r: Result) -> list[str]:
         _num(r.pct_of_copy),
         _num(r.pct_of_fresh_copy),
         _num(r.speedup, ".2f"),
+        _num(r.speedup_vs_unfused, ".2f"),
         _num(mem),
+        _num(r.peak_mem_pct_of_reference),
         numerics,
     ]
 
 
 def _columns(results):
-    """Column indexes to show: "% fresh" only where it was measured (CPU runs)."""
-    fresh = COLUMNS.index("% fresh")
-    has_fresh = any(r.pct_of_fresh_copy is not None for r in results)
-    return [i for i in range(len(COLUMNS)) if i != fresh or has_fresh]
+    """Column indexes to show: the optional ones only where some row has a value."""
+    hidden = {
+        COLUMNS.index(column)
+        for column, field in _OPTIONAL.items()
+        if all(getattr(r, field) is None for r in results)
+    }
+    return [i for i in range(len(COLUMNS)) if i not in hidden]
 
 
 def text_table(results: list[Result], width_limit: int = 60) -> str:
