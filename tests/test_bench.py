@@ -463,3 +463,21 @@ def test_host_bound_rows_time_many_rounds():
     overhead = [c for c in cases.CASES if c.label == "overhead"]
     assert {c.op for c in overhead} == {"upsample_skip", "interpolate_add", "pixel_cross_entropy"}
     assert all(c.host_bound and "N1 C3 4" in c.shape for c in overhead)
+
+
+@needs_cpu_backend
+def test_plot_has_one_panel_per_op_and_fits_1600_px(quick_json, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, path, _ = quick_json
+    _, results = report.load_json(path)
+    panels = report._panels([r for r in results if r.status == "ok"])
+    titles = [title for title, _, _ in panels]
+    assert titles[:-1] == [op for op in cases.op_names() if any(r.op == op for r in results)]
+    assert titles[-1].startswith("host overhead")
+    metrics = {title: metric for title, metric, _ in panels}
+    assert metrics["upsample_skip"] == "pct_of_copy" and metrics["fcn8s"] == "speedup"
+    png = tmp_path / "plot.png"
+    report.plot_results(results, str(png), "title")
+    header = png.read_bytes()[:24]
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert width == report.PLOT_WIDTH_PX and height < 4 * width

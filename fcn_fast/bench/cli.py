@@ -50,7 +50,9 @@ def _run_parser(prog):
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (for machines)")
     p.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
-    p.add_argument("--plot", metavar="PATH", help="bar chart of speed-ups (needs matplotlib)")
+    p.add_argument(
+        "--plot", metavar="PATH", help="PNG: one panel per op, backends side by side (matplotlib)"
+    )
     p.add_argument("--list", action="store_true", help="list the runs of this sweep and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
@@ -63,7 +65,7 @@ def _outputs(args, meta, results, title=""):
         with open(args.markdown, "w") as f:
             f.write(report.markdown_report(meta, results))
     if getattr(args, "plot", None):
-        report.plot_speedups(results, args.plot, title)
+        report.plot_results(results, args.plot, title)
 
 
 def _on_sigterm(signum, frame):
