@@ -481,3 +481,40 @@ def test_plot_has_one_panel_per_op_and_fits_1600_px(quick_json, tmp_path):
     header = png.read_bytes()[:24]
     width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
     assert width == report.PLOT_WIDTH_PX and height < 4 * width
+
+
+@pytest.mark.parametrize("ops", ["bogus", "upsample"])
+def test_unknown_op_fails_with_the_valid_names(ops, capsys):
+    for args in (["--list", "--ops", ops], ["--quick", "--ops", f"upsample_skip,{ops}"]):
+        assert cli.main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert f"--ops: unknown {ops!r}" in captured.err
+        assert all(op in captured.err for op in cases.op_names())
+    assert cli.main(["--list", "--backends", "cuda,gpu"]) == 2
+    assert "unknown 'gpu'" in capsys.readouterr().err
+
+
+def test_show_errors_are_one_line(tmp_path, capsys):
+    """A missing or foreign file is one line on stderr and exit status 2, not a traceback."""
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([1, 2]))
+    for path, why in (
+        (tmp_path / "missing.json", "No such file"),
+        (os.path.join(ROOT, "README.md"), "not JSON"),
+        (other, "not a fcn_fast.bench results file"),
+    ):
+        assert cli.main(["show", str(path)], prog="fcn-fast bench") == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("fcn-fast bench show: ") and captured.err.count("\n") == 1
+        assert why in captured.err and str(path) in captured.err
+
+
+def test_help_names_the_other_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"], prog="fcn-fast bench")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fcn-fast bench show FILE.json" in out and "fcn-fast bench readme" in out
+    assert "\n  show FILE.json" in out and "\n  readme" in out

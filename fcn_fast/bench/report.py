@@ -164,15 +164,23 @@ def write_json(path: str, meta: dict, results: list[Result]) -> None:
 
 
 def load_json(path: str) -> tuple[dict, list[Result]]:
-    with open(path) as f:
-        data = json.load(f)
-    if data.get("schema") != SCHEMA:
-        raise ValueError(
-            f"{path}: not a fcn_fast.bench results file (schema {data.get('schema')!r})"
-        )
+    """(meta, results) of a results file. Raises OSError if it cannot be read, ValueError
+    (one line, naming the file) if it is not a results file of this schema."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw)
+    except ValueError as error:  # not JSON, or not text at all
+        raise ValueError(f"{path}: not a fcn_fast.bench results file (not JSON: {error})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise ValueError(f"{path}: not a fcn_fast.bench results file (schema {schema!r})")
     fields = {f.name for f in dataclasses.fields(Result)}
-    results = [Result(**{k: v for k, v in r.items() if k in fields}) for r in data["results"]]
-    return data["meta"], results
+    try:
+        results = [Result(**{k: v for k, v in r.items() if k in fields}) for r in data["results"]]
+        return data["meta"], results
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: a damaged fcn_fast.bench results file ({error!r})") from None
 
 
 def markdown_report(meta: dict, results: list[Result]) -> str:
@@ -349,7 +357,7 @@ def newest_results(results_dir: str) -> dict[str, tuple[str, dict, list[Result]]
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         try:
             meta, results = load_json(path)
-        except (ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
         device = meta.get("device", "cpu")
         if device not in newest or meta.get("date", "") > newest[device][1].get("date", ""):
