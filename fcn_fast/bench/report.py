@@ -376,8 +376,10 @@ def readme_section(results_dir: str) -> str:
         "reference timed in the same run; `% copy` is the achieved bandwidth for the fewest "
         "bytes the op must move, as a share of a measured copy of that many bytes on the same "
         "device; `% fresh` (CPU) the same against a copy into newly allocated memory, which "
-        "pays the page faults a new output pays. Peak MB: memory allocated during one call "
-        "beyond its inputs. Details: `benchmarks/README.md`.",
+        "pays the page faults a new output pays. `× unfused` (fused heads, training step) is "
+        "the speed-up over fcn_fast's unfused ops in sequence. Peak MB: memory allocated "
+        "during one call beyond its inputs; `peak % ref` that as a share of the reference's. "
+        "Details: `benchmarks/README.md`.",
         "",
     ]
     for device, title in (("cpu", "CPU"), ("cuda", "GPU")):
