@@ -3,34 +3,43 @@
 #
 #     benchmarks/gpu_suite.sh OUTDIR [report options, e.g. --ops upsample_skip]
 #
-# 1. builds the extension with its CUDA kernels (pip install --no-build-isolation -e .,
-#    falling back to setup.py build_ext --inplace),
+# 1. builds the extension with its CUDA kernels for this GPU's architecture only
+#    (pip install --no-build-isolation -e ., falling back to setup.py build_ext --inplace),
 # 2. runs the CUDA and Triton tests (pytest tests/ -k "cuda or triton"),
-# 3. runs the benchmark report on the GPU (python -m fcn_fast.bench --device cuda),
-# and writes into OUTDIR: environment.txt (date, nvidia-smi line, torch/triton/CUDA
-# versions, backends), build.log, tests.log, report.txt, results.json, results.md,
-# speedup.png (when matplotlib is installed).
+# 3. runs the autocast probe of issue 8 (benchmarks/probe_autocast.py, seconds),
+# 4. runs the benchmark report's default GPU sweep (python -m fcn_fast.bench --device cuda),
+# and leaves eight files in OUTDIR (the device tool brings back at most eight):
+#   environment.txt   date, nvidia-smi line, torch/triton/CUDA versions, backends
+#   steps.log         each step's start time, the report's progress and its table
+#   build.log  tests.log  probe_autocast.txt
+#   results.json  results.md  speedup.png (when matplotlib is installed)
+# With PACK=1 it packs them into OUTDIR.tar.gz instead and removes OUTDIR: one file.
 #
 # GPU time is scarce (15 minutes a session, start-up included): the whole script keeps
-# to TOTAL_LIMIT seconds (default 450) and each step to its own limit. A report cut
-# short still writes the rows it measured (results.json is written after every row).
-#   PYTHON=python3   TOTAL_LIMIT=450   BUILD_LIMIT=240   TEST_LIMIT=120
-#   BENCH_DEVICE=cuda (cpu only to try the script on a machine without a GPU)
+# to TOTAL_LIMIT seconds (default 290, under 5 minutes) and each step to its own limit.
+# A report cut short still writes the rows it measured (results.json is written after
+# every row). The default GPU sweep is 166 runs, 7 of them torch.compile: about 80 s at the
+# 0.4 s a row of the first H200 run (python -m fcn_fast.bench --device cuda --list counts
+# them, on any machine). Build (one architecture, MAX_JOBS=nproc) is the other big step.
+#   PYTHON=python3  TOTAL_LIMIT=290  BUILD_LIMIT=150  TEST_LIMIT=60  PROBE_LIMIT=30
+#   TORCH_CUDA_ARCH_LIST (default: the visible GPU's)   PACK=0
+#   BENCH_DEVICE=cuda (cpu only to try the script on a machine without a GPU; with FCN_FAST_CUDA=0)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/gpu_suite.sh OUTDIR [report options]}
 shift
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 py=${PYTHON:-python3}
-deadline=$((SECONDS + ${TOTAL_LIMIT:-450}))
+deadline=$((SECONDS + ${TOTAL_LIMIT:-290}))
 status=0
 
-left() { # seconds for the next step: its own limit, or what is left of the total
+left() { # seconds for a step: its own limit ($1), or what is left of the total minus a reserve
+  # ($2) for the steps after it: the report, which needs about 80 s, is what the GPU run is for
   local rest=$((deadline - SECONDS - ${2:-0}))
   ((rest < 1)) && rest=1
   ((rest < $1)) && echo "$rest" || echo "$1"
 }
-step() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$out/steps.log"; }
+step() { echo "== $(date -u +%H:%M:%S) (${SECONDS}s) $*" | tee -a "$out/steps.log"; }
 
 step "environment"
 {
@@ -59,21 +68,39 @@ cat "$out/environment.txt"
 step "build"
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export FCN_FAST_CUDA=${FCN_FAST_CUDA:-1}  # a GPU run without CUDA kernels is no GPU run
-if ! timeout "$(left "${BUILD_LIMIT:-240}" 150)" "$py" -m pip install --no-build-isolation \
+# nvcc for this GPU only: every extra architecture is another full compile of each .cu file.
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2> /dev/null)
+  [ -n "$arch" ] && export TORCH_CUDA_ARCH_LIST=$arch
+fi
+echo "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} MAX_JOBS=$MAX_JOBS" | tee -a "$out/environment.txt"
+build_end=$((SECONDS + $(left "${BUILD_LIMIT:-150}" 90)))  # both tries share one limit
+if ! timeout $((build_end - SECONDS)) "$py" -m pip install --no-build-isolation \
   --no-deps --no-index -e . > "$out/build.log" 2>&1 || ! "$py" -c "import fcn_fast._C" 2>> "$out/build.log"; then
   echo "pip install -e . did not give an importable fcn_fast._C; building in place" | tee -a "$out/build.log"
-  timeout "$(left "${BUILD_LIMIT:-240}" 150)" "$py" setup.py build_ext --inplace >> "$out/build.log" 2>&1 || status=1
+  timeout $((build_end - SECONDS > 1 ? build_end - SECONDS : 1)) "$py" setup.py build_ext --inplace \
+    >> "$out/build.log" 2>&1 || status=1
 fi
 tail -3 "$out/build.log"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$py" -m fcn_fast backends 2>&1 | tee -a "$out/environment.txt"
 
 step "CUDA and Triton tests"
-timeout -k 10 "$(left "${TEST_LIMIT:-120}" 120)" "$py" -m pytest tests/ -k "cuda or triton" -q -rs \
-  -p no:cacheprovider > "$out/tests.log" 2>&1
+parallel=()
+"$py" -c "import xdist" 2> /dev/null && parallel=(-n 8)  # Triton compiles in every worker at once
+# SIGINT at the limit: pytest stops and still prints its summary of the tests that ran.
+timeout -s INT -k 10 "$(left "${TEST_LIMIT:-60}" 110)" "$py" -m pytest tests/ -k "cuda or triton" \
+  -q -rs -p no:cacheprovider "${parallel[@]}" > "$out/tests.log" 2>&1
 rc=$?
 ((rc != 0 && rc != 5)) && status=1  # 5: no test matched
 tail -5 "$out/tests.log"
+
+step "autocast probe (issue 8)"
+timeout -k 5 "$(left "${PROBE_LIMIT:-30}" 60)" "$py" benchmarks/probe_autocast.py \
+  --device "${BENCH_DEVICE:-cuda}" > "$out/probe_autocast.txt" 2>&1
+rc=$?
+((rc != 0)) && echo "probe exited with $rc" | tee -a "$out/steps.log"
+head -40 "$out/probe_autocast.txt"
 
 step "benchmark report"
 plot=()
@@ -82,16 +109,20 @@ if "$py" -c "import matplotlib" 2> /dev/null; then
 else
   echo "matplotlib is not installed: no speedup.png" | tee -a "$out/steps.log"
 fi
-timeout -k 15 "$(left 600 25)" "$py" -m fcn_fast.bench --device "${BENCH_DEVICE:-cuda}" --json "$out/results.json" \
-  --markdown "$out/results.md" "${plot[@]}" "$@" > "$out/report.txt" 2> "$out/progress.log"
+timeout -k 15 "$(left 600 20)" "$py" -m fcn_fast.bench --device "${BENCH_DEVICE:-cuda}" --json "$out/results.json" \
+  --markdown "$out/results.md" "${plot[@]}" "$@" >> "$out/steps.log" 2>&1
 rc=$?
 if ((rc == 124 || rc == 130 || rc == 137)) && [ -f "$out/results.json" ]; then
   # Cut short by the time limit: render the rows that were measured.
   echo "report cut short at the time limit; rendering the rows measured" | tee -a "$out/steps.log"
   "$py" -m fcn_fast.bench show "$out/results.json" --markdown "$out/results.md" "${plot[@]}" \
-    > "$out/report.txt" 2>> "$out/progress.log"
+    >> "$out/steps.log" 2>&1
 fi
 ((rc != 0)) && status=1
-cat "$out/report.txt"
+[ -f "$out/results.md" ] && cat "$out/results.md"
 step "done (status $status, ${SECONDS}s); results in $out"
+if [ "${PACK:-0}" = 1 ]; then
+  tar -czf "$out.tar.gz" -C "$(dirname "$out")" "$(basename "$out")" && rm -rf "$out"
+  echo "packed into $out.tar.gz"
+fi
 exit $status

@@ -14,7 +14,7 @@ import torch
 
 import fcn_fast
 from fcn_fast import __main__ as fcn_main
-from fcn_fast.bench import cases, cli, report
+from fcn_fast.bench import cases, cli, report, timing
 from fcn_fast.bench.runner import Bench, compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,17 +151,24 @@ def test_registry_and_selection():
         assert (backend == "reference") == (group not in seen)
         seen.add(group)
     for case, backend, dtype, mode in runs:
-        assert backend in ("reference", "cpu") and dtype == torch.float32
+        assert dtype == torch.float32
+        assert backend in ("reference", "unfused", "cpu")
+        assert backend != "unfused" or "unfused" in case.extra_baselines
         if isinstance(case, cases.OpCase):
             assert case.min_bytes(dtype, mode) > 0
     head = next(c for c in cases.CASES if c.key == "upsample_skip/fcn8s-final")
     assert head.min_bytes(torch.float32, "fwdbwd") > head.min_bytes(torch.float32, "fwd")
     gpu = cases.select("default", "cuda")
-    assert {b for _, b, _, _ in gpu} == {"reference", "compile", "cuda", "triton"}
+    assert {b for _, b, _, _ in gpu} == {"reference", "compile", "unfused", "cuda", "triton"}
     assert {d for _, _, d, _ in gpu} == {torch.float32, torch.bfloat16}
+    # torch.compile (10-30 s a row) only where a target compares with it.
     compiled = {(c.key, d) for c, b, d, _ in gpu if b == "compile"}
-    assert ("upsample_skip/large", torch.float32) in compiled
-    assert all(d == torch.float32 for _, d in compiled)
+    assert compiled == {
+        ("upsample_skip/large", torch.float32),
+        ("interpolate_add/large", torch.float32),
+        ("pixel_cross_entropy/large", torch.float32),
+        ("interpolate_cross_entropy/ade20k-512", torch.bfloat16),
+    }
     full = cases.select("full", "cuda")
     assert {d for _, _, d, _ in full} == {torch.float32, torch.bfloat16, torch.float16}
     large = [c for c, *_ in gpu if c.label == "large" and c.op == "upsample_skip"]
@@ -317,3 +324,197 @@ def test_low_precision_rows_report_speedup_over_fp32_reference():
     fp32_reference_ms = bench.reference_ms(case, torch.float32, "fwd")
     assert bf16.speedup_vs_fp32_reference == pytest.approx(fp32_reference_ms / bf16.ms)
     assert "speedup_vs_fp32_reference" in bf16.extra_info()
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused heads' cases (issue 9), the overhead rows (issue 8), the plot, the command line.
+
+FUSED_OPS = ("upsample_cross_entropy", "interpolate_cross_entropy", "upsample_argmax")
+
+
+def _rows(size, device, **kw):
+    return {
+        (c.op, c.label, m, cases.DTYPE_NAMES[d], b)
+        for c, b, d, m in cases.select(size, device, **kw)
+    }
+
+
+def test_issue_targets_have_their_rows():
+    """Every row issue 9's targets and issue 8's overhead targets are read from is in the sweep."""
+    cpu = _rows("default", "cpu")
+    for backend in ("reference", "unfused", "cpu"):
+        assert ("upsample_cross_entropy", "fcn8s-final", "fwdbwd", "fp32", backend) in cpu
+        assert ("fcn8s", "reduced-224", "train", "fp32", backend) in cpu
+    for op in ("upsample_skip", "interpolate_add", "pixel_cross_entropy"):
+        for mode in ("fwd", "fwdbwd"):
+            assert {(op, "overhead", mode, "fp32", b) for b in ("reference", "cpu")} <= cpu
+    gpu = _rows("default", "cuda")
+    for backend in ("reference", "unfused", "cuda", "triton"):
+        for dtype in ("fp32", "bf16"):
+            assert ("upsample_cross_entropy", "large", "fwdbwd", dtype, backend) in gpu
+        assert ("upsample_argmax", "large", "fwd", "fp32", backend) in gpu
+        assert ("fcn8s", "vgg16-512", "train", "bf16", backend) in gpu
+    for backend in ("reference", "compile", "unfused", "cuda", "triton"):
+        assert ("interpolate_cross_entropy", "ade20k-512", "fwdbwd", "bf16", backend) in gpu
+    assert ("pixel_cross_entropy", "overhead", "fwd", "fp32", "triton") in gpu
+    # The shapes the targets name.
+    shapes = {c.key: c.shape for c, *_ in cases.select("default", "cuda")}
+    assert shapes["upsample_cross_entropy/large"].startswith("N16 C21 132² x8 crop31 → 1024²")
+    assert shapes["interpolate_cross_entropy/ade20k-512"].startswith("N16 C150 64² → 512²")
+    assert "C150, N8 3x512x512" in shapes["fcn8s/vgg16-512"]
+    assert "N4 C21 70² x8 crop31 → 500²" in next(
+        c.shape for c, *_ in cases.select("default", "cpu", ops=["upsample_cross_entropy"])
+    )
+    # --quick (CI) covers every op of the registry, the new ones included.
+    assert {c.op for c, *_ in cases.select("quick", "cpu")} == set(cases.op_names())
+    assert set(FUSED_OPS) | {"interpolate_argmax"} <= set(cases.op_names())
+
+
+def test_fused_head_bytes():
+    """Loss: the low-resolution input and targets read once, the loss written; backward reads
+    them again and the kept log-sum-exp, and writes the input's gradient. Argmax: input read,
+    labels written. Never the full-resolution logits."""
+    loss = next(c for c in cases.CASES if c.key == "upsample_cross_entropy/large")
+    low, pixels = 16 * 21 * 132 * 132, 16 * 1024 * 1024
+    fwd = 4 * low + 8 * pixels + 4
+    assert (
+        loss.min_bytes(torch.float32, "fwdbwd") == fwd + 4 * low + 8 * pixels + 4 * pixels + 4 * low
+    )
+    assert loss.min_bytes(torch.bfloat16, "fwdbwd") == (
+        2 * low + 8 * pixels + 4 + 2 * low + 8 * pixels + 4 * pixels + 2 * low
+    )
+    argmax = next(c for c in cases.CASES if c.key == "upsample_argmax/large")
+    assert argmax.min_bytes(torch.float32, "fwd") == 4 * low + 8 * pixels
+
+
+def test_compare_labels_allows_rare_near_ties_only():
+    want = (torch.zeros(1000, dtype=torch.int64),)
+    assert cases.compare_labels((want[0].clone(),), want, 1e-3)[0]
+    one = want[0].clone()
+    one[7] = 3
+    ok, share, _ = cases.compare_labels((one,), want, 1e-3)
+    assert ok and share == pytest.approx(1e-3)
+    ok, _, detail = cases.compare_labels((one,), want, 1e-4)
+    assert not ok and "1 labels differ" in detail
+    assert not cases.compare_labels((want[0].to(torch.uint8),), want, 1.0)[0]
+    assert not cases.compare_labels((want[0][:10],), want, 1.0)[0]
+
+
+@needs_cpu_backend
+def test_fused_head_rows_report_speedup_over_unfused_and_memory():
+    bench = Bench("cpu", "quick")
+    for op in FUSED_OPS:
+        rows = [bench.run(*run) for run in cases.select("quick", "cpu", ops=[op])]
+        assert [r.backend for r in rows] == ["reference", "unfused", "cpu"], op
+        for r in rows:
+            assert r.status == "ok", r
+            assert r.peak_mem_pct_of_reference is not None
+        for r in rows[1:]:
+            assert r.speedup_vs_unfused == pytest.approx(r.unfused_ms / r.ms)
+        assert rows[0].peak_mem_pct_of_reference == pytest.approx(100.0)
+        assert rows[0].speedup_vs_unfused is None and rows[1].speedup_vs_unfused == 1.0
+        assert rows[1].numerics.startswith("OK")  # checked like a kernel, never failed as one
+    # No such column for ops without an unfused baseline.
+    plain = bench.run(*cases.select("quick", "cpu", ops=["pixel_cross_entropy"])[1])
+    assert plain.unfused_ms is None and plain.speedup_vs_unfused is None
+
+
+@needs_cpu_backend
+def test_a_wrong_baseline_is_reported_not_failed(monkeypatch):
+    """The unfused ops are a baseline: off the oracle they are timed and say so."""
+    real = fcn_fast.pixel_cross_entropy
+    monkeypatch.setattr(fcn_fast, "pixel_cross_entropy", lambda *a, **kw: real(*a, **kw) * 1.01)
+    run = next(
+        r for r in cases.select("quick", "cpu", ops=["upsample_cross_entropy"]) if r[1] == "unfused"
+    )
+    r = Bench("cpu", "quick").run(*run)
+    assert r.status == "ok" and r.numerics.startswith("baseline") and r.ms > 0
+
+
+@needs_cpu_backend
+def test_a_wrong_fused_kernel_fails_its_row(monkeypatch):
+    real = fcn_fast.upsample_argmax
+
+    def wrong(coarse, **kw):
+        return (real(coarse, **kw) + 1) % coarse.shape[1]
+
+    monkeypatch.setattr(fcn_fast, "upsample_argmax", wrong)
+    rows = [
+        Bench("cpu", "quick").run(*run)
+        for run in cases.select("quick", "cpu", ops=["upsample_argmax"])
+    ]
+    assert [(r.backend, r.status) for r in rows] == [
+        ("reference", "ok"),
+        ("unfused", "ok"),
+        ("cpu", "failed"),
+    ]
+    assert "labels differ" in rows[2].reason
+
+
+def test_host_bound_rows_time_many_rounds():
+    """A call of a few microseconds is timed over thousands of rounds within the same budget;
+    an ordinary step keeps the plan's round cap."""
+    for device in ("cpu", "cuda"):
+        plan = timing.PLANS[(device, "default")]
+        tiny = plan.host_bound(device)
+        assert tiny.budget_s == plan.budget_s
+        assert tiny.rounds(10e-6) >= 1000 > plan.rounds(10e-6)
+        assert tiny.rounds(1.0) == plan.rounds(1.0)
+    overhead = [c for c in cases.CASES if c.label == "overhead"]
+    assert {c.op for c in overhead} == {"upsample_skip", "interpolate_add", "pixel_cross_entropy"}
+    assert all(c.host_bound and "N1 C3 4" in c.shape for c in overhead)
+
+
+@needs_cpu_backend
+def test_plot_has_one_panel_per_op_and_fits_1600_px(quick_json, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, path, _ = quick_json
+    _, results = report.load_json(path)
+    panels = report._panels([r for r in results if r.status == "ok"])
+    titles = [title for title, _, _ in panels]
+    assert titles[:-1] == [op for op in cases.op_names() if any(r.op == op for r in results)]
+    assert titles[-1].startswith("host overhead")
+    metrics = {title: metric for title, metric, _ in panels}
+    assert metrics["upsample_skip"] == "pct_of_copy" and metrics["fcn8s"] == "speedup"
+    png = tmp_path / "plot.png"
+    report.plot_results(results, str(png), "title")
+    header = png.read_bytes()[:24]
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert width == report.PLOT_WIDTH_PX and height < 4 * width
+
+
+@pytest.mark.parametrize("ops", ["bogus", "upsample"])
+def test_unknown_op_fails_with_the_valid_names(ops, capsys):
+    for args in (["--list", "--ops", ops], ["--quick", "--ops", f"upsample_skip,{ops}"]):
+        assert cli.main(args) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert f"--ops: unknown {ops!r}" in captured.err
+        assert all(op in captured.err for op in cases.op_names())
+    assert cli.main(["--list", "--backends", "cuda,gpu"]) == 2
+    assert "unknown 'gpu'" in capsys.readouterr().err
+
+
+def test_show_errors_are_one_line(tmp_path, capsys):
+    """A missing or foreign file is one line on stderr and exit status 2, not a traceback."""
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([1, 2]))
+    for path, why in (
+        (tmp_path / "missing.json", "No such file"),
+        (os.path.join(ROOT, "README.md"), "not JSON"),
+        (other, "not a fcn_fast.bench results file"),
+    ):
+        assert cli.main(["show", str(path)], prog="fcn-fast bench") == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("fcn-fast bench show: ") and captured.err.count("\n") == 1
+        assert why in captured.err and str(path) in captured.err
+
+
+def test_help_names_the_other_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"], prog="fcn-fast bench")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fcn-fast bench show FILE.json" in out and "fcn-fast bench readme" in out
+    assert "\n  show FILE.json" in out and "\n  readme" in out

@@ -3,12 +3,11 @@
 A case is one op (or model step) at one shape. It knows how to build its inputs
 for a device and dtype, how to run one timed step on a backend (forward, or
 forward+backward / training step), and the fewest bytes that step must move
-(DESIGN.md 6: each input read once, each output written once). The runner
-(fcn_fast.bench.runner) does the rest: numerics against the reference first,
-then timing, copy bandwidth, speed-up and peak memory.
+(docs/design.md, "Performance method": each input read once, each output written
+once). The runner (fcn_fast.bench.runner) does the rest: numerics against the
+reference first, then timing, copy bandwidth, speed-up and peak memory.
 
-Adding a case is a `register(OpCase(...))` call below. Cases for ops that are not
-in this build yet (pixel_cross_entropy, FCN8s) register only when fcn_fast has them.
+Adding a case is a `register(OpCase(...))` call below.
 """
 
 from __future__ import annotations
@@ -16,25 +15,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 import fcn_fast
+from fcn_fast.reference import (
+    argmax_reference,
+    interpolate_add_reference,
+    upsample_skip_reference,
+)
 
 SIZES = ("quick", "default", "full")
 MODES = ("fwd", "fwdbwd", "train")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-DTYPES_BY_NAME = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 # Backends the suite times on each device: "compile" is torch.compile of the reference.
 # Triton on a CPU only runs interpreted (a test tool, not a performance backend).
 DEVICE_BACKENDS = {
     "cpu": ("reference", "cpu"),
     "cuda": ("reference", "compile", "cuda", "triton"),
 }
+# What our kernels are compared with; their own numerics never fail a case:
+#   reference  the plain-PyTorch code users write today (eager)
+#   compile    torch.compile of that code
+#   unfused    the fused heads' cases only: fcn_fast's unfused ops in sequence, backend "auto"
+#              (upsample_skip / interpolate_add, then pixel_cross_entropy or argmax)
+BASELINES = ("reference", "compile", "unfused")
 
 
 class Unsupported(Exception):
@@ -49,13 +58,19 @@ class Case:
     sizes: frozenset[str]  # the --bench-size values that include this case
     devices: tuple[str, ...] = ("cpu", "cuda")
     # GPU time is scarce (a few minutes per session), so the default GPU sweep is shaped:
-    # headline cases add bf16 (fp16 in the full size only), and torch.compile of the
-    # reference is timed for compare_compile cases at fp32 only (each compile takes
-    # 10-30 s); the full size runs every dtype and backend everywhere.
+    # headline cases add bf16 (fp16 in the full size only), or `gpu_dtypes` names the
+    # dtypes outright; torch.compile of the reference is timed only at `compile_dtypes`
+    # (each compile takes 10-30 s); the full size runs every dtype and backend everywhere.
     headline: bool = False
-    compare_compile: bool = False
+    gpu_dtypes: tuple[torch.dtype, ...] | None = None
+    compile_dtypes: tuple[torch.dtype, ...] = ()
     modes: tuple[str, ...] = ("fwd", "fwdbwd")
     backends: tuple[str, ...] | None = None  # None: every backend of the device
+    # "unfused" for the fused heads (see BASELINES); timed on every device after the reference.
+    extra_baselines: tuple[str, ...] = ()
+    # Tiny shapes whose time is the host's (Python, dispatch, launch): timed over many more
+    # rounds, so that the median of many short calls is stable.
+    host_bound: bool = False
     # Numerics tolerance per dtype on max|got - ref| / max|ref| (per output tensor).
     tolerance: tuple[tuple[str, float], ...] = (("fp32", 1e-5), ("bf16", 1e-2), ("fp16", 4e-3))
     # True: the oracle is the reference in fp32 on the same (upcast) inputs; False: the
@@ -75,14 +90,25 @@ class Case:
             return (torch.float32,)
         if size == "full":
             return (torch.float32, torch.bfloat16, torch.float16)
+        if self.gpu_dtypes is not None:
+            return self.gpu_dtypes
         return (torch.float32, torch.bfloat16) if self.headline else (torch.float32,)
 
-    def backend_names(self, device: str, size: str, dtype: torch.dtype) -> tuple[str, ...]:
-        names = self.backends or DEVICE_BACKENDS[device]
-        with_compile = size == "full" or (self.compare_compile and dtype == torch.float32)
-        return tuple(
-            n for n in names if n in DEVICE_BACKENDS[device] and (n != "compile" or with_compile)
-        )
+    def backend_names(
+        self, device: str, size: str, dtype: torch.dtype, mode: str
+    ) -> tuple[str, ...]:
+        """The backends of one (dtype, mode) group, the reference first (its time is the base)."""
+        names = [
+            n for n in self.backends or DEVICE_BACKENDS[device] if n in DEVICE_BACKENDS[device]
+        ]
+        if not (size == "full" or dtype in self.compile_dtypes):
+            names = [n for n in names if n != "compile"]
+        baselines = [n for n in names if n in BASELINES] + list(self.extra_baselines)
+        return (*baselines, *(n for n in names if n not in BASELINES))
+
+    def check(self, got, want, dtype: torch.dtype) -> tuple[bool, float, str]:
+        """(ok, worst error, detail) of a backend's results against the oracle's."""
+        return compare(got, want, self.tol(dtype))
 
     # Subclasses implement these three.
     def inputs(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -100,6 +126,41 @@ class Case:
     def forward_for_backward(self, inputs, backend, dtype):
         """A callable running the forward with autograd on (its result holds the graph), or None."""
         return None
+
+
+def compare(got, want, tol: float) -> tuple[bool, float, str]:
+    """(ok, worst error, detail): per tensor max|got - want| / max|want|; NaN fails."""
+    if len(got) != len(want):
+        return False, float("inf"), f"{len(got)} results, the reference has {len(want)}"
+    worst = 0.0
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if g is None or tuple(g.shape) != tuple(w.shape):
+            shape = None if g is None else tuple(g.shape)
+            return False, float("inf"), f"result {i}: shape {shape}, reference {tuple(w.shape)}"
+        g, w = g.detach().double(), w.detach().double()
+        scale = w.abs().max().item() if w.numel() else 0.0
+        diff = (g - w).abs().max().item() if w.numel() else 0.0
+        err = diff / scale if scale > 0 else diff
+        if not err <= tol:  # NaN fails too
+            return False, err, f"result {i}: max rel err {err:.3g} > tol {tol:g}"
+        worst = max(worst, err)
+    return True, worst, ""
+
+
+def compare_labels(got, want, tol: float) -> tuple[bool, float, str]:
+    """(ok, share of labels that differ, detail). Labels are not close or far: a pixel whose two
+    best classes are within rounding of each other may go either way, so a share up to `tol`
+    of the pixels may differ; a wrong kernel changes far more."""
+    if len(got) != len(want) or any(tuple(g.shape) != tuple(w.shape) for g, w in zip(got, want)):
+        shapes = [tuple(g.shape) for g in got], [tuple(w.shape) for w in want]
+        return False, float("inf"), f"label shapes {shapes[0]}, reference {shapes[1]}"
+    if any(g.dtype != w.dtype for g, w in zip(got, want, strict=True)):
+        return False, float("inf"), f"label dtype {got[0].dtype}, reference {want[0].dtype}"
+    differ = sum(int((g != w).sum()) for g, w in zip(got, want, strict=True))
+    share = differ / max(sum(w.numel() for w in want), 1)
+    if not share <= tol:
+        return False, share, f"{differ} labels differ ({share:.3g} of pixels > tol {tol:g})"
+    return True, share, ""
 
 
 _COMPILED: dict[Any, Callable] = {}
@@ -134,14 +195,26 @@ class OpCase(Case):
     """A functional op: inputs -> one output tensor, gradients for `grads`."""
 
     make: Callable[[torch.device, torch.dtype, torch.Generator], dict[str, torch.Tensor]]
-    call: Callable[..., torch.Tensor]  # call(**inputs, backend=...) -> output
+    # call(**inputs, backend=...) -> output. backend="reference" runs the plain-PyTorch code
+    # itself (not fcn_fast's front door), "unfused" the unfused fcn_fast ops, any other name
+    # the fcn_fast op on that backend.
+    call: Callable[..., torch.Tensor]
     grads: tuple[str, ...]
     bytes_fn: Callable[[int], tuple[int, int]]  # element size -> (forward, backward) bytes
+    # Low-precision rows run under torch.autocast, as a mixed-precision net runs its head:
+    # the inputs are in the low precision already (the layer before wrote them so).
+    autocast: bool = False
+    labels: bool = False  # the output is class labels: numerics is the share that differs
 
     def inputs(self, device, dtype):
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed)
         return self.make(device, dtype, gen)
+
+    def check(self, got, want, dtype):
+        if self.labels:
+            return compare_labels(got, want, self.tol(dtype))
+        return compare(got, want, self.tol(dtype))
 
     def _fn(self, backend):
         if backend == "compile":
@@ -149,16 +222,32 @@ class OpCase(Case):
             return _compiled((self.key, "op"), functools.partial(self.call, backend="reference"))
         return functools.partial(self.call, backend=backend)
 
+    def _precision(self, inputs, dtype):
+        """torch.autocast for an autocast case's low-precision inputs; not for the fp32 oracle."""
+        floats = [t for t in inputs.values() if t.is_floating_point()]
+        if self.autocast and dtype in LOW_PRECISION and floats and floats[0].dtype == dtype:
+            return torch.autocast(floats[0].device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
     def step(self, inputs, backend, mode, dtype):
         fn = self._fn(backend)
+        precision = self._precision(inputs, dtype)
         if mode == "fwd":
-            return lambda: (fn(**inputs),)
+            if isinstance(precision, contextlib.nullcontext):
+                return lambda: (fn(**inputs),)  # nothing around the call: tiny rows time it
+
+            def forward():
+                with precision:
+                    return (fn(**inputs),)
+
+            return forward
         leaves = {k: v.detach().requires_grad_(k in self.grads) for k, v in inputs.items()}
         wrt = [leaves[k] for k in self.grads]
         grad_out = []  # made on the first call, from a fixed seed, rounded to the case dtype
 
         def run():
-            out = fn(**leaves)
+            with precision:
+                out = fn(**leaves)
             if not grad_out:
                 grad_out.append(_grad_like(out, dtype, self.seed + 1))
             grads = torch.autograd.grad(out, wrt, grad_out[0])
@@ -169,7 +258,13 @@ class OpCase(Case):
     def forward_for_backward(self, inputs, backend, dtype):
         fn = self._fn(backend)
         leaves = {k: v.detach().requires_grad_(k in self.grads) for k, v in inputs.items()}
-        return lambda: fn(**leaves)
+        precision = self._precision(inputs, dtype)
+
+        def forward():
+            with precision:
+                return fn(**leaves)
+
+        return forward
 
     def min_bytes(self, dtype, mode):
         fwd, bwd = self.bytes_fn(torch.empty((), dtype=dtype).element_size())
@@ -189,6 +284,13 @@ def _randn(shape, device, dtype, gen):
     return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
 
 
+def _targets(n, c, h, w, device, gen, ignored, ignore_index):
+    """Class indices (n, h, w) with a share `ignored` of them set to ignore_index."""
+    target = torch.randint(0, c, (n, h, w), generator=gen, device=device)
+    drop = torch.rand((n, h, w), generator=gen, device=device) < ignored
+    return target.masked_fill_(drop, ignore_index)
+
+
 CASES: list[Case] = []
 
 
@@ -197,6 +299,11 @@ def register(case: Case) -> Case:
         raise ValueError(f"benchmark case {case.key} is registered twice for one device")
     CASES.append(case)
     return case
+
+
+def op_names(cases: list[Case] | None = None) -> list[str]:
+    """Every op name of the registry, in registration order (what --ops accepts)."""
+    return list(dict.fromkeys(c.op for c in (CASES if cases is None else cases)))
 
 
 def select(
@@ -223,19 +330,21 @@ def select(
             for mode in case.modes:
                 if modes and mode not in modes:
                     continue
-                for backend in case.backend_names(device, size, dtype):
+                for backend in case.backend_names(device, size, dtype, mode):
                     if backends and backend not in backends:
                         continue
                     runs.append((case, backend, dtype, mode))
     return runs
 
 
-# --------------------------------------------------------------------------------------------
-# upsample_skip: the FCN decoder steps (issue 2's head table at 500x500)
-
 DEFAULT = frozenset({"default", "full"})
 FULL = frozenset({"full"})
 QUICK = frozenset({"quick"})
+EVERY_SIZE = frozenset(SIZES)
+
+
+# --------------------------------------------------------------------------------------------
+# upsample_skip: the FCN decoder steps (issue 2's head table at 500x500)
 
 
 def upsample_skip_case(
@@ -253,6 +362,10 @@ def upsample_skip_case(
         return inputs
 
     def call(coarse, skip=None, *, backend):
+        if backend == "reference":
+            return upsample_skip_reference(
+                coarse, skip, factor, 2 * factor, (crop, crop), (skip_crop, skip_crop), (out, out)
+            )
         return fcn_fast.upsample_skip(
             coarse,
             skip,
@@ -303,9 +416,13 @@ for _case in (
         sizes=DEFAULT,
         devices=("cuda",),
         headline=True,
-        compare_compile=True,
+        compile_dtypes=(torch.float32,),
     ),
     upsample_skip_case("large", 4, 21, 132, 8, crop=31, out=1024, sizes=FULL, devices=("cpu",)),
+    # Host overhead (issue 8): a shape so small that only the call itself costs.
+    upsample_skip_case(
+        "overhead", 1, 3, 4, 2, crop=1, out=8, skip=8, sizes=EVERY_SIZE, host_bound=True
+    ),
     # Smoke shapes: odd sizes, with and without skip.
     upsample_skip_case("quick-final", 1, 21, 13, 8, crop=31, out=73, sizes=QUICK),
     upsample_skip_case("quick-skip", 2, 5, 7, 2, skip=23, skip_crop=5, sizes=QUICK),
@@ -326,8 +443,11 @@ def interpolate_add_case(
             inputs["skip"] = _randn((n, c, out_h, out_w), device, dtype, gen)
         return inputs
 
+    size = None if scale_factor else (out_h, out_w)
+
     def call(x, skip=None, *, backend):
-        size = None if scale_factor else (out_h, out_w)
+        if backend == "reference":
+            return interpolate_add_reference(x, skip, size, scale_factor, align_corners)
         return fcn_fast.interpolate_add(
             x,
             skip,
@@ -375,34 +495,40 @@ for _case in (
         sizes=DEFAULT,
         devices=("cuda",),
         headline=True,
-        compare_compile=True,
+        compile_dtypes=(torch.float32,),
     ),
     interpolate_add_case("large", 4, 21, 128, 128, 1024, 1024, sizes=FULL, devices=("cpu",)),
+    interpolate_add_case("overhead", 1, 3, 4, 4, 8, 8, sizes=EVERY_SIZE, host_bound=True),
     interpolate_add_case("quick-skip", 2, 7, 15, 17, 31, 33, align_corners=True, sizes=QUICK),
 ):
     register(_case)
 
 
 # --------------------------------------------------------------------------------------------
-# pixel_cross_entropy (issue 3): active once fcn_fast has the op.
+# pixel_cross_entropy: the loss on full-resolution logits (VOC, ADE20K, Cityscapes shapes)
+
+IGNORE_INDEX = 255  # VOC's and Cityscapes' "void" label
 
 
-def pixel_cross_entropy_case(label, n, c, h, w, *, ignored=0.05, ignore_index=255, **kw) -> OpCase:
+def pixel_cross_entropy_case(label, n, c, h, w, *, ignored=0.05, **kw) -> OpCase:
     pixels = n * h * w
 
     def make(device, dtype, gen):
         logits = _randn((n, c, h, w), device, torch.float32, gen).mul_(3.0).to(dtype)
-        target = torch.randint(0, c, (n, h, w), generator=gen, device=device)
-        drop = torch.rand((n, h, w), generator=gen, device=device) < ignored
-        return {"logits": logits, "target": target.masked_fill_(drop, ignore_index)}
+        return {
+            "logits": logits,
+            "target": _targets(n, c, h, w, device, gen, ignored, IGNORE_INDEX),
+        }
 
     def call(logits, target, *, backend):
+        if backend == "reference":
+            return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         return fcn_fast.pixel_cross_entropy(
-            logits, target, ignore_index=ignore_index, backend=backend
+            logits, target, ignore_index=IGNORE_INDEX, backend=backend
         )
 
     def nbytes(es):
-        # Issue 3: forward reads logits and targets; backward reads them again, writes the grad.
+        # Forward reads logits and targets; backward reads them again and writes the gradient.
         fwd = es * pixels * c + 8 * pixels
         bwd = 2 * es * pixels * c + 8 * pixels
         return fwd, bwd
@@ -437,18 +563,237 @@ for _case in (
         sizes=DEFAULT,
         devices=("cuda",),
         headline=True,
-        compare_compile=True,
+        compile_dtypes=(torch.float32,),
     ),
+    pixel_cross_entropy_case("overhead", 1, 3, 4, 4, sizes=EVERY_SIZE, host_bound=True),
     pixel_cross_entropy_case("quick", 2, 5, 33, 47, sizes=QUICK),
 ):
     register(_case)
 
 
 # --------------------------------------------------------------------------------------------
-# FCN-8s (issue 4): inference forward and the training step (forward, loss, backward, SGD
-# step) with fused heads + pixel_cross_entropy vs reference heads + the reference loss.
-# Active once fcn_fast has FCN8s (and pixel_cross_entropy).
+# Fused heads (issue 9): the final upsampling with the loss or the argmax, never storing the
+# full-resolution logits. Baselines: the plain-PyTorch composition ("reference", what users
+# write), and fcn_fast's unfused ops in sequence ("unfused").
+#
+# Fewest bytes. Loss forward: the low-resolution input and the targets read once, the loss
+# written. Backward: the input and the targets read again, the log-sum-exp the forward kept
+# read (4 B per pixel), the input's gradient written. Argmax: the input read, labels written.
 
+TARGET_BYTES = 8  # int64 class indices
+LSE_BYTES = 4  # the float32 log-sum-exp per pixel the loss keeps for backward
+LOSS_BYTES = 4  # one reduced loss (float32; bf16 rounds it to 2 B, a difference of 2 bytes)
+
+
+def _loss_bytes(low_res, pixels):
+    def nbytes(es):
+        fwd = es * low_res + TARGET_BYTES * pixels + LOSS_BYTES
+        bwd = es * low_res + TARGET_BYTES * pixels + LSE_BYTES * pixels + es * low_res
+        return fwd, bwd
+
+    return nbytes
+
+
+def _argmax_bytes(low_res, pixels, label_bytes=8):
+    return lambda es: (es * low_res + label_bytes * pixels, 0)
+
+
+def upsample_cross_entropy_case(
+    label, n, c, coarse, factor, *, crop, out, ignored=0.05, **kw
+) -> OpCase:
+    """The FCN final head and its loss: coarse (n, c, coarse²) x factor, cropped to out²."""
+    assert crop + out <= (coarse + 1) * factor
+
+    def make(device, dtype, gen):
+        # Scores of a few units, as a trained net's: the loss is not all log(C).
+        coarse_scores = _randn((n, c, coarse, coarse), device, torch.float32, gen).mul_(3.0)
+        target = _targets(n, c, out, out, device, gen, ignored, IGNORE_INDEX)
+        return {"coarse": coarse_scores.to(dtype), "target": target}
+
+    def call(coarse, target, *, backend):
+        if backend == "reference":
+            logits = upsample_skip_reference(
+                coarse, None, factor, 2 * factor, (crop, crop), (0, 0), (out, out)
+            )
+            return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        if backend == "unfused":
+            logits = fcn_fast.upsample_skip(coarse, factor=factor, crop=crop, out_size=(out, out))
+            return fcn_fast.pixel_cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        return fcn_fast.upsample_cross_entropy(
+            coarse, target, factor=factor, crop=crop, ignore_index=IGNORE_INDEX, backend=backend
+        )
+
+    return OpCase(
+        op="upsample_cross_entropy",
+        label=label,
+        shape=f"N{n} C{c} {coarse}² x{factor} crop{crop} → {out}², {ignored:.0%} ignored",
+        make=make,
+        call=call,
+        grads=("coarse",),
+        bytes_fn=_loss_bytes(n * c * coarse * coarse, n * out * out),
+        modes=("fwdbwd",),
+        extra_baselines=("unfused",),
+        **kw,
+    )
+
+
+def interpolate_cross_entropy_case(label, n, c, h, out, *, ignored=0.05, **kw) -> OpCase:
+    """The DeepLab / torchvision head and its loss: F.interpolate (bilinear) to the targets'
+    size, then F.cross_entropy; low-precision rows under torch.autocast."""
+
+    def make(device, dtype, gen):
+        logits = _randn((n, c, h, h), device, torch.float32, gen).mul_(3.0).to(dtype)
+        return {
+            "logits": logits,
+            "target": _targets(n, c, out, out, device, gen, ignored, IGNORE_INDEX),
+        }
+
+    def call(logits, target, *, backend):
+        if backend == "reference":
+            up = F.interpolate(logits, size=(out, out), mode="bilinear", align_corners=False)
+            return F.cross_entropy(up, target, ignore_index=IGNORE_INDEX)
+        if backend == "unfused":
+            up = fcn_fast.interpolate_add(logits, size=(out, out))
+            return fcn_fast.pixel_cross_entropy(up, target, ignore_index=IGNORE_INDEX)
+        return fcn_fast.interpolate_cross_entropy(
+            logits, target, ignore_index=IGNORE_INDEX, backend=backend
+        )
+
+    return OpCase(
+        op="interpolate_cross_entropy",
+        label=label,
+        shape=f"N{n} C{c} {h}² → {out}², {ignored:.0%} ignored",
+        make=make,
+        call=call,
+        grads=("logits",),
+        bytes_fn=_loss_bytes(n * c * h * h, n * out * out),
+        modes=("fwdbwd",),
+        extra_baselines=("unfused",),
+        autocast=True,
+        **kw,
+    )
+
+
+# Labels: fp32 logits computed in a different order may swap a near tie, about one pixel in
+# a million; bf16 rows compare with the fp32 oracle on the same bf16 inputs.
+LABEL_TOLERANCE = (("fp32", 1e-5), ("bf16", 1e-4), ("fp16", 1e-4))
+
+
+def upsample_argmax_case(label, n, c, coarse, factor, *, crop, out, **kw) -> OpCase:
+    """FCN inference: the final upsampling and the argmax over classes."""
+
+    def make(device, dtype, gen):
+        return {"coarse": _randn((n, c, coarse, coarse), device, dtype, gen)}
+
+    def call(coarse, *, backend):
+        if backend == "reference":
+            logits = upsample_skip_reference(
+                coarse, None, factor, 2 * factor, (crop, crop), (0, 0), (out, out)
+            )
+            return argmax_reference(logits)
+        if backend == "unfused":
+            logits = fcn_fast.upsample_skip(coarse, factor=factor, crop=crop, out_size=(out, out))
+            return argmax_reference(logits)
+        return fcn_fast.upsample_argmax(
+            coarse, factor=factor, crop=crop, out_size=(out, out), backend=backend
+        )
+
+    return OpCase(
+        op="upsample_argmax",
+        label=label,
+        shape=f"N{n} C{c} {coarse}² x{factor} crop{crop} → {out}² labels",
+        make=make,
+        call=call,
+        grads=(),
+        bytes_fn=_argmax_bytes(n * c * coarse * coarse, n * out * out),
+        modes=("fwd",),
+        extra_baselines=("unfused",),
+        labels=True,
+        tolerance=LABEL_TOLERANCE,
+        **kw,
+    )
+
+
+def interpolate_argmax_case(label, n, c, h, out, **kw) -> OpCase:
+    """DeepLab-style inference: F.interpolate (bilinear) to the image size, then the argmax."""
+
+    def make(device, dtype, gen):
+        return {"x": _randn((n, c, h, h), device, dtype, gen)}
+
+    def call(x, *, backend):
+        if backend == "reference":
+            up = F.interpolate(x, size=(out, out), mode="bilinear", align_corners=False)
+            return argmax_reference(up)
+        if backend == "unfused":
+            return argmax_reference(fcn_fast.interpolate_add(x, size=(out, out)))
+        return fcn_fast.interpolate_argmax(x, size=(out, out), backend=backend)
+
+    return OpCase(
+        op="interpolate_argmax",
+        label=label,
+        shape=f"N{n} C{c} {h}² → {out}² labels",
+        make=make,
+        call=call,
+        grads=(),
+        bytes_fn=_argmax_bytes(n * c * h * h, n * out * out),
+        modes=("fwd",),
+        extra_baselines=("unfused",),
+        labels=True,
+        tolerance=LABEL_TOLERANCE,
+        **kw,
+    )
+
+
+_GPU_ONLY, _CPU_ONLY = ("cuda",), ("cpu",)
+for _case in (
+    # FCN-8s head + loss. CPU: VOC at 500x500 (issue 9: >= 25x eager); GPU: the large shape
+    # (>= 20x eager, >= 3x unfused, peak extra memory <= 5% of eager's), fp32 and bf16.
+    upsample_cross_entropy_case(
+        "fcn8s-final", 4, 21, 70, 8, crop=31, out=500, sizes=DEFAULT, devices=_CPU_ONLY
+    ),
+    upsample_cross_entropy_case(
+        "large", 16, 21, 132, 8, crop=31, out=1024, sizes=DEFAULT, devices=_GPU_ONLY, headline=True
+    ),
+    upsample_cross_entropy_case("quick", 1, 21, 13, 8, crop=31, out=73, sizes=QUICK),
+    # DeepLab-style head + loss on ADE20K's 150 classes, bf16 under autocast on the GPU
+    # (>= 8x eager, >= 3x torch.compile of it); fp32 and a smaller batch on the CPU.
+    interpolate_cross_entropy_case(
+        "ade20k-512",
+        16,
+        150,
+        64,
+        512,
+        sizes=DEFAULT,
+        devices=_GPU_ONLY,
+        gpu_dtypes=(torch.bfloat16,),
+        compile_dtypes=(torch.bfloat16,),
+    ),
+    interpolate_cross_entropy_case("ade20k-512", 2, 150, 64, 512, sizes=DEFAULT, devices=_CPU_ONLY),
+    interpolate_cross_entropy_case("quick", 2, 7, 15, 37, sizes=QUICK),
+    # Inference: FCN-8s labels (GPU: >= 10x eager upsample + argmax), DeepLab-style labels.
+    upsample_argmax_case(
+        "fcn8s-final", 4, 21, 70, 8, crop=31, out=500, sizes=DEFAULT, devices=_CPU_ONLY
+    ),
+    upsample_argmax_case(
+        "large", 16, 21, 132, 8, crop=31, out=1024, sizes=DEFAULT, devices=_GPU_ONLY
+    ),
+    upsample_argmax_case("quick", 1, 21, 13, 8, crop=31, out=73, sizes=QUICK),
+    interpolate_argmax_case("ade20k-512", 16, 150, 64, 512, sizes=DEFAULT, devices=_GPU_ONLY),
+    interpolate_argmax_case("ade20k-512", 2, 150, 64, 512, sizes=FULL, devices=_CPU_ONLY),
+    interpolate_argmax_case("quick", 2, 7, 15, 37, sizes=QUICK),
+):
+    register(_case)
+
+
+# --------------------------------------------------------------------------------------------
+# FCN-8s: inference forward, and the training step (forward, loss, backward, SGD step).
+#   reference  reference heads + nn.CrossEntropyLoss on model(x): plain PyTorch
+#   unfused    fcn_fast heads (backend "auto") + pixel_cross_entropy on model(x)
+#   kernels    model.loss(x, target): the final head and the loss fused, on that backend
+# GPU: FCN8s(n_class=150), N8 512², bf16 autocast, channels_last (issue 9: >= 1.15x step time,
+# >= 15% lower peak memory than the reference). CPU: reduced width, fp32, VOC's 21 classes: the
+# reference heads' dense deconvolution costs C² per pixel, and at C150 it alone would take
+# seconds a step on two cores.
 
 # The reduced-width FCN-8s of the CPU sweep: 1/8 of VGG16's channels, same layers and crops.
 REDUCED_WIDTH = 1 / 8
@@ -464,14 +809,19 @@ class ModelCase(Case):
     oracle_upcast: bool = False
     modes: tuple[str, ...] = ("fwd", "train")
     backends: tuple[str, ...] | None = ("reference", "cpu", "cuda", "triton")  # no compile
+    extra_baselines: tuple[str, ...] = ("unfused",)
     tolerance: tuple[tuple[str, float], ...] = (("fp32", 1e-4), ("bf16", 5e-2), ("fp16", 2e-2))
 
     def dtypes(self, device, size):
-        # bf16 autocast + channels_last is the GPU training recipe (issue 4).
-        return (torch.float32, torch.bfloat16) if device == "cuda" else (torch.float32,)
+        if device != "cuda":
+            return (torch.float32,)
+        # bf16 autocast + channels_last is the GPU training recipe; fp32 in the full size.
+        return (torch.float32, torch.bfloat16) if size == "full" else (torch.bfloat16,)
 
-    def backend_names(self, device, size, dtype):
-        return tuple(n for n in self.backends if n in DEVICE_BACKENDS[device])
+    def backend_names(self, device, size, dtype, mode):
+        names = super().backend_names(device, size, dtype, mode)
+        # Inference has no loss to fuse: "unfused" would time the same forward again.
+        return tuple(n for n in names if mode == "train" or n != "unfused")
 
     def inputs(self, device, dtype):
         gen = torch.Generator(device=device)
@@ -491,11 +841,12 @@ class ModelCase(Case):
         cls = fcn_fast.FCN8s
         # A full-width VGG16 training step would take minutes on a small CPU.
         kwargs = {"width": REDUCED_WIDTH} if self.reduced else {}
+        heads = "auto" if backend == "unfused" else backend
         # Built on the device (VGG16's 134M parameters initialise slowly on a CPU), from one
         # seed: every backend starts from the same weights.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
             torch.manual_seed(self.seed)
-            model = cls(self.n_class, backend=backend, **kwargs)
+            model = cls(self.n_class, backend=heads, **kwargs)
         model = model.to(device)
         if self._channels_last(dtype):
             model = model.to(memory_format=torch.channels_last)
@@ -511,9 +862,6 @@ class ModelCase(Case):
             else contextlib.nullcontext()
         )
 
-        def loss_fn(logits):
-            return fcn_fast.pixel_cross_entropy(logits, target, backend=backend)
-
         if mode == "fwd":
             model.eval()
 
@@ -522,6 +870,21 @@ class ModelCase(Case):
                     return (model(images),)
 
             return infer
+
+        if backend == "reference":
+            criterion = torch.nn.CrossEntropyLoss()
+
+            def loss_fn():
+                return criterion(model(images), target)
+        elif backend == "unfused":
+
+            def loss_fn():
+                return fcn_fast.pixel_cross_entropy(model(images), target)
+        else:
+
+            def loss_fn():
+                return model.loss(images, target)
+
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
@@ -529,7 +892,7 @@ class ModelCase(Case):
         def train():
             opt.zero_grad(set_to_none=True)
             with autocast:
-                loss = loss_fn(model(images))
+                loss = loss_fn()
             loss.backward()
             grads = [p.grad for p in params]
             opt.step()
@@ -538,7 +901,6 @@ class ModelCase(Case):
         return train
 
 
-_FCN = {"modes": ("fwd", "train"), "headline": True}
 for _case in (
     ModelCase(
         op="fcn8s",
@@ -549,8 +911,7 @@ for _case in (
         width=224,
         reduced=True,
         sizes=DEFAULT,
-        devices=("cpu",),
-        **_FCN,
+        devices=_CPU_ONLY,
     ),
     ModelCase(
         op="fcn8s",
@@ -560,19 +921,18 @@ for _case in (
         height=500,
         width=500,
         sizes=FULL,
-        devices=("cpu",),
-        **_FCN,
+        devices=_CPU_ONLY,
     ),
     ModelCase(
         op="fcn8s",
         label="vgg16-512",
-        shape="FCN-8s VGG16, N8 3x512x512",
+        shape="FCN-8s VGG16 C150, N8 3x512x512",
         n=8,
         height=512,
         width=512,
+        n_class=150,
         sizes=DEFAULT,
-        devices=("cuda",),
-        **_FCN,
+        devices=_GPU_ONLY,
     ),
     ModelCase(
         op="fcn8s",
@@ -583,16 +943,6 @@ for _case in (
         width=45,
         reduced=True,
         sizes=QUICK,
-        **_FCN,
     ),
 ):
     register(_case)
-
-
-def describe_bytes(nbytes: int | None) -> str:
-    if nbytes is None:
-        return "-"
-    if nbytes == 0:
-        return "0 B"
-    unit = min(int(math.log(nbytes, 1000)), 4)
-    return f"{nbytes / 1000**unit:.3g} {('B', 'kB', 'MB', 'GB', 'TB')[unit]}"

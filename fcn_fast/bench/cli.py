@@ -24,7 +24,29 @@ import time
 import torch
 
 from fcn_fast.bench import report
-from fcn_fast.bench.cases import DTYPE_NAMES, SIZES, select
+from fcn_fast.bench.cases import (
+    BASELINES,
+    DEVICE_BACKENDS,
+    DTYPE_NAMES,
+    MODES,
+    SIZES,
+    op_names,
+    select,
+)
+
+OTHER_COMMANDS = """other commands:
+  show FILE.json [--markdown PATH] [--plot PATH]
+                        re-print a saved results file (and render it again)
+  readme [--results DIR]
+                        print the README's performance section from the results
+                        files committed under benchmarks/results/
+"""
+
+
+def _backend_names() -> list[str]:
+    """Every backend name a sweep can time, baselines first."""
+    kernels = [b for names in DEVICE_BACKENDS.values() for b in names if b not in BASELINES]
+    return list(dict.fromkeys([*BASELINES, *kernels]))
 
 
 def _split(values):
@@ -36,7 +58,10 @@ def _split(values):
 def _run_parser(prog):
     p = argparse.ArgumentParser(
         prog=prog,
+        usage=f"{prog} [run] [options] | {prog} show FILE.json | {prog} readme",
         description="Benchmark fcn_fast's kernels against plain PyTorch (numerics checked first).",
+        epilog=OTHER_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", choices=SIZES, default="default", help="sweep size")
@@ -50,7 +75,9 @@ def _run_parser(prog):
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (for machines)")
     p.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
-    p.add_argument("--plot", metavar="PATH", help="bar chart of speed-ups (needs matplotlib)")
+    p.add_argument(
+        "--plot", metavar="PATH", help="PNG: one panel per op, backends side by side (matplotlib)"
+    )
     p.add_argument("--list", action="store_true", help="list the runs of this sweep and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
@@ -63,7 +90,7 @@ def _outputs(args, meta, results, title=""):
         with open(args.markdown, "w") as f:
             f.write(report.markdown_report(meta, results))
     if getattr(args, "plot", None):
-        report.plot_speedups(results, args.plot, title)
+        report.plot_results(results, args.plot, title)
 
 
 def _on_sigterm(signum, frame):
@@ -76,27 +103,31 @@ def run_main(argv, prog="python -m fcn_fast.bench") -> int:
         print(report.PLOT_MISSING, file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA GPU is visible here", file=sys.stderr)
-        return 2
-    dtypes = _split(args.dtypes)
-    if dtypes and set(dtypes) - set(DTYPE_NAMES.values()):
-        print(f"--dtypes: choose from {sorted(DTYPE_NAMES.values())}", file=sys.stderr)
-        return 2
-    runs = select(
-        args.size,
-        device,
-        ops=_split(args.ops),
-        backends=_split(args.backends),
-        dtypes=dtypes,
-        modes=_split(args.modes),
-    )
+    filters = {
+        "ops": (_split(args.ops), op_names()),
+        "backends": (_split(args.backends), _backend_names()),
+        "dtypes": (_split(args.dtypes), list(DTYPE_NAMES.values())),
+        "modes": (_split(args.modes), list(MODES)),
+    }
+    for option, (given, valid) in filters.items():
+        unknown = [v for v in given or () if v not in valid]
+        if unknown:
+            print(
+                f"--{option}: unknown {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(valid)}",
+                file=sys.stderr,
+            )
+            return 2
+    runs = select(args.size, device, **{option: given for option, (given, _) in filters.items()})
     if args.list:
         for case, backend, dtype, mode in runs:
             print(f"{case.op} {case.label} [{case.shape}] {mode} {DTYPE_NAMES[dtype]} {backend}")
         return 0
     if not runs:
         print("no benchmark runs match these options (see --list)", file=sys.stderr)
+        return 2
+    if device == "cuda" and not torch.cuda.is_available():  # --list needs no GPU
+        print("--device cuda: no CUDA GPU is visible here", file=sys.stderr)
         return 2
 
     from fcn_fast.bench.runner import Bench
@@ -152,7 +183,14 @@ def show_main(argv, prog) -> int:
     if args.plot and not report.plot_available():
         print(report.PLOT_MISSING, file=sys.stderr)
         return 2
-    meta, results = report.load_json(args.json_file)
+    try:
+        meta, results = report.load_json(args.json_file)
+    except OSError as error:
+        print(f"{prog} show: cannot read {args.json_file}: {error.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"{prog} show: {error}", file=sys.stderr)
+        return 2
     title = report.describe_machine(meta)
     print(f"{title}\n")
     print(report.text_table(results))

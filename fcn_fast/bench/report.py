@@ -8,6 +8,7 @@ computed here that was not measured: derived columns come from the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ import os
 from fcn_fast.bench.runner import Result
 
 SCHEMA = "fcn_fast.bench/1"
-_NUMERIC = ("ms", "GB/s", "% copy", "% fresh", "× ref", "peak MB")
+_NUMERIC = ("ms", "GB/s", "% copy", "% fresh", "× ref", "× unfused", "peak MB", "peak % ref")
 COLUMNS = (
     "op",
     "case",
@@ -28,9 +29,17 @@ COLUMNS = (
     "% copy",
     "% fresh",
     "× ref",
+    "× unfused",
     "peak MB",
+    "peak % ref",
     "numerics",
 )
+# Columns shown only where some row has them: % fresh (CPU runs), × unfused (fused heads).
+_OPTIONAL = {
+    "% fresh": "pct_of_fresh_copy",
+    "× unfused": "speedup_vs_unfused",
+    "peak % ref": "peak_mem_pct_of_reference",
+}
 
 
 def _num(value, fmt=None):
@@ -65,16 +74,21 @@ def row_cells(r: Result) -> list[str]:
         _num(r.pct_of_copy),
         _num(r.pct_of_fresh_copy),
         _num(r.speedup, ".2f"),
+        _num(r.speedup_vs_unfused, ".2f"),
         _num(mem),
+        _num(r.peak_mem_pct_of_reference),
         numerics,
     ]
 
 
 def _columns(results):
-    """Column indexes to show: "% fresh" only where it was measured (CPU runs)."""
-    fresh = COLUMNS.index("% fresh")
-    has_fresh = any(r.pct_of_fresh_copy is not None for r in results)
-    return [i for i in range(len(COLUMNS)) if i != fresh or has_fresh]
+    """Column indexes to show: the optional ones only where some row has a value."""
+    hidden = {
+        COLUMNS.index(column)
+        for column, field in _OPTIONAL.items()
+        if all(getattr(r, field) is None for r in results)
+    }
+    return [i for i in range(len(COLUMNS)) if i not in hidden]
 
 
 def text_table(results: list[Result], width_limit: int = 60) -> str:
@@ -150,15 +164,23 @@ def write_json(path: str, meta: dict, results: list[Result]) -> None:
 
 
 def load_json(path: str) -> tuple[dict, list[Result]]:
-    with open(path) as f:
-        data = json.load(f)
-    if data.get("schema") != SCHEMA:
-        raise ValueError(
-            f"{path}: not a fcn_fast.bench results file (schema {data.get('schema')!r})"
-        )
+    """(meta, results) of a results file. Raises OSError if it cannot be read, ValueError
+    (one line, naming the file) if it is not a results file of this schema."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw)
+    except ValueError as error:  # not JSON, or not text at all
+        raise ValueError(f"{path}: not a fcn_fast.bench results file (not JSON: {error})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise ValueError(f"{path}: not a fcn_fast.bench results file (schema {schema!r})")
     fields = {f.name for f in dataclasses.fields(Result)}
-    results = [Result(**{k: v for k, v in r.items() if k in fields}) for r in data["results"]]
-    return data["meta"], results
+    try:
+        results = [Result(**{k: v for k, v in r.items() if k in fields}) for r in data["results"]]
+        return data["meta"], results
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: a damaged fcn_fast.bench results file ({error!r})") from None
 
 
 def markdown_report(meta: dict, results: list[Result]) -> str:
@@ -195,37 +217,135 @@ def plot_available() -> bool:
     return True
 
 
-def plot_speedups(results: list[Result], path: str, title: str = "") -> None:
-    """Bar chart: speed-up over the reference per case (op, shape, mode, dtype) and backend."""
+# Bar colours and legend names per backend, the same in every panel.
+_BACKEND_STYLE = {
+    "reference": ("eager PyTorch (reference)", "#7f7f7f"),
+    "compile": ("torch.compile", "#bcbd22"),
+    "unfused": ("fcn_fast unfused ops", "#9467bd"),
+    "cpu": ("fcn_fast cpu", "#1f77b4"),
+    "cuda": ("fcn_fast cuda", "#2ca02c"),
+    "triton": ("fcn_fast triton", "#ff7f0e"),
+}
+PLOT_WIDTH_PX = 1600
+_DPI = 100
+_TOP_IN, _PANEL_IN = 0.8, 3.6  # inches: title and legend; one row of panels
+
+
+def _panels(rows: list[Result]) -> list[tuple[str, str, list[Result]]]:
+    """(title, metric, rows) per panel: one per op with its % of copy bandwidth; the
+    host-bound rows together in µs per call; ops without a byte count (models) in speed-up."""
+    panels = []
+    tiny = [r for r in rows if r.host_bound]
+    for op in dict.fromkeys(r.op for r in rows if not r.host_bound):
+        mine = [r for r in rows if r.op == op and not r.host_bound]
+        metric = "pct_of_copy" if all(r.pct_of_copy is not None for r in mine) else "speedup"
+        panels.append((op, metric, mine))
+    if tiny:
+        panels.append(("host overhead: tiny shapes (N1 C3 4×4)", "us", tiny))
+    return panels
+
+
+_METRICS = {
+    "pct_of_copy": ("% of copy bandwidth (higher is better)", lambda r: r.pct_of_copy),
+    "speedup": ("× faster than eager PyTorch", lambda r: r.speedup),
+    "us": ("µs per call (lower is better, log)", lambda r: r.ms * 1e3),
+}
+
+
+def plot_results(results: list[Result], path: str, title: str = "") -> None:
+    """One panel per op: each case (shape, mode, dtype) a group of bars, one bar per backend
+    (eager, torch.compile, unfused, cpu/cuda/triton), with a shared legend; 1600 px wide."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results if r.status == "ok" and r.speedup and r.backend != "reference"]
-    groups = list(dict.fromkeys(f"{r.op} {r.case} {r.mode} {r.dtype}" for r in rows))
-    backends = list(dict.fromkeys(r.backend for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) + 2), 4.5))
+    rows = [r for r in results if r.status == "ok" and r.ms]
+    layout = _layout(_panels(rows))
+    height = _TOP_IN + _PANEL_IN * max(len(layout), 1)
+    fig = plt.figure(figsize=(PLOT_WIDTH_PX / _DPI, height), dpi=_DPI)
+    grid = fig.add_gridspec(max(len(layout), 1), 2)
+    shown = {}
+    for i, line in enumerate(layout):
+        for j, (name, metric, mine) in enumerate(line):
+            ax = fig.add_subplot(grid[i, :] if len(line) == 1 else grid[i, j])
+            shown.update(_panel(ax, name, metric, mine))
+    order = [b for b in _BACKEND_STYLE if b in shown] + [
+        b for b in shown if b not in _BACKEND_STYLE
+    ]
+    fig.suptitle(title or "fcn_fast vs plain PyTorch", fontsize=11, y=1 - 0.12 / height)
+    fig.legend(
+        [shown[b] for b in order],
+        [_BACKEND_STYLE.get(b, (b, None))[0] for b in order],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 1 - 0.35 / height),
+        ncol=len(order) or 1,
+        fontsize=10,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 1 - _TOP_IN / height))
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+# A panel with more groups of bars than this gets a row of its own (full width).
+_HALF_WIDTH_GROUPS = 8
+
+
+def _group(metric: str, r: Result) -> str:
+    """The x label a row's bar goes to: its case (or op, in the overhead panel), mode, dtype."""
+    return f"{r.op if metric == 'us' else r.case}\n{r.mode} {r.dtype}"
+
+
+def _layout(panels):
+    """Rows of the figure: a wide panel alone, narrow ones two by two, in order."""
+    lines, waiting = [], None
+    for panel in panels:
+        _, metric, rows = panel
+        if len({_group(metric, r) for r in rows}) > _HALF_WIDTH_GROUPS:
+            lines.append([panel])
+        elif waiting is None:
+            waiting = [panel]
+            lines.append(waiting)
+        else:
+            waiting.append(panel)
+            waiting = None
+    return lines
+
+
+def _panel(ax, name: str, metric: str, rows: list[Result]) -> dict:
+    """Draw one panel; returns {backend: bar handle} for the legend."""
+    ylabel, value = _METRICS[metric]
+    group_of = functools.partial(_group, metric)
+    groups = list(dict.fromkeys(map(group_of, rows)))
+    known = [b for b in _BACKEND_STYLE if any(r.backend == b for r in rows)]
+    backends = known + list(dict.fromkeys(r.backend for r in rows if r.backend not in known))
     width = 0.8 / max(len(backends), 1)
+    handles = {}
     for b, backend in enumerate(backends):
         xs, ys = [], []
-        for g, group in enumerate(groups):
-            for r in rows:
-                if r.backend == backend and f"{r.op} {r.case} {r.mode} {r.dtype}" == group:
-                    xs.append(g + (b - (len(backends) - 1) / 2) * width)
-                    ys.append(r.speedup)
-        ax.bar(xs, ys, width, label=backend)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylabel("× faster than the reference (log)")
+        for r in rows:
+            if r.backend == backend:
+                xs.append(groups.index(group_of(r)) + (b - (len(backends) - 1) / 2) * width)
+                ys.append(value(r))
+        color = _BACKEND_STYLE.get(backend, (backend, None))[1]
+        handles[backend] = bars = ax.bar(xs, ys, width, color=color, label=backend)
+        # The value on each bar: a 20x faster kernel leaves eager's bar a sliver.
+        ax.bar_label(bars, [_num(y) for y in ys], rotation=90, padding=2, fontsize=6.5)
+    if metric == "speedup":
+        ax.axhline(1.0, color="black", linewidth=0.8)
+    if metric == "us":
+        ax.set_yscale("log")
+        ax.set_ylim(top=max(value(r) for r in rows) * 8)  # room for the values, in log space
+    ax.margins(y=0.15)  # room for the values above the tallest bars
+    ax.set_title(name, fontsize=11)
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=60, ha="right", fontsize=7)
-    ax.set_title(title or "fcn_fast speed-up over plain PyTorch", fontsize=9)
-    if backends:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return handles
 
 
 # ---------------------------------------------------------------------------- README
@@ -237,7 +357,7 @@ def newest_results(results_dir: str) -> dict[str, tuple[str, dict, list[Result]]
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         try:
             meta, results = load_json(path)
-        except (ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
         device = meta.get("device", "cpu")
         if device not in newest or meta.get("date", "") > newest[device][1].get("date", ""):
@@ -256,8 +376,10 @@ def readme_section(results_dir: str) -> str:
         "reference timed in the same run; `% copy` is the achieved bandwidth for the fewest "
         "bytes the op must move, as a share of a measured copy of that many bytes on the same "
         "device; `% fresh` (CPU) the same against a copy into newly allocated memory, which "
-        "pays the page faults a new output pays. Peak MB: memory allocated during one call "
-        "beyond its inputs. Details: `benchmarks/README.md`.",
+        "pays the page faults a new output pays. `× unfused` (fused heads, training step) is "
+        "the speed-up over fcn_fast's unfused ops in sequence. Peak MB: memory allocated "
+        "during one call beyond its inputs; `peak % ref` that as a share of the reference's. "
+        "Details: `benchmarks/README.md`.",
         "",
     ]
     for device, title in (("cpu", "CPU"), ("cuda", "GPU")):

@@ -19,10 +19,9 @@ import fcn_fast
 from fcn_fast import _backend
 from fcn_fast.bench import cases as _cases
 from fcn_fast.bench import timing
-from fcn_fast.bench.cases import DTYPE_NAMES, Case, reset_compiled
+from fcn_fast.bench.cases import BASELINES, DTYPE_NAMES, Case, compare, reset_compiled
 
-# What our kernels are compared with; their own numerics never fail a case.
-BASELINES = ("reference", "compile")
+__all__ = ["BASELINES", "Bench", "Result", "compare", "exact_fp32"]
 
 
 @dataclasses.dataclass
@@ -34,6 +33,7 @@ class Result:
     dtype: str
     mode: str
     device: str
+    host_bound: bool = False  # a tiny shape timing the call itself (the overhead rows)
     status: str = "ok"  # ok | failed | skipped
     reason: str = ""
     numerics: str = ""  # "OK (max rel err 3e-07)", "reference", "FAIL: ..."
@@ -52,10 +52,15 @@ class Result:
     pct_of_fresh_copy: float | None = None
     reference_ms: float | None = None
     speedup: float | None = None
+    # Fused-head rows: the unfused fcn_fast ops' time for the same step, and the speed-up over it.
+    unfused_ms: float | None = None
+    speedup_vs_unfused: float | None = None
     # Low-precision rows: speed-up over the reference in float32 (NCHW for the models), i.e.
     # what the low-precision recipe and fcn_fast gain together over plain fp32 PyTorch.
     speedup_vs_fp32_reference: float | None = None
     peak_mem_bytes: int | None = None
+    # This row's peak memory as a share of the reference's (eager PyTorch's) for the same step.
+    peak_mem_pct_of_reference: float | None = None
     # fwdbwd rows: bytes the forward leaves allocated for backward (saved tensors + output).
     held_mem_bytes: int | None = None
     threads: int = 0
@@ -121,7 +126,8 @@ class Bench:
         self._case: Case | None = None
         self._inputs: dict = {}
         self._oracle: dict = {}
-        self._ref_ms: dict = {}
+        self._baseline_ms: dict = {}
+        self._ref_peak: dict = {}
         self._copy_s: dict = {}
         self.results: list[Result] = []  # every row run() returned, in order
 
@@ -161,7 +167,7 @@ class Bench:
                 )
             ),
             "bytes": "fewest bytes the step must move: each input read once, each output "
-            "written once; fwdbwd adds the backward's (DESIGN.md 6)",
+            "written once; fwdbwd adds the backward's (docs/design.md, Performance method)",
             "copy": "median time of a device copy moving the same number of bytes "
             "(half read, half written) into mapped memory; on CPU, % fresh: the same copy "
             "into newly allocated memory (page faults included, as for a new output)",
@@ -195,15 +201,33 @@ class Bench:
             self._oracle[key] = tuple(t.detach().clone() for t in result)
         return self._oracle[key]
 
+    def _plan(self, case: Case) -> timing.Plan:
+        return self.plan.host_bound(self.device.type) if case.host_bound else self.plan
+
+    def baseline_ms(self, case: Case, dtype: torch.dtype, mode: str, backend: str) -> float:
+        """A baseline's median time for this step: from its row, or timed now if not run."""
+        key = (case.key, case.shape, dtype, mode, backend)
+        if key not in self._baseline_ms:
+            fn = case.step(self.inputs(case, dtype), backend, mode, dtype)
+            estimate = _estimate(fn, self.device, case.host_bound)
+            plan = self._plan(case)
+            samples = timing.measure(
+                fn, self.device, plan.rounds(estimate), plan.warmup_rounds(estimate)
+            )
+            self._baseline_ms[key] = timing.median(samples) * 1e3
+        return self._baseline_ms[key]
+
     def reference_ms(self, case: Case, dtype: torch.dtype, mode: str) -> float:
+        return self.baseline_ms(case, dtype, mode, "reference")
+
+    def reference_peak(self, case: Case, dtype: torch.dtype, mode: str) -> int | None:
+        """The reference's peak memory for this step: from its row, or measured now."""
         key = (case.key, case.shape, dtype, mode)
-        if key not in self._ref_ms:
+        if key not in self._ref_peak:
             fn = case.step(self.inputs(case, dtype), "reference", mode, dtype)
-            _, estimate = timing.timed_once(fn, self.device)
-            rounds, warmup = self.plan.rounds(estimate), self.plan.warmup_rounds(estimate)
-            samples = timing.measure(fn, self.device, rounds, warmup)
-            self._ref_ms[key] = timing.median(samples) * 1e3
-        return self._ref_ms[key]
+            timing.timed_once(fn, self.device)  # warm: lazy initialisation is not the step's
+            self._ref_peak[key] = timing.peak_memory(fn, self.device)
+        return self._ref_peak[key]
 
     def copy_ms(self, nbytes: int, fresh: bool = False) -> float:
         if (nbytes, fresh) not in self._copy_s:
@@ -227,9 +251,10 @@ class Bench:
             dtype=DTYPE_NAMES[dtype],
             mode=mode,
             device=self.device.type,
+            host_bound=case.host_bound,
             threads=self.threads,
         )
-        if backend not in ("reference", "compile"):
+        if backend not in BASELINES:
             reason = _backend.can_run(backend, self.device)
             if reason is not None:
                 res.status, res.reason = "skipped", f"backend {backend!r} unavailable: {reason}"
@@ -258,7 +283,7 @@ class Bench:
             res.numerics = "reference"
             self._oracle.setdefault((dtype, mode), tuple(t.detach().clone() for t in got))
         else:
-            ok, err, detail = compare(got, self.oracle(case, dtype, mode), case.tol(dtype))
+            ok, err, detail = case.check(got, self.oracle(case, dtype, mode), dtype)
             res.max_rel_err = err
             if not ok and backend in BASELINES:
                 # A baseline (not our code) off the fp32 oracle: say so, but time it anyway.
@@ -270,18 +295,26 @@ class Bench:
             else:
                 res.numerics = f"OK ({err:.1e})"
         del got
-        if self.device.type == "cuda":  # the first call included compilation / autotuning
-            _, estimate = timing.timed_once(fn, self.device)
+        # The first call included compilation / autotuning / lazy initialisation; tiny steps
+        # are estimated from warm calls, or their round count would come out far too low.
+        if self.device.type == "cuda" or case.host_bound:
+            estimate = _estimate(fn, self.device, case.host_bound)
 
-        rounds, warmup = self.plan.rounds(estimate), self.plan.warmup_rounds(estimate)
+        plan = self._plan(case)
+        rounds, warmup = plan.rounds(estimate), plan.warmup_rounds(estimate)
         samples = timing.measure(fn, self.device, rounds, warmup, runner)
         res.rounds = len(samples)
         res.ms = timing.median(samples) * 1e3
         res.ms_min = min(samples) * 1e3
-        if backend == "reference":
-            self._ref_ms[(case.key, case.shape, dtype, mode)] = res.ms
+        if backend in BASELINES:
+            self._baseline_ms[(case.key, case.shape, dtype, mode, backend)] = res.ms
         res.reference_ms = self.reference_ms(case, dtype, mode)
         res.speedup = res.reference_ms / res.ms
+        # After the reference (and compile) rows, which run before the unfused row.
+        unfused = "unfused" in case.backend_names(self.device.type, self.size, dtype, mode)
+        if unfused and backend not in ("reference", "compile"):
+            res.unfused_ms = self.baseline_ms(case, dtype, mode, "unfused")
+            res.speedup_vs_unfused = res.unfused_ms / res.ms
         if dtype != torch.float32:
             res.speedup_vs_fp32_reference = self.reference_ms(case, torch.float32, mode) / res.ms
         res.bytes = case.min_bytes(dtype, mode)
@@ -294,6 +327,11 @@ class Bench:
                 res.fresh_copy_ms = self.copy_ms(res.bytes, fresh=True)
                 res.pct_of_fresh_copy = 100.0 * res.fresh_copy_ms / res.ms
         res.peak_mem_bytes = timing.peak_memory(fn, self.device)
+        if backend == "reference":
+            self._ref_peak[(case.key, case.shape, dtype, mode)] = res.peak_mem_bytes
+        ref_peak = self.reference_peak(case, dtype, mode)
+        if res.peak_mem_bytes is not None and ref_peak:
+            res.peak_mem_pct_of_reference = 100.0 * res.peak_mem_bytes / ref_peak
         if mode == "fwdbwd" and backend != "compile":
             forward = case.forward_for_backward(inputs, backend, dtype)
             if forward is not None:
@@ -301,20 +339,8 @@ class Bench:
         return res
 
 
-def compare(got, want, tol: float):
-    """(ok, worst error, detail): per tensor max|got - want| / max|want|; NaN fails."""
-    if len(got) != len(want):
-        return False, float("inf"), f"{len(got)} results, the reference has {len(want)}"
-    worst = 0.0
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        if g is None or tuple(g.shape) != tuple(w.shape):
-            shape = None if g is None else tuple(g.shape)
-            return False, float("inf"), f"result {i}: shape {shape}, reference {tuple(w.shape)}"
-        g, w = g.detach().double(), w.detach().double()
-        scale = w.abs().max().item() if w.numel() else 0.0
-        diff = (g - w).abs().max().item() if w.numel() else 0.0
-        err = diff / scale if scale > 0 else diff
-        if not err <= tol:  # NaN fails too
-            return False, err, f"result {i}: max rel err {err:.3g} > tol {tol:g}"
-        worst = max(worst, err)
-    return True, worst, ""
+def _estimate(fn, device: torch.device, host_bound: bool) -> float:
+    """Seconds per call, for choosing round counts: one call, or the fastest of five when
+    the step is host-bound (one slow call would cut thousands of rounds to a few)."""
+    calls = 5 if host_bound else 1
+    return min(timing.timed_once(fn, device)[1] for _ in range(calls))

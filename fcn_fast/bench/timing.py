@@ -39,6 +39,12 @@ class Plan:
         wanted = math.ceil(self.warmup_s / max(estimate_s, 1e-6))
         return max(self.warmup, min(10, wanted))
 
+    def host_bound(self, device_type: str) -> Plan:
+        """The plan for steps of a few microseconds: the same time budget, spent on up to
+        HOST_BOUND_ROUNDS rounds, so that the median of many calls is stable."""
+        most = HOST_BOUND_ROUNDS[device_type]
+        return dataclasses.replace(self, max_rounds=max(self.max_rounds, most))
+
 
 PLANS = {
     ("cpu", "quick"): Plan(0.02, 2, 3, 1, 0.0),
@@ -48,6 +54,9 @@ PLANS = {
     ("cuda", "default"): Plan(0.1, 10, 100, 3, 0.02),
     ("cuda", "full"): Plan(0.3, 20, 300, 5, 0.05),
 }
+
+# Host-bound steps: CPU rounds cost only the call; a CUDA round also flushes L2 (~0.1 ms).
+HOST_BOUND_ROUNDS = {"cpu": 5000, "cuda": 1000}
 
 # A runner executes (target, setup, rounds, warmup): `setup` before each call, untimed.
 # The default runs them in a loop; pytest passes benchmark.pedantic so pytest-benchmark
