@@ -39,6 +39,13 @@ def check_same(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str, op:
 
 def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
     """An int or a pair of ints, each >= minimum, as a (y, x) tuple."""
+    # The common cases without generic tuple building: every call of an op pays for this.
+    if type(value) is int and value >= minimum:
+        return value, value
+    if type(value) is tuple and len(value) == 2:
+        y, x = value
+        if type(y) is int and type(x) is int and y >= minimum and x >= minimum:
+            return value
     pair = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value, value)
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")

@@ -63,34 +63,43 @@ def upsample_geometry(in_size, factor, kernel_size, crop, out_size, op) -> tuple
 
 def interpolate_geometry(in_size, size, scale_factor, align_corners, op) -> Geometry:
     """F.interpolate(mode="bilinear")'s output size and source-index rules."""
-    if not isinstance(align_corners, bool):
+    # Written out per axis, without generators: every call of an op pays for this.
+    if align_corners is not True and align_corners is not False:
         raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{op}: give exactly one of size or scale_factor")
-    factors = (None, None)
+    h, w = in_size
     if size is not None:
-        out = int_pair(size, "size", op, minimum=1)
+        out_h, out_w = int_pair(size, "size", op, minimum=1)
+        fh = fw = None
     else:
-        pair = isinstance(scale_factor, (tuple, list))
-        factors = tuple(scale_factor) if pair else (scale_factor, scale_factor)
-        if len(factors) != 2 or not all(
-            isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
-        ):
-            raise TypeError(f"{op}: scale_factor must be a number or a pair, got {scale_factor!r}")
-        if not all(math.isfinite(f) and f > 0 for f in factors):
+        fh, fw = _scale_pair(scale_factor, op)
+        out_h, out_w = int(h * fh), int(w * fw)  # floor, as PyTorch
+        if out_h < 1 or out_w < 1:
             raise ValueError(
-                f"{op}: scale_factor must be positive and finite, got {scale_factor!r}"
+                f"{op}: scale_factor {scale_factor!r} gives an empty output {(out_h, out_w)}"
             )
-        out = tuple(int(n * f) for n, f in zip(in_size, factors))  # floor, as PyTorch
-        if min(out) < 1:
-            raise ValueError(f"{op}: scale_factor {scale_factor!r} gives an empty output {out}")
-    scale, bias = [], []
-    for n, o, f in zip(in_size, out, factors):
-        if align_corners:
-            scale.append((n - 1) / (o - 1) if o > 1 else 0.0)
-            bias.append(0.0)
-        else:
-            s = 1.0 / f if f is not None else n / o
-            scale.append(s)
-            bias.append(0.5 * s - 0.5)
-    return Geometry(tuple(out), tuple(scale), tuple(bias), True)
+    if align_corners:
+        scale_h = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
+        scale_w = (w - 1) / (out_w - 1) if out_w > 1 else 0.0
+        return Geometry((out_h, out_w), (scale_h, scale_w), (0.0, 0.0), True)
+    # PyTorch maps indices with the given scale factor when there is one, else in / out.
+    scale_h = 1.0 / fh if fh is not None else h / out_h
+    scale_w = 1.0 / fw if fw is not None else w / out_w
+    return Geometry(
+        (out_h, out_w), (scale_h, scale_w), (0.5 * scale_h - 0.5, 0.5 * scale_w - 0.5), True
+    )
+
+
+def _scale_pair(scale_factor, op) -> tuple[float, float]:
+    if (type(scale_factor) is float or type(scale_factor) is int) and 0 < scale_factor < math.inf:
+        return scale_factor, scale_factor
+    pair = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else None
+    factors = (scale_factor, scale_factor) if pair is None else pair
+    if len(factors) != 2 or not all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
+    ):
+        raise TypeError(f"{op}: scale_factor must be a number or a pair, got {scale_factor!r}")
+    if not all(math.isfinite(f) and f > 0 for f in factors):
+        raise ValueError(f"{op}: scale_factor must be positive and finite, got {scale_factor!r}")
+    return factors
