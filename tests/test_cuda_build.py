@@ -1,4 +1,4 @@
-"""CUDA sources compile here even without a GPU (DESIGN.md 3).
+"""CUDA sources compile here even without a GPU (docs/design.md 3.3).
 
 Every csrc/cuda/*.cu is compiled with `nvcc -c` for sm_80 and sm_90; every
 csrc/cuda/*_binding.cpp (the ATen side, normally built only against a CUDA

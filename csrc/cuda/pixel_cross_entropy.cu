@@ -1,4 +1,4 @@
-// CUDA kernels of the fused log-softmax + NLL loss (DESIGN.md 2.4): thin __global__ wrappers
+// CUDA kernels of the fused log-softmax + NLL loss (docs/design.md 2.3): thin __global__ wrappers
 // around the per-thread code of fcn_fast/pixel_cross_entropy_kernels.h (which the CPU
 // emulation test runs as well), plus their launchers.
 //

@@ -1,5 +1,5 @@
 #pragma once
-// Launchers of the CUDA pixel_cross_entropy kernels (DESIGN.md 2.4): raw pointers, sizes,
+// Launchers of the CUDA pixel_cross_entropy kernels (docs/design.md 2.3): raw pointers, sizes,
 // strides and a stream in, cudaError_t out. No ATen here; the ATen side is
 // pixel_cross_entropy_binding.cpp.
 #include <cuda_runtime_api.h>

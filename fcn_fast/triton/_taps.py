@@ -1,6 +1,6 @@
 """Tap tables of the resampler: the one Triton kernel that computes in float64.
 
-Along each axis, output index Y samples the input at s = Y * scale + bias (DESIGN.md 2.1).
+Along each axis, output index Y samples the input at s = Y * scale + bias (docs/design.md 2.1).
 The C++ kernels evaluate that in double (csrc/include/fcn_fast/resample_skip_math.h); Triton
 receives scale and bias as float32 (see split3), and float64 arithmetic per element would
 cost the kernels that touch every element their memory bandwidth. So one small kernel,

@@ -1,4 +1,4 @@
-"""Triton kernels of the fused heads (DESIGN.md 2.5): resampler + cross-entropy, and
+"""Triton kernels of the fused heads (docs/design.md 2.4): resampler + cross-entropy, and
 resampler + argmax, without ever storing the full-resolution logits. Contract and math:
 csrc/ops/resample_cross_entropy.h; registered by fcn_fast/triton/__init__.py.
 

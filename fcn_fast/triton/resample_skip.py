@@ -1,4 +1,4 @@
-"""Triton kernels of the resample-skip op (DESIGN.md 2.1-2.3): the forward and its adjoint.
+"""Triton kernels of the resample-skip op (docs/design.md 2.1-2.2): the forward and its adjoint.
 
 Same contract as the C++ kernels (csrc/ops/resample_skip.h); registered as the op's
 `triton` backend by fcn_fast/triton/__init__.py. The taps of every output row and column

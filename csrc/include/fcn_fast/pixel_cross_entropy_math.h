@@ -1,5 +1,5 @@
 #pragma once
-// Per-pixel math of the fused log-softmax + NLL loss (DESIGN.md 2.4), shared by
+// Per-pixel math of the fused log-softmax + NLL loss (docs/design.md 2.3), shared by
 // the CPU and CUDA kernels. No ATen, no CUDA runtime: plain arithmetic.
 //
 // For one pixel with logits x[c], target t, class weights w[c] (all 1 without a

@@ -1,5 +1,5 @@
 #pragma once
-// Per-element math of the 2-tap bilinear resampler (DESIGN.md 2.1), shared by
+// Per-element math of the 2-tap bilinear resampler (docs/design.md 2.1), shared by
 // the CPU and CUDA kernels. No ATen, no CUDA runtime: plain arithmetic.
 //
 // Along one axis, output index Y samples the input at s = Y * scale + bias,

@@ -1,5 +1,5 @@
 #pragma once
-// Per-axis tap tables of the resampler (DESIGN.md 2.1) and the per-thread building blocks
+// Per-axis tap tables of the resampler (docs/design.md 2.1) and the per-thread building blocks
 // that every resampling CUDA kernel shares: resample_skip forward and backward and the fused
 // heads (resample_cross_entropy). Plain C++: nvcc compiles it into the kernels, g++ into
 // their CPU emulation (tests/test_cuda_emulation.py).
