@@ -85,15 +85,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
   const double label_smoothing = options.label_smoothing;
   check_device(logits, at::kCPU, "logits", "pixel_cross_entropy_cpu");
   const Geometry g = geometry(logits, target);
-  const at::ScalarType acc_type = accumulation_type(logits.scalar_type());
-  // The loss in the accumulation dtype for every reduction: the caller rounds it once to
-  // the dtype PyTorch returns, and its gradient then arrives in float32 too (a GradScaler's
-  // 65536 would overflow float16).
-  at::Tensor lse = at::empty({g.N, g.S}, logits.options().dtype(acc_type));
-  at::Tensor loss = reduction == kReductionNone
-                        ? at::empty({g.N, g.S}, logits.options().dtype(acc_type))
-                        : at::empty({}, logits.options().dtype(acc_type));
-  at::Tensor weight_sum = at::empty({}, logits.options().dtype(acc_type));
+  at::Tensor loss, lse, weight_sum;  // not structured bindings: the kernel lambda captures them
+  std::tie(loss, lse, weight_sum) =
+      empty_loss_outputs(logits, {g.N, g.S}, reduction == kReductionNone);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_cpu", [&] {

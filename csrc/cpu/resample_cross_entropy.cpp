@@ -109,11 +109,9 @@ LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& ta
   check_device(x, at::kCPU, "x", "resample_cross_entropy_cpu");
   const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
   const int64_t H = target.size(1), W = target.size(2);
-  const auto acc = x.options().dtype(accumulation_type(x.scalar_type()));
-  at::Tensor lse = at::empty({N, H, W}, acc);
-  at::Tensor loss =
-      options.reduction == kReductionNone ? at::empty({N, H, W}, acc) : at::empty({}, acc);
-  at::Tensor weight_sum = at::empty({}, acc);
+  at::Tensor loss, lse, weight_sum;  // not structured bindings: the kernel lambda captures them
+  std::tie(loss, lse, weight_sum) =
+      empty_loss_outputs(x, {N, H, W}, options.reduction == kReductionNone);
   const at::Tensor xc = x.contiguous();  // low resolution: a copy costs little
 
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -30,12 +30,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cuda(
   const LossGeometry g = geometry(logits, target);
   check_int32_sizes({g.N, g.C, g.S}, "pixel_cross_entropy_cuda");
   const DType dtype = cuda_dtype(logits);
-  const auto acc = logits.options().dtype(accumulation_type(logits.scalar_type()));
-  at::Tensor lse = at::empty({g.N, g.S}, acc);
-  // The loss in the accumulation dtype for every reduction (pixel_cross_entropy.h).
-  at::Tensor loss =
-      options.reduction == kReductionNone ? at::empty({g.N, g.S}, acc) : at::empty({}, acc);
-  at::Tensor weight_sum = at::empty({}, acc);
+  auto [loss, lse, weight_sum] =
+      empty_loss_outputs(logits, {g.N, g.S}, options.reduction == kReductionNone);
   // flags[0]: a bad target; flags[1]: the ticket of the last-block reduction.
   at::Tensor flags = at::zeros({2}, logits.options().dtype(at::kInt));
   at::Tensor workspace = at::empty({pixel_cross_entropy_workspace_bytes(dtype, g, force_index64())},

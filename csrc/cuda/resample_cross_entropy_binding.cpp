@@ -37,11 +37,8 @@ LossOutputs resample_cross_entropy_cuda(const at::Tensor& x, const at::Tensor& t
   const FusedGeometry g = geometry(x, target.size(1), target.size(2), resampling);
   check_sizes(g, "resample_cross_entropy_cuda");
   const DType dtype = cuda_dtype(x);
-  const auto acc = x.options().dtype(accumulation_type(x.scalar_type()));
-  at::Tensor lse = at::empty({g.N, g.out_h, g.out_w}, acc);
-  at::Tensor loss = options.reduction == kReductionNone ? at::empty({g.N, g.out_h, g.out_w}, acc)
-                                                        : at::empty({}, acc);
-  at::Tensor weight_sum = at::empty({}, acc);
+  auto [loss, lse, weight_sum] =
+      empty_loss_outputs(x, {g.N, g.out_h, g.out_w}, options.reduction == kReductionNone);
   // flags[0]: a bad target; flags[1]: the ticket of the last-block reduction.
   at::Tensor flags = at::zeros({2}, x.options().dtype(at::kInt));
   at::Tensor workspace =

@@ -5,8 +5,8 @@
 //
 // logits (N, C, S) with any strides, target (N, S) int64, weight (C,) in the accumulation
 // dtype (float32; float64 for float64 logits) or None; reduction 0 none, 1 mean, 2 sum.
-// Forward -> (loss, lse, weight_sum): loss (N, S) in the logits dtype for none, else 0-dim
-// in the accumulation dtype; lse (N, S) in the accumulation dtype is all backward keeps;
+// Forward -> (loss, lse, weight_sum), all in the accumulation dtype: loss (N, S) for none,
+// else 0-dim; lse (N, S) is all backward keeps;
 // weight_sum (0-dim) = sum of w[target] over non-ignored pixels, the mean's divisor.
 // Backward -> grad_logits = grad * (softmax - onehot), with weights and smoothing,
 // recomputed from lse; grad is (N, S) (any strides, 0 allowed) for none, else 0-dim.

@@ -2,6 +2,8 @@
 // ATen-side helpers shared by the CPU kernels and the CUDA bindings.
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 namespace fcn_fast {
 
 // Same rule as fcn_fast._common.output_memory_format, so every backend and the
@@ -21,6 +23,18 @@ inline void check_plane_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4, "fcn_fast: ", name, " must be 4-D (N, C, H, W), got ", t.sizes());
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fcn_fast: ", name,
               " must be floating point, got ", t.scalar_type());
+}
+
+// The loss kernels' forward outputs (loss, lse, weight_sum), all in x's accumulation dtype:
+// lse per pixel, shaped `pixels`; the loss per pixel for reduction none, else a scalar (the
+// caller rounds it once to PyTorch's dtype, so its gradient arrives in float32 too: a
+// GradScaler's 65536 would overflow float16); the weight sum, the mean's divisor.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_loss_outputs(const at::Tensor& x,
+                                                                         at::IntArrayRef pixels,
+                                                                         bool per_pixel_loss) {
+  const auto acc = x.options().dtype(accumulation_type(x.scalar_type()));
+  return {at::empty(per_pixel_loss ? pixels : at::IntArrayRef{}, acc), at::empty(pixels, acc),
+          at::empty({}, acc)};
 }
 
 // A kernel of one backend gets tensors of its device only (a CPU kernel reading CUDA
