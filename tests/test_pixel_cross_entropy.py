@@ -137,6 +137,26 @@ def test_extreme_logits(backend, reduction):
     _check(backend, logits, target, None, 255, reduction, 0.1, tol=dict(rtol=1e-5, atol=1e-2))
 
 
+def test_softmax_accurate_across_exps_whole_range(backend):
+    """Logits spread over [-90, 0] below their max: every softmax value exp(x - lse), from 1
+    down to exp's underflow, as close to float64 as float32 allows (the kernels' own exp: the
+    CPU's polynomial, CUDA's __expf, Triton's exp2)."""
+    device = backend_device(backend)
+    c = 2000
+    spread = torch.linspace(-90.0, 0.0, c, dtype=torch.float64)
+    offsets = torch.tensor([0.0, 17.3, -41.7], dtype=torch.float64)  # same shape, other n
+    logits = (spread[torch.randperm(c)][None, :, None] + offsets[:, None, None]).float()
+    target = torch.tensor([[5], [c - 1], [0]])
+    x = logits.to(device).detach().requires_grad_()
+    pixel_cross_entropy(x, target.to(device), reduction="sum", backend=backend).backward()
+    xd = logits.double().requires_grad_()
+    F.cross_entropy(xd, target, reduction="sum").backward()
+    # x - lse is itself rounded to float32: up to 87 * 2^-24 = 5e-6 relative in its exp
+    # (PyTorch's float32 F.cross_entropy is off by 8e-6 here). atol: exp may flush to zero
+    # what lies below float32's normal range.
+    torch.testing.assert_close(x.grad.cpu().double(), xd.grad, rtol=1e-5, atol=1e-37)
+
+
 def test_neg_inf_non_target_logits(backend):
     device = backend_device(backend)
     logits, target = _inputs(2, 6, (3, 5), -100, device)
