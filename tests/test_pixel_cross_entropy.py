@@ -471,18 +471,28 @@ def test_weight_layout_and_dtype(backend, device):
 
 
 def test_autocast_returns_float32_like_pytorch(backend, device):
-    """Under autocast F.cross_entropy runs in float32 and returns float32: so does the fused loss,
-    reading the bf16 logits directly and rounding the fp32 result once."""
+    """Under autocast the fused loss returns float32, as F.cross_entropy, and is the float32
+    loss of the bf16 logits (read directly, rounded once at the end).
+
+    Eager differs by device. On the CPU, cross_entropy_loss is on autocast's float32 list: it
+    computes exactly that. On CUDA it is not, and it calls log_softmax(x, dtype=x.dtype), which
+    autocast leaves in bf16: the log-probabilities are rounded to bf16 before the float32 NLL
+    (docs/design.md 2.3). That was the 5e-5 "mismatch" of the first H200 run; the fused loss is
+    the more exact one, and within bf16's resolution of eager."""
     logits = torch.randn(2, 7, 5, 6, device=device).bfloat16()
     target = torch.randint(0, 7, (2, 5, 6), device=device)
     weight = torch.rand(7, device=device) + 0.1
     for reduction in ("mean", "sum", "none"):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            expected = F.cross_entropy(logits, target, weight, reduction=reduction)
+            eager = F.cross_entropy(logits, target, weight, reduction=reduction)
             got = pixel_cross_entropy(logits, target, weight, reduction=reduction, backend=backend)
-        assert expected.dtype == got.dtype == torch.float32
-        tol = dict(rtol=1e-5, atol=1e-5) if reduction != "none" else dict(rtol=1e-2, atol=1e-2)
-        torch.testing.assert_close(got, expected, **tol)
+        assert eager.dtype == got.dtype == torch.float32
+        exact = F.cross_entropy(logits.double(), target, weight.double(), reduction=reduction)
+        torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
+        # bf16 log-probabilities of a few units: 2^-9 relative each, 0.02 at worst.
+        torch.testing.assert_close(got, eager, rtol=1e-2, atol=2e-2)
+        if device.type == "cpu":
+            torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.cuda
