@@ -182,11 +182,29 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         at::parallel_for(0, N * bands, 1, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
-          std::vector<acc_t> vsum(C * band * W), z(C * W), g(C * W), a(W), b(W), d(W), l(W);
+          // The vertical adjoint's sums live in a ring of two rows per class: input row i in
+          // slot i % 2. Output rows come in Y order and their taps are two consecutive input
+          // rows that never move back, so row i is final once a Y's taps are past it; it is
+          // then reduced horizontally into grad_x and its slot zeroed. (A band of full rows
+          // would not fit in L2.)
+          std::vector<acc_t> ring(C * 2 * W), z(C * W), g(C * W), a(W), b(W), d(W), l(W);
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t n = unit / bands, i0 = (unit % bands) * band;
             const int64_t i1 = std::min(in_h, i0 + band);
-            std::fill(vsum.begin(), vsum.end(), acc_t(0));
+            std::fill(ring.begin(), ring.end(), acc_t(0));
+            int64_t done = i0;  // rows [i0, done) are written to grad_x
+            auto finish_rows_below = [&](int64_t row_end) {
+              for (; done < row_end; ++done) {
+                for (int64_t c = 0; c < C; ++c) {
+                  acc_t* v = ring.data() + (c * 2 + done % 2) * W;
+                  scalar_t* out = gx + n * gxs[0] + c * gxs[1] + done * gxs[2];
+                  for (int64_t j = 0; j < in_w; ++j) {
+                    out[j * gxs[3]] = static_cast<scalar_t>(cols.gather(j, v));
+                  }
+                  std::fill(v, v + W, acc_t(0));
+                }
+              }
+            };
             // The output rows that read any of the band's input rows, in order.
             const int64_t y_first =
                 std::min(H, resample_first_output(i0, resampling.scale_h, resampling.bias_h));
@@ -197,6 +215,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
               logits.taps(Y, &ty);
               const bool has0 = ty.i0 >= i0 && ty.i0 < i1, has1 = ty.i1 >= i0 && ty.i1 < i1;
               if (!has0 && !has1) continue;
+              finish_rows_below(has0 ? ty.i0 : ty.i1);
               // d loss / d z for every class of the row, as pixel_cross_entropy's backward.
               const int64_t* trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
@@ -217,25 +236,12 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
                 const acc_t* gc = g.data() + c * W;
                 for (int i = 0; i < 2; ++i) {
                   if (!inside[i]) continue;
-                  acc_t* v = vsum.data() + (c * band + taps[i] - i0) * W;
+                  acc_t* v = ring.data() + (c * 2 + taps[i] % 2) * W;
                   for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * gc[X];
                 }
               }
             }
-            // Horizontal adjoint: a gather per input element, in a fixed order.
-            for (int64_t c = 0; c < C; ++c) {
-              scalar_t* out = gx + n * gxs[0] + c * gxs[1];
-              for (int64_t i = i0; i < i1; ++i) {
-                const acc_t* v = vsum.data() + (c * band + i - i0) * W;
-                for (int64_t j = 0; j < in_w; ++j) {
-                  const acc_t* w = cols.weights.data() + j * cols.window;
-                  const acc_t* vj = v + cols.first[j];
-                  acc_t sum = acc_t(0);
-                  for (int64_t r = 0; r < cols.count[j]; ++r) sum += w[r] * vj[r];
-                  out[i * gxs[2] + j * gxs[3]] = static_cast<scalar_t>(sum);
-                }
-              }
-            }
+            finish_rows_below(i1);
           }
         });
       });

@@ -66,6 +66,24 @@ struct AdjointColumns {
       }
     }
   }
+
+  // Input column j's gradient from the vertically reduced output row v. Four partial sums
+  // (combined in a fixed order) instead of one dependent chain of `count` additions.
+  acc_t gather(int64_t j, const acc_t* v) const {
+    const acc_t* w = weights.data() + j * window;
+    const acc_t* vj = v + first[j];
+    const int64_t n = count[j];
+    acc_t s0 = acc_t(0), s1 = acc_t(0), s2 = acc_t(0), s3 = acc_t(0);
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+      s0 += w[k] * vj[k];
+      s1 += w[k + 1] * vj[k + 1];
+      s2 += w[k + 2] * vj[k + 2];
+      s3 += w[k + 3] * vj[k + 3];
+    }
+    for (; k < n; ++k) s0 += w[k] * vj[k];
+    return (s0 + s1) + (s2 + s3);
+  }
 };
 
 }  // namespace fcn_fast

@@ -147,11 +147,7 @@ at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, 
             for (int64_t i = 0; i < in_h; ++i) {
               const acc_t* v = vsum.data() + i * out_w;
               for (int64_t j = 0; j < in_w; ++j) {
-                const acc_t* w = cols.weights.data() + j * cols.window;
-                const acc_t* vj = v + cols.first[j];
-                acc_t acc = acc_t(0);
-                for (int64_t k = 0; k < cols.count[j]; ++k) acc += w[k] * vj[k];
-                gx[i * in_w + j] = static_cast<scalar_t>(acc);
+                gx[i * in_w + j] = static_cast<scalar_t>(cols.gather(j, v));
               }
             }
           }
