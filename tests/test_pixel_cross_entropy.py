@@ -140,7 +140,7 @@ def test_extreme_logits(backend, reduction):
 def test_softmax_accurate_across_exps_whole_range(backend):
     """Logits spread over [-90, 0] below their max: every softmax value exp(x - lse), from 1
     down to exp's underflow, as close to float64 as float32 allows (the kernels' own exp: the
-    CPU's polynomial, CUDA's __expf, Triton's exp2)."""
+    CPU's polynomial, CUDA's expf, Triton's tl.exp)."""
     device = backend_device(backend)
     c = 2000
     spread = torch.linspace(-90.0, 0.0, c, dtype=torch.float64)
