@@ -94,8 +94,8 @@ def interpolate_geometry(in_size, size, scale_factor, align_corners, op) -> Geom
 def _scale_pair(scale_factor, op) -> tuple[float, float]:
     if (type(scale_factor) is float or type(scale_factor) is int) and 0 < scale_factor < math.inf:
         return scale_factor, scale_factor
-    pair = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else None
-    factors = (scale_factor, scale_factor) if pair is None else pair
+    pair = isinstance(scale_factor, (tuple, list))
+    factors = tuple(scale_factor) if pair else (scale_factor, scale_factor)
     if len(factors) != 2 or not all(
         isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
     ):
