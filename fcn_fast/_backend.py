@@ -161,13 +161,18 @@ def _auto(op: str, device_type: str) -> str:
     return "reference"
 
 
+_CPU = torch.device("cpu")
+
+
 def resolve_backend(backend: str, op: str, device: torch.device) -> str:
     """The backend that runs public op `op` on tensors of `device`; raises if it can't run.
 
     `op` is the function the user called: errors name it.
     """
     if backend == "auto":
-        return _auto(op, device.type)
+        # device.type builds a new str (0.8 us, more than the rest of this function): a CPU
+        # device is recognised by comparison instead.
+        return _auto(op, "cpu" if device == _CPU else device.type)
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {('auto', *BACKENDS)}, got {backend!r}")
     reason = can_run(backend, device)
@@ -191,3 +196,32 @@ def register_fake(*qualnames: str):
         return fn
 
     return register
+
+
+def extension_op(name: str):
+    """A function calling the extension's op fcn_fast::<name> with positional arguments.
+
+    It calls the op through the extension's direct binding fcn_fast._C.<name>, which skips
+    torch.ops' per-argument conversion (about 8 us a call, csrc/ops/module.cpp) and runs the
+    same dispatcher entry: autograd, kernels and dispatch modes are unchanged. Two callers
+    need torch.ops itself: torch.compile, which traces torch.ops calls (and sees this
+    branch as a constant), and arguments with __torch_function__ (tensor subclasses,
+    TorchFunctionModes), which only torch.ops hands to Python.
+    """
+    if _C is None:
+
+        def unavailable(*args):
+            raise RuntimeError(_NOT_BUILT)
+
+        return unavailable
+    through_torch_ops = getattr(torch.ops.fcn_fast, name).default
+    direct = getattr(_C, name)
+    is_compiling, has_torch_function = torch.compiler.is_compiling, torch._C._has_torch_function
+
+    def call(*args):
+        if is_compiling() or has_torch_function(args):
+            return through_torch_ops(*args)
+        return direct(*args)
+
+    call.__name__ = call.__qualname__ = name
+    return call

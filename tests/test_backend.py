@@ -95,3 +95,111 @@ def test_import_without_extension_or_triton_falls_back_to_reference():
     )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# How the public ops call the extension: its direct bindings fcn_fast._C.<op>
+# (csrc/ops/module.cpp), or torch.ops.fcn_fast.<op> where Python-level dispatch is needed.
+
+needs_extension = pytest.mark.skipif(
+    not fcn_fast._backend.extension_loaded(), reason="the C++ extension is not built"
+)
+
+
+@needs_extension
+def test_direct_binding_is_the_torch_ops_op_with_its_autograd():
+    from fcn_fast import _C
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    skip = torch.randn(2, 3, 11, 13, dtype=torch.float64, generator=gen, requires_grad=True)
+    args = (x, skip, 0.5, -0.25, 0.625, -0.3, True, 9, 12, 1, 0, "cpu")
+    direct, through = _C.resample_skip(*args), torch.ops.fcn_fast.resample_skip(*args)
+    assert torch.equal(direct, through)
+    assert type(direct.grad_fn) is type(through.grad_fn)
+    grad = torch.randn(direct.shape, dtype=torch.float64, generator=gen)
+    for a, b in zip(
+        torch.autograd.grad(direct, (x, skip), grad), torch.autograd.grad(through, (x, skip), grad)
+    ):
+        assert torch.equal(a, b)
+
+    # Tuple results, and a dtype argument.
+    args = (x.detach(), 0.5, -0.25, 0.625, -0.3, False, 9, 12, torch.uint8, True, "cpu")
+    for a, b in zip(_C.resample_argmax(*args), torch.ops.fcn_fast.resample_argmax(*args)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    target = torch.randint(0, 3, (2, 5, 7), generator=gen)
+    args = (x.detach(), target, None, -100, 1, 0.1, "cpu")
+    for a, b in zip(_C.pixel_cross_entropy(*args), torch.ops.fcn_fast.pixel_cross_entropy(*args)):
+        assert torch.equal(a, b)
+
+
+@needs_extension
+def test_direct_binding_rejects_bad_arguments_with_a_python_error():
+    from fcn_fast import _C
+
+    x = torch.randn(1, 2, 3, 3)
+    good = [x, None, 0.5, -0.25, 0.5, -0.25, False, 4, 4, 0, 0, "cpu"]
+    with pytest.raises(TypeError, match="takes 12 positional arguments, got 11"):
+        _C.resample_skip(*good[:-1])
+    for index, bad, expected in [
+        (0, x.numpy(), "must be a Tensor"),
+        (1, 3, "must be a Tensor"),
+        (2, "0.5", "must be a float"),
+        (6, 1, "must be a bool"),
+        (7, 4.0, "must be an int"),
+        (11, b"cpu", "must be a str"),
+    ]:
+        args = list(good)
+        args[index] = bad
+        with pytest.raises(TypeError, match=f"argument {index} {expected}"):
+            _C.resample_skip(*args)
+    # The op's own checks raise through the binding as through torch.ops.
+    with pytest.raises(ValueError, match='backend must be "cpu", "cuda" or "triton"'):
+        _C.resample_skip(*good[:-1], "gpu")
+
+
+@needs_extension
+def test_torch_function_modes_and_subclasses_see_the_torch_ops_op():
+    """The direct binding would hide the call from __torch_function__: such calls go through
+    torch.ops, as a built-in op's would."""
+    from torch.overrides import TorchFunctionMode
+
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(1, 2, 4, 4)
+    target = torch.randint(0, 2, (1, 4, 4))
+    with Record():
+        fcn_fast.interpolate_add(x, size=(8, 8))
+        fcn_fast.pixel_cross_entropy(x, target)
+    assert torch.ops.fcn_fast.resample_skip.default in seen
+    assert torch.ops.fcn_fast.pixel_cross_entropy.default in seen
+
+    class Tagged(torch.Tensor):
+        pass
+
+    out = fcn_fast.upsample_skip(x.as_subclass(Tagged), factor=2)
+    assert type(out) is Tagged  # as F.interpolate's would be
+    assert torch.equal(out.as_subclass(torch.Tensor), fcn_fast.upsample_skip(x, factor=2))
+
+
+@needs_extension
+@pytest.mark.parametrize("op", ["pixel_cross_entropy", "upsample_cross_entropy"])
+def test_double_backward_raises_a_clear_error(op):
+    """create_graph=True records the backward kernel's autograd node; differentiating it again
+    says it is not supported instead of returning a wrong second derivative."""
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    if op == "pixel_cross_entropy":
+        loss = fcn_fast.pixel_cross_entropy(x, torch.randint(0, 3, (1, 4, 4)), backend="cpu")
+    else:
+        loss = fcn_fast.upsample_cross_entropy(
+            x, torch.randint(0, 3, (1, 8, 8)), factor=2, crop=1, backend="cpu"
+        )
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    assert grad.requires_grad
+    with pytest.raises(RuntimeError, match="double backward of .* not supported"):
+        grad.sum().backward()

@@ -10,6 +10,14 @@
 
 namespace fcn_fast {
 
+// at::parallel_for's grain for items of `work_per_item` elements each: a task gets at least
+// 32K elements (ATen's own at::internal::GRAIN_SIZE), because waking a second thread costs
+// more than a smaller task saves; a tiny call runs inline instead of forking OpenMP threads.
+inline int64_t parallel_grain(int64_t work_per_item) {
+  constexpr int64_t kMinTaskElements = 32768;
+  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, work_per_item));
+}
+
 // Taps of every output column, shared by all rows. Indices point into an input
 // row padded by one element on each side (see pad_row), so every tap is a valid
 // read: H[X] = w0[X] * padded[col[X]] + w1[X] * padded[col[X] + 1].

@@ -67,8 +67,7 @@ at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor
         const auto os = out.strides();
         const std::vector<int64_t> ss =
             skip.has_value() ? skip->strides().vec() : std::vector<int64_t>{0, 0, 0, 0};
-        const int64_t grain = std::max<int64_t>(1, 65536 / out_w);
-        at::parallel_for(0, N * C * out_h, grain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, N * C * out_h, parallel_grain(out_w), [&](int64_t begin, int64_t end) {
           // Two horizontally interpolated input rows, reused by the ~factor
           // consecutive output rows that read the same pair; keyed by plane * in_h + row.
           std::vector<acc_t> padded(in_w + 2), rows(2 * out_w), zeros(out_w, acc_t(0));
@@ -121,7 +120,7 @@ at::Tensor resample_skip_backward_cpu(const at::Tensor& grad_out, int64_t in_h, 
         const scalar_t* g_ptr = grad_out.const_data_ptr<scalar_t>();
         scalar_t* gx_ptr = grad_x.mutable_data_ptr<scalar_t>();
         const auto gs = grad_out.strides();
-        at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, N * C, parallel_grain(out_h * out_w), [&](int64_t begin, int64_t end) {
           // vsum[i][X] = sum_Y weight(Y, i) grad_out[Y][X], accumulated in Y order.
           std::vector<acc_t> vsum(in_h * out_w);
           for (int64_t plane = begin; plane < end; ++plane) {

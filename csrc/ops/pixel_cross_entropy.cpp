@@ -119,7 +119,7 @@ Outputs call_pixel_cross_entropy(const at::Tensor& logits, const at::Tensor& tar
                                  c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::pixel_cross_entropy", "")
-                             .typed<decltype(pixel_cross_entropy_kernel)>();
+                             .typed<PixelCrossEntropySignature>();
   return op.call(logits, target, weight, ignore_index, reduction, label_smoothing, backend);
 }
 
@@ -209,6 +209,11 @@ at::Tensor pixel_cross_entropy_backward_autograd(
     const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, const at::Tensor& lse, const at::Tensor& weight_sum,
     int64_t ignore_index, int64_t reduction, double label_smoothing, c10::string_view backend) {
+  if (!at::GradMode::is_enabled()) {  // a backward pass without create_graph: nothing to record
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_pixel_cross_entropy_backward(grad, logits, target, weight, lse, weight_sum,
+                                             ignore_index, reduction, label_smoothing, backend);
+  }
   return PixelCrossEntropyBackwardFunction::apply(grad, logits, target, weight, lse, weight_sum,
                                                   ignore_index, reduction, label_smoothing,
                                                   backend)[0];

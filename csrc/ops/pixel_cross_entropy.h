@@ -20,6 +20,12 @@
 
 namespace fcn_fast {
 
+// The public op fcn_fast::pixel_cross_entropy (schema: pixel_cross_entropy.cpp) as C++ calls
+// it through the dispatcher.
+using PixelCrossEntropySignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, int64_t reduction, double label_smoothing, c10::string_view backend);
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const CrossEntropyOptions& options);

@@ -116,7 +116,7 @@ LossOutputs call_resample_cross_entropy(const at::Tensor& x, const at::Tensor& t
                                         double label_smoothing, c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::resample_cross_entropy", "")
-                             .typed<decltype(resample_cross_entropy_kernel)>();
+                             .typed<ResampleCrossEntropySignature>();
   return op.call(x, target, weight, scale_h, bias_h, scale_w, bias_w, clamp, ignore_index,
                  reduction, label_smoothing, backend);
 }
@@ -139,7 +139,7 @@ ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double b
                                    c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::resample_argmax", "")
-                             .typed<decltype(resample_argmax_kernel)>();
+                             .typed<ResampleArgmaxSignature>();
   return op.call(x, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, out_dtype,
                  return_confidence, backend);
 }
@@ -232,6 +232,12 @@ at::Tensor resample_cross_entropy_backward_autograd(
     const std::optional<at::Tensor>& weight, const at::Tensor& lse, const at::Tensor& weight_sum,
     double scale_h, double bias_h, double scale_w, double bias_w, bool clamp, int64_t ignore_index,
     int64_t reduction, double label_smoothing, c10::string_view backend) {
+  if (!at::GradMode::is_enabled()) {  // a backward pass without create_graph: nothing to record
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_resample_cross_entropy_backward(grad, x, target, weight, lse, weight_sum, scale_h,
+                                                bias_h, scale_w, bias_w, clamp, ignore_index,
+                                                reduction, label_smoothing, backend);
+  }
   return ResampleCrossEntropyBackwardFunction::apply(
       grad, x, target, weight, lse, weight_sum, scale_h, bias_h, scale_w, bias_w, clamp,
       ignore_index, reduction, label_smoothing, backend)[0];

@@ -32,6 +32,19 @@ namespace fcn_fast {
 
 using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// The public ops fcn_fast::resample_cross_entropy and fcn_fast::resample_argmax (schemas:
+// resample_cross_entropy.cpp) as C++ calls them through the dispatcher.
+using ResampleCrossEntropySignature = LossOutputs(const at::Tensor& x, const at::Tensor& target,
+                                                  const std::optional<at::Tensor>& weight,
+                                                  double scale_h, double bias_h, double scale_w,
+                                                  double bias_w, bool clamp, int64_t ignore_index,
+                                                  int64_t reduction, double label_smoothing,
+                                                  c10::string_view backend);
+using ResampleArgmaxSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& x, double scale_h, double bias_h, double scale_w, double bias_w, bool clamp,
+    int64_t out_h, int64_t out_w, at::ScalarType out_dtype, bool return_confidence,
+    c10::string_view backend);
+
 LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const Resampling& resampling,

@@ -77,7 +77,7 @@ at::Tensor call_resample_skip(const at::Tensor& x, const std::optional<at::Tenso
                               int64_t skip_x, c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::resample_skip", "")
-                             .typed<decltype(resample_skip_kernel)>();
+                             .typed<ResampleSkipSignature>();
   return op.call(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, skip_y, skip_x,
                  backend);
 }
@@ -172,6 +172,11 @@ class ResampleSkipBackwardFunction
 at::Tensor resample_skip_backward_autograd(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
                                            double scale_h, double bias_h, double scale_w,
                                            double bias_w, bool clamp, c10::string_view backend) {
+  if (!at::GradMode::is_enabled()) {  // a backward pass without create_graph: nothing to record
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_resample_skip_backward(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w,
+                                       clamp, backend);
+  }
   return ResampleSkipBackwardFunction::apply(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w,
                                              clamp, backend)[0];
 }

@@ -16,6 +16,13 @@
 
 namespace fcn_fast {
 
+// The public op fcn_fast::resample_skip (schema: resample_skip.cpp) as C++ calls it through
+// the dispatcher.
+using ResampleSkipSignature = at::Tensor(const at::Tensor& x, const std::optional<at::Tensor>& skip,
+                                         double scale_h, double bias_h, double scale_w,
+                                         double bias_w, bool clamp, int64_t out_h, int64_t out_w,
+                                         int64_t skip_y, int64_t skip_x, c10::string_view backend);
+
 at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
                              const Resampling& resampling, int64_t out_h, int64_t out_w,
                              int64_t skip_y, int64_t skip_x);

@@ -36,6 +36,8 @@ from fcn_fast.ops._checks import (
 from fcn_fast.reference.pixel_cross_entropy import pixel_cross_entropy_reference
 
 _OP = "pixel_cross_entropy"
+# csrc/ops/pixel_cross_entropy.cpp: the kernel for each backend, and the autograd.
+_pixel_cross_entropy = _backend.extension_op("pixel_cross_entropy")
 
 
 @_backend.register_fake("fcn_fast::pixel_cross_entropy", "fcn_fast::pixel_cross_entropy_triton")
@@ -107,8 +109,7 @@ def pixel_cross_entropy(
     backend = _backend.resolve_backend(backend, _OP, logits.device)
     if backend == "reference":
         return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
-    # csrc/ops/pixel_cross_entropy.cpp: the kernel for each backend, and the autograd.
-    loss, _, _ = torch.ops.fcn_fast.pixel_cross_entropy(
+    loss, _, _ = _pixel_cross_entropy(
         logits,
         target,
         kernel_weight(weight, logits.dtype),

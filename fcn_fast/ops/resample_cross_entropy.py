@@ -34,6 +34,10 @@ from fcn_fast.reference import (
     upsample_skip_reference,
 )
 
+# csrc/ops/resample_cross_entropy.cpp: the kernels for each backend, and the autograd.
+_resample_cross_entropy = _backend.extension_op("resample_cross_entropy")
+_resample_argmax = _backend.extension_op("resample_argmax")
+
 
 @_backend.register_fake(
     "fcn_fast::resample_cross_entropy", "fcn_fast::resample_cross_entropy_triton"
@@ -126,8 +130,7 @@ def _loss(
     if backend == "reference":
         logits = reference_logits()
         return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
-    # csrc/ops/resample_cross_entropy.cpp: the kernel for each backend, and the autograd.
-    loss, _, _ = torch.ops.fcn_fast.resample_cross_entropy(
+    loss, _, _ = _resample_cross_entropy(
         x,
         target,
         kernel_weight(weight, x.dtype),
@@ -152,7 +155,7 @@ def _argmax(x, geometry: Geometry, out_dtype, return_confidence, backend, op, re
     if backend == "reference":
         with torch.no_grad():
             return argmax_reference(reference_logits(), out_dtype, return_confidence)
-    labels, confidence = torch.ops.fcn_fast.resample_argmax(
+    labels, confidence = _resample_argmax(
         x,
         *geometry.resampler_args(),
         *geometry.out_size,

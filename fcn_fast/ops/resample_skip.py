@@ -18,6 +18,9 @@ from fcn_fast.ops._checks import check_float, check_same, check_tensor, int_pair
 from fcn_fast.ops._geometry import interpolate_geometry, upsample_geometry
 from fcn_fast.reference.resample_skip import interpolate_add_reference, upsample_skip_reference
 
+# csrc/ops/resample_skip.cpp: the kernel for each backend, and the autograd.
+_resample_skip = _backend.extension_op("resample_skip")
+
 
 @_backend.register_fake("fcn_fast::resample_skip", "fcn_fast::resample_skip_triton")
 def _resample_skip_fake(
@@ -37,20 +40,23 @@ def _resample_skip_backward_fake(
     return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
 
 
-def _check_inputs(x, skip, x_name, op):
+def _check_inputs(x, skip, x_name, op) -> tuple[int, int]:
+    """The spatial size (H, W) of x, after checking x and skip."""
     check_tensor(x, x_name, op, ndim=4)
     check_float(x, x_name, op)
-    if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"{op}: {x_name} must have H, W >= 1, got shape {tuple(x.shape)}")
-    if skip is None:
-        return
-    check_tensor(skip, "skip", op, ndim=4)
-    check_same(skip, x, "skip", x_name, op)
-    if skip.shape[:2] != x.shape[:2]:
-        raise ValueError(
-            f"{op}: skip must have the batch and channel sizes of {x_name} "
-            f"{tuple(x.shape[:2])}, got shape {tuple(skip.shape)}"
-        )
+    shape = x.shape  # read once: each read builds a torch.Size, which tiny inputs notice
+    if shape[2] < 1 or shape[3] < 1:
+        raise ValueError(f"{op}: {x_name} must have H, W >= 1, got shape {tuple(shape)}")
+    if skip is not None:
+        check_tensor(skip, "skip", op, ndim=4)
+        check_same(skip, x, "skip", x_name, op)
+        skip_shape = skip.shape
+        if skip_shape[0] != shape[0] or skip_shape[1] != shape[1]:
+            raise ValueError(
+                f"{op}: skip must have the batch and channel sizes of {x_name} "
+                f"{tuple(shape[:2])}, got shape {tuple(skip_shape)}"
+            )
+    return shape[2], shape[3]
 
 
 def _run(x, skip, geometry, skip_crop, backend, op, reference):
@@ -58,8 +64,7 @@ def _run(x, skip, geometry, skip_crop, backend, op, reference):
     backend = _backend.resolve_backend(backend, op, x.device)
     if backend == "reference":
         return reference()
-    # csrc/ops/resample_skip.cpp: the kernel for each backend, and the autograd.
-    return torch.ops.fcn_fast.resample_skip(
+    return _resample_skip(
         x, skip, *geometry.resampler_args(), *geometry.out_size, *skip_crop, backend
     )
 
@@ -85,10 +90,8 @@ def upsample_skip(
     deconvolution (this is not F.interpolate: it darkens a band at the border).
     """
     op = "upsample_skip"
-    _check_inputs(coarse, skip, "coarse", op)
-    geometry, kernel_size = upsample_geometry(
-        coarse.shape[2:], factor, kernel_size, crop, out_size, op
-    )
+    in_size = _check_inputs(coarse, skip, "coarse", op)
+    geometry, kernel_size = upsample_geometry(in_size, factor, kernel_size, crop, out_size, op)
     crop, skip_crop = int_pair(crop, "crop", op), int_pair(skip_crop, "skip_crop", op)
     _check_skip_window(skip, skip_crop, geometry.out_size, op)
     return _run(
@@ -131,8 +134,8 @@ def interpolate_add(
     shape exactly (no broadcasting).
     """
     op = "interpolate_add"
-    _check_inputs(x, skip, "x", op)
-    geometry = interpolate_geometry(x.shape[2:], size, scale_factor, align_corners, op)
+    in_size = _check_inputs(x, skip, "x", op)
+    geometry = interpolate_geometry(in_size, size, scale_factor, align_corners, op)
     if skip is not None and tuple(skip.shape[2:]) != geometry.out_size:
         raise ValueError(
             f"{op}: skip must have the output's spatial size {geometry.out_size}, "
