@@ -157,6 +157,32 @@ def test_softmax_accurate_across_exps_whole_range(backend):
     torch.testing.assert_close(x.grad.cpu().double(), xd.grad, rtol=1e-5, atol=1e-37)
 
 
+def test_logits_far_above_class_0_and_infinities_in_one_chunk(backend):
+    """The CPU loss sums exp(x - x[0]) in one pass and falls back to max-shifted passes for a
+    chunk where that cannot work: a logit more than 80 above class 0's, an infinite logit.
+    Pixels on both sides of that line, side by side, each as float64 says."""
+    device = backend_device(backend)
+    gen = torch.Generator().manual_seed(5)
+    c, n_pix = 7, 40
+    logits = torch.randn(1, c, n_pix, generator=gen, dtype=torch.float64) * 3
+    logits[0, 0, 0:4] = torch.tensor([-79.0, -81.0, -120.0, -200.0])  # below the rest by ~80+
+    logits[0, 3, 4], logits[0, 0, 5] = 95.0, -95.0  # one logit far above, class 0 far below
+    logits[0, 2, 6] = float("-inf")  # a -inf logit that is not class 0
+    logits[0, :, 7] = torch.linspace(-30.0, 60.0, c)  # within 80 of class 0, large sum
+    target = torch.randint(0, c, (1, n_pix), generator=gen)
+    target[0, 6] = 0
+    for reduction in ("none", "sum"):
+        _check(backend, logits.float().to(device), target.to(device), reduction=reduction)
+    # An infinite logit: the pixel's loss is PyTorch's (inf or NaN), the others stay exact.
+    logits[0, 1, 8], logits[0, 0, 9] = float("inf"), float("-inf")
+    target[0, 9] = 2
+    out = pixel_cross_entropy(
+        logits.float().to(device), target.to(device), reduction="none", backend=backend
+    )
+    ref = F.cross_entropy(logits, target, reduction="none")
+    torch.testing.assert_close(out.cpu().double(), ref, equal_nan=True, **TOL[torch.float32])
+
+
 def test_neg_inf_non_target_logits(backend):
     device = backend_device(backend)
     logits, target = _inputs(2, 6, (3, 5), -100, device)

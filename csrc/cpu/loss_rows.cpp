@@ -3,6 +3,7 @@
 #include "loss_rows.h"
 
 #include <cmath>
+#include <type_traits>
 
 #include "vec_math.h"
 
@@ -26,10 +27,80 @@ using vec_math::log_any;
 
 // ---- chunk kernels: rows x[c * ld + p], c < C, p < P ----
 
+// lse_rows in one pass over the logits, shifted by class 0's logit x0 instead of the max:
+// sum_c exp(x - x0) and the max are gathered together, so the logits stream from memory
+// under the exps (the two-pass form below waits for memory in its max pass). The sums are
+// then rescaled to the max: logs = log(sum * exp(x0 - m)), swx += (x0 - m) sum_c w[c], the
+// two-pass outputs up to rounding. Returns false, with the outputs unspecified, if a pixel
+// needs the two-pass form: a logit more than 80 above x0 (exp(x - x0) would overflow, or
+// exp(x0 - m) underflow), a sum that overflowed, or a NaN or infinite x0 or max.
+template <typename T>
+FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int64_t P, const T* w,
+                                         bool smoothing, T* m, T* logs, T* swx) {
+  const T* x0 = x;
+  for (int64_t p = 0; p < P; ++p) m[p] = x0[p];
+  for (int64_t p = 0; p < P; ++p) logs[p] = T(1);  // exp(x0 - x0)
+  T wsum = T(0);
+  if (smoothing) {
+    for (int64_t p = 0; p < P; ++p) swx[p] = T(0);
+    for (int64_t c = 0; c < C; ++c) wsum += w == nullptr ? T(1) : w[c];
+  }
+  // Blocks of 16 pixels keep their sums and maxima in registers across the classes; the
+  // loop below does the rest (and the smoothing sums).
+  constexpr int64_t kBlock = 16;
+  const int64_t blocked = smoothing ? 0 : P / kBlock * kBlock;
+  for (int64_t p0 = 0; p0 < blocked; p0 += kBlock) {
+    T shift_by[kBlock], sum[kBlock], max[kBlock];
+    for (int64_t j = 0; j < kBlock; ++j) {
+      shift_by[j] = max[j] = x0[p0 + j];
+      sum[j] = T(1);
+    }
+    for (int64_t c = 1; c < C; ++c) {
+      const T* row = x + c * ld + p0;
+      for (int64_t j = 0; j < kBlock; ++j) {
+        sum[j] += exp_any(row[j] - shift_by[j]);
+        max[j] = row[j] > max[j] ? row[j] : max[j];
+      }
+    }
+    for (int64_t j = 0; j < kBlock; ++j) {
+      logs[p0 + j] = sum[j];
+      m[p0 + j] = max[j];
+    }
+  }
+  for (int64_t c = 1; c < C; ++c) {
+    const T* row = x + c * ld;
+    if (smoothing) {
+      const T wc = w == nullptr ? T(1) : w[c];
+      for (int64_t p = 0; p < P; ++p) {
+        const T d = row[p] - x0[p];
+        logs[p] += exp_any(d);
+        swx[p] += wc * d;
+        m[p] = row[p] > m[p] ? row[p] : m[p];
+      }
+    } else {
+      for (int64_t p = blocked; p < P; ++p) {
+        logs[p] += exp_any(row[p] - x0[p]);
+        m[p] = row[p] > m[p] ? row[p] : m[p];
+      }
+    }
+  }
+  int bad = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const T shift = x0[p] - m[p];  // <= 0; NaN for infinite x0 and m
+    bad |= !(shift >= T(-80) && logs[p] < static_cast<T>(HUGE_VAL));
+    logs[p] = log_any(logs[p] * exp_any(shift));
+    if (smoothing) swx[p] += shift * wsum;
+  }
+  return bad == 0;
+}
+
 // m[p] = max_c x, logs[p] = log sum_c exp(x - m), swx[p] = sum_c w[c] (x - m) (smoothing).
 template <typename T>
 FCN_ALWAYS_INLINE void lse_rows_impl(const T* x, int64_t ld, int64_t C, int64_t P, const T* w,
                                      bool smoothing, T* m, T* logs, T* swx) {
+  if constexpr (std::is_same<T, float>::value) {  // double's std::exp is not worth hiding under
+    if (lse_rows_one_pass(x, ld, C, P, w, smoothing, m, logs, swx)) return;
+  }
   for (int64_t p = 0; p < P; ++p) m[p] = x[p];
   for (int64_t c = 1; c < C; ++c) {
     const T* row = x + c * ld;

@@ -28,8 +28,8 @@ void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, i
                const double* lse, const double* a, const double* d, const double* w,
                bool smoothing);
 
-// Pixels per chunk: a [C][P] fp32 block of about 32 KiB (stays in L1 between the max and
-// exp passes), a multiple of 16 for the vector loops. It depends on C only, so the chunking,
+// Pixels per chunk: a [C][P] fp32 block of about 32 KiB (stays in L1 from lse_rows to the
+// per-pixel steps), a multiple of 16 for the vector loops. It depends on C only, so the chunking,
 // and with it every sum, does not depend on the thread count.
 inline int64_t chunk_pixels(int64_t C) {
   const int64_t p = (8192 / std::max<int64_t>(C, 1)) / 16 * 16;

@@ -5,7 +5,7 @@
 // are bitwise identical run to run). For NCHW fp32 a chunk is C rows of P
 // contiguous floats read in place; other layouts and dtypes are first packed
 // into a float (double for fp64) [C][P] buffer. Each chunk reads its logits
-// from memory once; the max pass brings them into L1, the exp pass reuses them.
+// from memory once, in the one pass of lse_rows (loss_rows.cpp) that sums the exps.
 // Per-chunk partial sums go to a vector and are added in chunk order. The vectorized
 // loops and the per-pixel steps are loss_rows.h's, shared with the fused heads.
 #include "../ops/pixel_cross_entropy.h"
