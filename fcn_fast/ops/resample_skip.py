@@ -40,8 +40,8 @@ def _resample_skip_backward_fake(
     return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], in_h, in_w))
 
 
-def _check_inputs(x, skip, x_name, op) -> tuple[int, int]:
-    """The spatial size (H, W) of x, after checking x and skip."""
+def _check_inputs(x, skip, x_name, op):
+    """The spatial sizes (H, W) of x and of skip (None without), after checking both."""
     check_tensor(x, x_name, op, ndim=4)
     check_float(x, x_name, op)
     shape = x.shape  # read once: each read builds a torch.Size, which tiny inputs notice
@@ -56,7 +56,8 @@ def _check_inputs(x, skip, x_name, op) -> tuple[int, int]:
                 f"{op}: skip must have the batch and channel sizes of {x_name} "
                 f"{tuple(shape[:2])}, got shape {tuple(skip_shape)}"
             )
-    return shape[2], shape[3]
+        return (shape[2], shape[3]), (skip_shape[2], skip_shape[3])
+    return (shape[2], shape[3]), None
 
 
 def _run(x, skip, geometry, skip_crop, backend, op, reference):
@@ -90,10 +91,10 @@ def upsample_skip(
     deconvolution (this is not F.interpolate: it darkens a band at the border).
     """
     op = "upsample_skip"
-    in_size = _check_inputs(coarse, skip, "coarse", op)
+    in_size, skip_size = _check_inputs(coarse, skip, "coarse", op)
     geometry, kernel_size = upsample_geometry(in_size, factor, kernel_size, crop, out_size, op)
     crop, skip_crop = int_pair(crop, "crop", op), int_pair(skip_crop, "skip_crop", op)
-    _check_skip_window(skip, skip_crop, geometry.out_size, op)
+    _check_skip_window(skip_size, skip_crop, geometry.out_size, op)
     return _run(
         coarse,
         skip,
@@ -107,10 +108,10 @@ def upsample_skip(
     )
 
 
-def _check_skip_window(skip, skip_crop, out_size, op):
-    if skip is None:
+def _check_skip_window(skip_size, skip_crop, out_size, op):
+    if skip_size is None:
         return
-    hs, ws = skip.shape[2], skip.shape[3]
+    hs, ws = skip_size
     if skip_crop[0] + out_size[0] > hs or skip_crop[1] + out_size[1] > ws:
         raise ValueError(
             f"{op}: the skip window at skip_crop {skip_crop} of size {out_size} does not fit "
@@ -134,12 +135,11 @@ def interpolate_add(
     shape exactly (no broadcasting).
     """
     op = "interpolate_add"
-    in_size = _check_inputs(x, skip, "x", op)
+    in_size, skip_size = _check_inputs(x, skip, "x", op)
     geometry = interpolate_geometry(in_size, size, scale_factor, align_corners, op)
-    if skip is not None and tuple(skip.shape[2:]) != geometry.out_size:
+    if skip_size is not None and skip_size != geometry.out_size:
         raise ValueError(
-            f"{op}: skip must have the output's spatial size {geometry.out_size}, "
-            f"got {tuple(skip.shape[2:])}"
+            f"{op}: skip must have the output's spatial size {geometry.out_size}, got {skip_size}"
         )
     return _run(
         x,
