@@ -188,6 +188,22 @@ def test_torch_function_modes_and_subclasses_see_the_torch_ops_op():
 
 
 @needs_extension
+def test_fake_tensors_reach_the_fake_kernels_through_the_direct_binding():
+    """FakeTensorMode (torch.compile's shape propagation) is a dispatch mode: the binding's
+    dispatcher call reaches the ops' fake kernels as torch.ops does."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 5, 7)
+        out = fcn_fast.interpolate_add(x, torch.empty(2, 3, 9, 11), size=(9, 11))
+        loss = fcn_fast.pixel_cross_entropy(x, torch.zeros(2, 5, 7, dtype=torch.long))
+        labels = fcn_fast.upsample_argmax(x, factor=2)
+    assert isinstance(out, FakeTensor) and out.shape == (2, 3, 9, 11)
+    assert isinstance(loss, FakeTensor) and loss.shape == ()
+    assert isinstance(labels, FakeTensor) and labels.shape == (2, 12, 16)
+
+
+@needs_extension
 @pytest.mark.parametrize("op", ["pixel_cross_entropy", "upsample_cross_entropy"])
 def test_double_backward_raises_a_clear_error(op):
     """create_graph=True records the backward kernel's autograd node; differentiating it again
