@@ -179,73 +179,72 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         const auto gxs = grad_x.strides();
         const int64_t band = backward_band(N, in_h), bands = (in_h + band - 1) / band;
         const int64_t window = resample_window(resampling.scale_h, H);
-        at::parallel_for(
-            0, N * bands, parallel_grain(C * H * W / bands), [&](int64_t begin, int64_t end) {
-              LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
-                                                resampling);
-              // The vertical adjoint's sums live in a ring of two rows per class: input row i in
-              // slot i % 2. Output rows come in Y order and their taps are two consecutive input
-              // rows that never move back, so row i is final once a Y's taps are past it; it is
-              // then reduced horizontally into grad_x and its slot zeroed. (A band of full rows
-              // would not fit in L2.)
-              std::vector<acc_t> ring(C * 2 * W), z(C * W), g(C * W), a(W), b(W), d(W), l(W);
-              for (int64_t unit = begin; unit < end; ++unit) {
-                const int64_t n = unit / bands, i0 = (unit % bands) * band;
-                const int64_t i1 = std::min(in_h, i0 + band);
-                std::fill(ring.begin(), ring.end(), acc_t(0));
-                int64_t done = i0;  // rows [i0, done) are written to grad_x
-                auto finish_rows_below = [&](int64_t row_end) {
-                  for (; done < row_end; ++done) {
-                    for (int64_t c = 0; c < C; ++c) {
-                      acc_t* v = ring.data() + (c * 2 + done % 2) * W;
-                      scalar_t* out = gx + n * gxs[0] + c * gxs[1] + done * gxs[2];
-                      for (int64_t j = 0; j < in_w; ++j) {
-                        out[j * gxs[3]] = static_cast<scalar_t>(cols.gather(j, v));
-                      }
-                      std::fill(v, v + W, acc_t(0));
-                    }
+        const int64_t grain = parallel_grain(C * H * W / bands);  // a band's logits
+        at::parallel_for(0, N * bands, grain, [&](int64_t begin, int64_t end) {
+          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                            resampling);
+          // The vertical adjoint's sums live in a ring of two rows per class: input row i in
+          // slot i % 2. Output rows come in Y order and their taps are two consecutive input
+          // rows that never move back, so row i is final once a Y's taps are past it; it is
+          // then reduced horizontally into grad_x and its slot zeroed. (A band of full rows
+          // would not fit in L2.)
+          std::vector<acc_t> ring(C * 2 * W), z(C * W), g(C * W), a(W), b(W), d(W), l(W);
+          for (int64_t unit = begin; unit < end; ++unit) {
+            const int64_t n = unit / bands, i0 = (unit % bands) * band;
+            const int64_t i1 = std::min(in_h, i0 + band);
+            std::fill(ring.begin(), ring.end(), acc_t(0));
+            int64_t done = i0;  // rows [i0, done) are written to grad_x
+            auto finish_rows_below = [&](int64_t row_end) {
+              for (; done < row_end; ++done) {
+                for (int64_t c = 0; c < C; ++c) {
+                  acc_t* v = ring.data() + (c * 2 + done % 2) * W;
+                  scalar_t* out = gx + n * gxs[0] + c * gxs[1] + done * gxs[2];
+                  for (int64_t j = 0; j < in_w; ++j) {
+                    out[j * gxs[3]] = static_cast<scalar_t>(cols.gather(j, v));
                   }
-                };
-                // The output rows that read any of the band's input rows, in order.
-                const int64_t y_first =
-                    std::min(H, resample_first_output(i0, resampling.scale_h, resampling.bias_h));
-                const int64_t y_end = std::min(
-                    H,
-                    resample_first_output(i1 - 1, resampling.scale_h, resampling.bias_h) + window);
-                for (int64_t Y = y_first; Y < y_end; ++Y) {
-                  Tap<acc_t> ty;
-                  logits.taps(Y, &ty);
-                  const bool has0 = ty.i0 >= i0 && ty.i0 < i1, has1 = ty.i1 >= i0 && ty.i1 < i1;
-                  if (!has0 && !has1) continue;
-                  finish_rows_below(has0 ? ty.i0 : ty.i1);
-                  // d loss / d z for every class of the row, as pixel_cross_entropy's backward.
-                  const int64_t* trow = t + n * tN + Y * tH;
-                  chunk_grad_coefficients(W, trow, tW,
-                                          up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
-                                          up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data());
-                  finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
-                  for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
-                  grad_rows(z.data(), W, g.data(), W, C, W, l.data(), a.data(), d.data(), k.w,
-                            k.smoothing);
-                  for (int64_t X = 0; X < W; ++X) {
-                    if (k.valid(trow[X * tW])) g[trow[X * tW] * W + X] -= b[X];
-                  }
-                  // Vertical adjoint, in Y order, into the band's rows among the two taps.
-                  const bool inside[2] = {has0, has1};
-                  const int64_t taps[2] = {ty.i0, ty.i1};
-                  const acc_t weights[2] = {ty.w0, ty.w1};
-                  for (int64_t c = 0; c < C; ++c) {
-                    const acc_t* gc = g.data() + c * W;
-                    for (int i = 0; i < 2; ++i) {
-                      if (!inside[i]) continue;
-                      acc_t* v = ring.data() + (c * 2 + taps[i] % 2) * W;
-                      for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * gc[X];
-                    }
-                  }
+                  std::fill(v, v + W, acc_t(0));
                 }
-                finish_rows_below(i1);
               }
-            });
+            };
+            // The output rows that read any of the band's input rows, in order.
+            const int64_t y_first =
+                std::min(H, resample_first_output(i0, resampling.scale_h, resampling.bias_h));
+            const int64_t y_end = std::min(
+                H, resample_first_output(i1 - 1, resampling.scale_h, resampling.bias_h) + window);
+            for (int64_t Y = y_first; Y < y_end; ++Y) {
+              Tap<acc_t> ty;
+              logits.taps(Y, &ty);
+              const bool has0 = ty.i0 >= i0 && ty.i0 < i1, has1 = ty.i1 >= i0 && ty.i1 < i1;
+              if (!has0 && !has1) continue;
+              finish_rows_below(has0 ? ty.i0 : ty.i1);
+              // d loss / d z for every class of the row, as pixel_cross_entropy's backward.
+              const int64_t* trow = t + n * tN + Y * tH;
+              chunk_grad_coefficients(W, trow, tW,
+                                      up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
+                                      up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data());
+              finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
+              for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
+              grad_rows(z.data(), W, g.data(), W, C, W, l.data(), a.data(), d.data(), k.w,
+                        k.smoothing);
+              for (int64_t X = 0; X < W; ++X) {
+                if (k.valid(trow[X * tW])) g[trow[X * tW] * W + X] -= b[X];
+              }
+              // Vertical adjoint, in Y order, into the band's rows among the two taps.
+              const bool inside[2] = {has0, has1};
+              const int64_t taps[2] = {ty.i0, ty.i1};
+              const acc_t weights[2] = {ty.w0, ty.w1};
+              for (int64_t c = 0; c < C; ++c) {
+                const acc_t* gc = g.data() + c * W;
+                for (int i = 0; i < 2; ++i) {
+                  if (!inside[i]) continue;
+                  acc_t* v = ring.data() + (c * 2 + taps[i] % 2) * W;
+                  for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * gc[X];
+                }
+              }
+            }
+            finish_rows_below(i1);
+          }
+        });
       });
   return grad_x;
 }

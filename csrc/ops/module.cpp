@@ -2,13 +2,13 @@
 // TORCH_LIBRARY_IMPL registrations of every op. Its attributes:
 //   with_cuda   whether this build has the CUDA kernels (fcn_fast/_backend.py reads it);
 //   <op>(...)   a direct binding of each public op fcn_fast::<op>, positional arguments in
-//               schema order, for fcn_fast/_backend.py's op_caller.
+//               schema order, for fcn_fast/_backend.py's extension_op.
 //
 // Why the bindings: torch.ops.fcn_fast.<op>(...) converts every argument to an IValue
 // through the schema and calls the op boxed, about 8 us of host time a call, more than a
 // small step's whole kernel (issue 8's tiny-shape rows). A binding converts its arguments
 // straight to the C++ types and calls the same dispatcher entry unboxed, so autograd, the
-// backend kernels and every dispatch key behave exactly as through torch.ops. op_caller
+// backend kernels and every dispatch key behave exactly as through torch.ops. extension_op
 // still takes torch.ops under torch.compile and for arguments with __torch_function__.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/string_view.h>
