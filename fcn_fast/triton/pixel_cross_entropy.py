@@ -54,6 +54,14 @@ def online_add(x, m, s):
 
 
 @triton.jit
+def log_sum(s, m):
+    """log s, s the sum of exp(x - m) over a pixel's classes; NaN when the max m is +inf, as
+    PyTorch (x - max is NaN for the +inf logit): the one-exp update counts a new maximum as
+    exp(0) = 1, where the +inf logit's own exp(inf - inf) is NaN."""
+    return tl.where(m == float("inf"), float("nan"), tl.log(s))
+
+
+@triton.jit
 def shifted(x, m):
     """x - m, except that a -inf logit stays -inf (shifted_logit of the C++ math)."""
     return tl.where(x == float("-inf"), float("-inf"), x - m)
@@ -138,7 +146,7 @@ def _fwd_pixels_kernel(
             m = tl.where(gt, x, m)
         s = tl.where(gt, s * e + 1.0, s + e)
         xt = tl.where(t == c, x, xt)
-    logs = tl.log(s)
+    logs = log_sum(s, m)
     tl.store(lse_ptr + n.to(IDX) * S + ps, m + logs, mask=mask)
     active = mask & (t != ignore_index)
     valid = active & (t >= 0) & (t < C)
@@ -223,7 +231,7 @@ def _fwd_classes_kernel(
             swx += tl.sum(tl.where(mask_c[None, :], wc[None, :] * d, 0.0), axis=1)
             wacc += tl.sum(wc, axis=0)
         m = m_new
-    logs = tl.log(s)
+    logs = log_sum(s, m)
     tl.store(lse_ptr + n.to(IDX) * S + ps, m + logs, mask=mask_p)
     t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
     active = mask_p & (t != ignore_index)

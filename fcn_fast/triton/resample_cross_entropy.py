@@ -43,6 +43,7 @@ from fcn_fast.triton._taps import tap_tables, taps_in_range
 from fcn_fast.triton.pixel_cross_entropy import (
     check_targets,
     finish_kernel,
+    log_sum,
     pixel_loss,
     shifted,
     weight_total,
@@ -151,7 +152,7 @@ def _fwd_kernel(
             m = tl.where(gt, z, m)
         s = tl.where(gt, s * e + 1.0, s + e)
         zt = tl.where(t == c, z, zt)
-    logs = tl.log(s)
+    logs = log_sum(s, m)
     pix = (n.to(IDX) * out_h + oy) * out_w + ox
     tl.store(lse_ptr + pix, m + logs, mask=mask)
     active = mask & (t != ignore_index)
