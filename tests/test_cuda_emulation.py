@@ -583,6 +583,47 @@ def test_pixel_cross_entropy_paths(emu):
     assert flags[0] == 1
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_non_finite_logits_are_pytorchs(emu, layout):
+    """A -inf logit adds nothing (also as class 0), a +inf or NaN logit makes the pixel's loss
+    NaN: each pixel's loss as F.cross_entropy's."""
+    logits64, target, _, _ = loss_case(1, 5, 24, torch.float32, "contiguous", ignore_frac=0.0)
+    logits64[0, 2, 0] = float("-inf")
+    logits64[0, 0, 1] = float("-inf")
+    logits64[0, :, 2] = float("-inf")
+    logits64[0, 0, 2] = 0.5
+    target[0, 2] = 0
+    logits64[0, 3, 3] = float("inf")
+    logits64[0, 0, 4] = float("inf")
+    logits64[0, 1, 5] = float("nan")
+    x, t = place(logits64.float(), layout), place(target)
+    expected = torch.nn.functional.cross_entropy(logits64, target, reduction="none")
+    loss, _ = empty_guarded((1, 24), torch.float32)
+    lse, _ = empty_guarded((1, 24), torch.float32)
+    wsum = torch.empty(())
+    emu.call(
+        "emu_pixel_cross_entropy",
+        dtype_code(torch.float32),
+        sizes(x),
+        x,
+        strides(x),
+        t,
+        strides(t),
+        None,
+        loss,
+        lse,
+        wsum,
+        torch.zeros(2, dtype=torch.int32),
+        -100,
+        0,
+        0.0,
+        Int(False),
+        Int(0),
+    )
+    torch.testing.assert_close(loss.double(), expected, equal_nan=True, rtol=1e-5, atol=1e-6)
+    assert torch.isnan(expected[0, 3:6]).all() and torch.isfinite(expected[0, :3]).all()
+
+
 def test_all_ignored_mean_is_nan(emu):
     _, _, x, t = loss_case(1, 4, 20, torch.float32, "contiguous", ignore_frac=1.1)
     lse, _ = empty_guarded((1, 20), torch.float32)
