@@ -432,6 +432,31 @@ def loss_case(N, C, S, dtype, layout, ignore_frac=0.2, misalign=0, target_layout
     return logits64, target, x, t
 
 
+def emu_loss_forward(
+    emu, x, t, weight, loss, lse, wsum, flags, reduction, smoothing=0.0, force64=False, pixels=0
+):
+    """The emulated CUDA loss forward (ignore_index -100); returns the launch plan chosen."""
+    return emu.call(
+        "emu_pixel_cross_entropy",
+        dtype_code(x.dtype),
+        sizes(x),
+        x,
+        strides(x),
+        t,
+        strides(t),
+        weight,
+        loss,
+        lse,
+        wsum,
+        flags,
+        -100,
+        reduction,
+        float(smoothing),
+        Int(force64),
+        Int(pixels),
+    )
+
+
 LOSS_CASES = [
     # N, C, S, layout, pixels (0: plan), force64, misalign
     (2, 5, 37, "contiguous", 0, False, 0),
@@ -475,24 +500,8 @@ def test_pixel_cross_entropy(emu, dtype, case, reduction, weighted, smoothing):
     lse, lse_buffer = empty_guarded((N, S), acc)
     wsum, _ = empty_guarded((), acc)
     flags = torch.zeros(2, dtype=torch.int32)
-    emu.call(
-        "emu_pixel_cross_entropy",
-        dtype_code(dtype),
-        sizes(x),
-        x,
-        strides(x),
-        t,
-        strides(t),
-        weight,
-        loss,
-        lse,
-        wsum,
-        flags,
-        -100,
-        REDUCTIONS[reduction],
-        float(smoothing),
-        Int(force64),
-        Int(pixels),
+    emu_loss_forward(
+        emu, x, t, weight, loss, lse, wsum, flags, REDUCTIONS[reduction], smoothing, force64, pixels
     )
     assert flags[0] == 0
     close(loss, expected.detach(), dtype)
@@ -545,40 +554,11 @@ def test_pixel_cross_entropy_paths(emu):
     lse, _ = empty_guarded((2, 64), torch.float32)
     loss, wsum = torch.empty(()), torch.empty(())
     flags = torch.zeros(2, dtype=torch.int32)
-    args = (-100, 1, 0.0, Int(False), Int(0))
-    chosen = emu.call(
-        "emu_pixel_cross_entropy",
-        dtype_code(torch.float32),
-        sizes(x),
-        x,
-        strides(x),
-        t,
-        strides(t),
-        None,
-        loss,
-        lse,
-        wsum,
-        flags,
-        *args,
-    )
+    chosen = emu_loss_forward(emu, x, t, None, loss, lse, wsum, flags, reduction=1)
     assert chosen[0] == 4 and chosen[3] == 1 and chosen[4] == 1, chosen
     _, _, x, t = loss_case(2, 21, 64, torch.float32, "channels_last")
     t[0, 5] = 21  # out of range
-    chosen = emu.call(
-        "emu_pixel_cross_entropy",
-        dtype_code(torch.float32),
-        sizes(x),
-        x,
-        strides(x),
-        t,
-        strides(t),
-        None,
-        loss,
-        lse,
-        wsum,
-        flags,
-        *args,
-    )
+    chosen = emu_loss_forward(emu, x, t, None, loss, lse, wsum, flags, reduction=1)
     assert chosen[2] > 0 and chosen[5] == 1, chosen
     assert flags[0] == 1
 
@@ -601,25 +581,7 @@ def test_non_finite_logits_are_pytorchs(emu, layout):
     loss, _ = empty_guarded((1, 24), torch.float32)
     lse, _ = empty_guarded((1, 24), torch.float32)
     wsum = torch.empty(())
-    emu.call(
-        "emu_pixel_cross_entropy",
-        dtype_code(torch.float32),
-        sizes(x),
-        x,
-        strides(x),
-        t,
-        strides(t),
-        None,
-        loss,
-        lse,
-        wsum,
-        torch.zeros(2, dtype=torch.int32),
-        -100,
-        0,
-        0.0,
-        Int(False),
-        Int(0),
-    )
+    emu_loss_forward(emu, x, t, None, loss, lse, wsum, torch.zeros(2, dtype=torch.int32), 0)
     torch.testing.assert_close(loss.double(), expected, equal_nan=True, rtol=1e-5, atol=1e-6)
     assert torch.isnan(expected[0, 3:6]).all() and torch.isfinite(expected[0, :3]).all()
 
@@ -628,25 +590,7 @@ def test_all_ignored_mean_is_nan(emu):
     _, _, x, t = loss_case(1, 4, 20, torch.float32, "contiguous", ignore_frac=1.1)
     lse, _ = empty_guarded((1, 20), torch.float32)
     loss, wsum = torch.empty(()), torch.empty(())
-    emu.call(
-        "emu_pixel_cross_entropy",
-        dtype_code(torch.float32),
-        sizes(x),
-        x,
-        strides(x),
-        t,
-        strides(t),
-        None,
-        loss,
-        lse,
-        wsum,
-        torch.zeros(2, dtype=torch.int32),
-        -100,
-        1,
-        0.0,
-        Int(False),
-        Int(0),
-    )
+    emu_loss_forward(emu, x, t, None, loss, lse, wsum, torch.zeros(2, dtype=torch.int32), 1)
     assert math.isnan(loss.item()) and wsum.item() == 0.0
 
 
