@@ -1,6 +1,7 @@
 #pragma once
 // Row-wise pieces of the CPU resampler (resample_skip_math.h's taps, precomputed per column),
 // shared by resample_skip.cpp and resample_cross_entropy.cpp.
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
 #include <stdint.h>
 
 #include <algorithm>
@@ -11,11 +12,11 @@
 namespace fcn_fast {
 
 // at::parallel_for's grain for items of `work_per_item` elements each: a task gets at least
-// 32K elements (ATen's own at::internal::GRAIN_SIZE), because waking a second thread costs
-// more than a smaller task saves; a tiny call runs inline instead of forking OpenMP threads.
+// at::internal::GRAIN_SIZE (32K) elements, as ATen's own kernels, because waking a second
+// thread costs more than a smaller task saves; a tiny call runs inline instead of forking
+// OpenMP threads.
 inline int64_t parallel_grain(int64_t work_per_item) {
-  constexpr int64_t kMinTaskElements = 32768;
-  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, work_per_item));
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
 }
 
 // Taps of every output column, shared by all rows. Indices point into an input
