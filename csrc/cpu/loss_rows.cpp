@@ -5,14 +5,8 @@
 #include <cmath>
 #include <type_traits>
 
+#include "multiversion.h"
 #include "vec_math.h"
-
-// The fp32 hot loops are compiled twice, for AVX2+FMA and for the baseline ISA,
-// and picked at load time by CPU features (GCC function multiversioning; not
-// target_clones("arch=haswell"), which checks the CPU model, not its features).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FCN_MULTIVERSION 1
-#endif
 
 namespace fcn_fast {
 namespace {
@@ -156,32 +150,18 @@ FCN_ALWAYS_INLINE void grad_rows_impl(const T* x, int64_t ld, T* g, int64_t gld,
   }
 }
 
-#ifdef FCN_MULTIVERSION
-#define FCN_F32_KERNELS(TARGET)                                                                  \
-  __attribute__((target(TARGET))) void lse_rows_f32(const float* x, int64_t ld, int64_t C,       \
-                                                    int64_t P, const float* w, bool smoothing,   \
-                                                    float* m, float* logs, float* swx) {         \
-    lse_rows_impl<float>(x, ld, C, P, w, smoothing, m, logs, swx);                               \
-  }                                                                                              \
-  __attribute__((target(TARGET))) void grad_rows_f32(                                            \
-      const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P, const float* lse, \
-      const float* a, const float* d, const float* w, bool smoothing) {                          \
-    grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                         \
+// The fp32 entry points, one per ISA level (multiversion.h).
+#define FCN_LOSS_ROW_KERNELS(TARGET)                                                         \
+  TARGET void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, \
+                           bool smoothing, float* m, float* logs, float* swx) {              \
+    lse_rows_impl<float>(x, ld, C, P, w, smoothing, m, logs, swx);                           \
+  }                                                                                          \
+  TARGET void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C,    \
+                            int64_t P, const float* lse, const float* a, const float* d,     \
+                            const float* w, bool smoothing) {                                \
+    grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                     \
   }
-FCN_F32_KERNELS("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
-FCN_F32_KERNELS("avx2,fma")
-FCN_F32_KERNELS("default")
-#else
-void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
-                  float* m, float* logs, float* swx) {
-  lse_rows_impl<float>(x, ld, C, P, w, smoothing, m, logs, swx);
-}
-void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
-                   const float* lse, const float* a, const float* d, const float* w,
-                   bool smoothing) {
-  grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
-}
-#endif
+FCN_FOR_EACH_ISA(FCN_LOSS_ROW_KERNELS)
 }  // namespace
 
 void lse_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,

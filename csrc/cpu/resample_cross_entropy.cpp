@@ -58,8 +58,7 @@ class LogitRows {
     const bool has0 = inside(ty.i0), has1 = inside(ty.i1);
     const acc_t* a = has0 ? row(n, c, ty.i0, has1 ? ty.i1 : -1) : zeros_.data();
     const acc_t* b = has1 ? row(n, c, ty.i1, has0 ? ty.i0 : -1) : zeros_.data();
-    // The blend of resample_skip_cpu (its blend_rows), so both give the same logits.
-    for (int64_t X = 0; X < out_w_; ++X) z[X] = ty.w0 * a[X] + ty.w1 * b[X];
+    blend_row(a, ty.w0, b, ty.w1, z, out_w_);
   }
 
  private:
@@ -188,7 +187,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
           // rows that never move back, so row i is final once a Y's taps are past it; it is
           // then reduced horizontally into grad_x and its slot zeroed. (A band of full rows
           // would not fit in L2.)
-          std::vector<acc_t> ring(C * 2 * W), z(C * W), g(C * W), a(W), b(W), d(W), l(W);
+          std::vector<acc_t> ring(C * 2 * W), z(W), g(W), a(W), b(W), d(W), l(W);
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t n = unit / bands, i0 = (unit % bands) * band;
             const int64_t i1 = std::min(in_h, i0 + band);
@@ -217,29 +216,30 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
               const bool has0 = ty.i0 >= i0 && ty.i0 < i1, has1 = ty.i1 >= i0 && ty.i1 < i1;
               if (!has0 && !has1) continue;
               finish_rows_below(has0 ? ty.i0 : ty.i1);
-              // d loss / d z for every class of the row, as pixel_cross_entropy's backward.
+              // d loss / d z per pixel, as pixel_cross_entropy's backward.
               const int64_t* trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
                                       up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
                                       up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data());
               finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
-              for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
-              grad_rows(z.data(), W, g.data(), W, C, W, l.data(), a.data(), d.data(), k.w,
-                        k.smoothing);
-              for (int64_t X = 0; X < W; ++X) {
-                if (k.valid(trow[X * tW])) g[trow[X * tW] * W + X] -= b[X];
-              }
-              // Vertical adjoint, in Y order, into the band's rows among the two taps.
-              const bool inside[2] = {has0, has1};
-              const int64_t taps[2] = {ty.i0, ty.i1};
-              const acc_t weights[2] = {ty.w0, ty.w1};
+              // One class at a time, so that its logits and gradient rows stay in L1: the
+              // gradient row, then the vertical adjoint into the band's rows among the two
+              // taps (in Y order); then the target's -b, into its class's rows.
+              const int64_t slot0 = (ty.i0 % 2) * W, slot1 = (ty.i1 % 2) * W;
               for (int64_t c = 0; c < C; ++c) {
-                const acc_t* gc = g.data() + c * W;
-                for (int i = 0; i < 2; ++i) {
-                  if (!inside[i]) continue;
-                  acc_t* v = ring.data() + (c * 2 + taps[i] % 2) * W;
-                  for (int64_t X = 0; X < W; ++X) v[X] += weights[i] * gc[X];
-                }
+                logits.compute(n, ty, c, z.data());
+                grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), a.data(), d.data(),
+                          k.w == nullptr ? nullptr : k.w + c, k.smoothing);
+                acc_t* ring_c = ring.data() + c * 2 * W;
+                if (has0) add_scaled_row(ty.w0, g.data(), ring_c + slot0, W);
+                if (has1) add_scaled_row(ty.w1, g.data(), ring_c + slot1, W);
+              }
+              for (int64_t X = 0; X < W; ++X) {
+                const int64_t target = trow[X * tW];
+                if (!k.valid(target)) continue;
+                acc_t* ring_t = ring.data() + target * 2 * W + X;
+                if (has0) ring_t[slot0] -= ty.w0 * b[X];
+                if (has1) ring_t[slot1] -= ty.w1 * b[X];
               }
             }
             finish_rows_below(i1);
@@ -269,20 +269,19 @@ std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor& x,
         at::parallel_for(0, N * out_h, parallel_grain(C * out_w), [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, out_w,
                                             resampling);
-          std::vector<acc_t> z(C * out_w), m(out_w), logs(out_w), swx(out_w);
-          std::vector<int64_t> best(out_w);
+          std::vector<acc_t> z(C * out_w), top(out_w), m(out_w), logs(out_w), swx(out_w);
+          std::vector<int32_t> best(out_w);
           for (int64_t row = begin; row < end; ++row) {
             Tap<acc_t> ty;
             logits.taps(row % out_h, &ty);
-            for (int64_t c = 0; c < C; ++c)
-              logits.compute(row / out_h, ty, c, z.data() + c * out_w);
-            // torch.argmax: the first maximum; a NaN beats every number, the first NaN wins.
-            for (int64_t X = 0; X < out_w; ++X) best[X] = 0;
-            for (int64_t c = 1; c < C; ++c) {
-              const acc_t* zc = z.data() + c * out_w;
-              for (int64_t X = 0; X < out_w; ++X) {
-                const acc_t top = z[best[X] * out_w + X], v = zc[X];
-                if (v > top || (v != v && top == top)) best[X] = c;
+            for (int64_t c = 0; c < C; ++c) {
+              acc_t* zc = z.data() + c * out_w;
+              logits.compute(row / out_h, ty, c, zc);
+              if (c == 0) {
+                std::copy(zc, zc + out_w, top.begin());
+                std::fill(best.begin(), best.end(), 0);
+              } else {
+                argmax_row(zc, static_cast<int32_t>(c), top.data(), best.data(), out_w);
               }
             }
             if (out_dtype == at::kByte) {
@@ -296,8 +295,7 @@ std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor& x,
               lse_rows(z.data(), out_w, C, out_w, static_cast<const acc_t*>(nullptr), false,
                        m.data(), logs.data(), swx.data());
               for (int64_t X = 0; X < out_w; ++X) {
-                conf[row * out_w + X] =
-                    static_cast<float>(std::exp(z[best[X] * out_w + X] - (m[X] + logs[X])));
+                conf[row * out_w + X] = static_cast<float>(std::exp(top[X] - (m[X] + logs[X])));
               }
             }
           }
