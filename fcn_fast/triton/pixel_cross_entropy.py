@@ -42,18 +42,6 @@ _PARTS = 3  # per program: loss sum, weight sum, bad targets
 
 
 @triton.jit
-def online_add(x, m, s):
-    """Adds logits x to the running (max m, sum s of exp(. - m)) with one exp per logit:
-    e = exp(-|x - m|) is the new term when x <= m, and the rescale of s when x > m. A -inf
-    logit adds 0 (also when m is -inf, where x - m would be NaN); NaN poisons s."""
-    gt = x > m
-    e = tl.exp(tl.where(gt, m - x, x - m))
-    e = tl.where(x == float("-inf"), 0.0, e)
-    s = tl.where(gt, s * e + 1.0, s + e)
-    return tl.where(gt, x, m), s
-
-
-@triton.jit
 def log_sum(s, m):
     """log s, s the sum of exp(x - m) over a pixel's classes; NaN when the max m is +inf, as
     PyTorch (x - max is NaN for the +inf logit): the one-exp update counts a new maximum as
@@ -74,6 +62,35 @@ def pixel_loss(logs, xt_m, wt, swx, wtotal, eps, eps_over_c, SMOOTH: tl.constexp
     if SMOOTH:
         loss += eps_over_c * (wtotal * logs - swx)
     return loss
+
+
+@triton.jit
+def target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT: tl.constexpr, acc_ty: tl.constexpr):
+    """Per pixel: whether its target counts (in [0, C), not ignore_index), whether it is bad
+    (outside [0, C) and not ignore_index), and its class weight (0 where it does not count)."""
+    active = mask & (t != ignore_index)
+    valid = active & (t >= 0) & (t < C)
+    bad = active & ((t < 0) | (t >= C))
+    if HAS_WEIGHT:
+        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
+    else:
+        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
+    return valid, bad, wt
+
+
+@triton.jit
+def store_losses(
+    loss_ptr, part_ptr, pid, pix, mask, logs, xt_m, valid, bad, wt, swx, wtotal, eps,
+    eps_over_c, SMOOTH: tl.constexpr, STORE_LOSS: tl.constexpr,
+):  # fmt: skip
+    """The pixels' losses (0 where the target does not count), stored for reduction none, and
+    the program's (loss, weight, bad targets) partials, which finish_kernel adds."""
+    loss = tl.where(valid, pixel_loss(logs, xt_m, wt, swx, wtotal, eps, eps_over_c, SMOOTH), 0.0)
+    if STORE_LOSS:
+        tl.store(loss_ptr + pix, loss, mask=mask)
+    tl.store(part_ptr + 3 * pid, tl.sum(loss))
+    tl.store(part_ptr + 3 * pid + 1, tl.sum(wt))
+    tl.store(part_ptr + 3 * pid + 2, tl.sum(bad.to(wt.dtype)))
 
 
 @triton.jit
@@ -128,9 +145,10 @@ def _fwd_pixels_kernel(
         # Pixels past S read 0, not -inf: no log(0) for them (their results are dropped).
         x = tl.load(x_pix + tl.multiple_of(row, ALIGN), mask=mask, other=0.0).to(acc_ty)
         row += sC
-        # online_add and shifted, inlined: one exp per logit, e = exp(-|x - m|) is the new
-        # term when x <= m and the rescale of s when x > m; a -inf logit adds 0 (also when
-        # m is still -inf, where x - m is NaN); NaN poisons s.
+        # The online softmax, one exp per logit (inlined: a helper call per class is slow in
+        # the interpreter): e = exp(-|x - m|) is the new term when x <= m and the rescale of s
+        # when x > m; a -inf logit adds 0 (also when m is still -inf, where x - m is NaN);
+        # NaN poisons s.
         gt = x > m
         e = tl.exp(tl.where(gt, m - x, x - m))
         e = tl.where(x == float("-inf"), 0.0, e)
@@ -147,21 +165,13 @@ def _fwd_pixels_kernel(
         s = tl.where(gt, s * e + 1.0, s + e)
         xt = tl.where(t == c, x, xt)
     logs = log_sum(s, m)
-    tl.store(lse_ptr + n.to(IDX) * S + ps, m + logs, mask=mask)
-    active = mask & (t != ignore_index)
-    valid = active & (t >= 0) & (t < C)
-    bad = active & ((t < 0) | (t >= C))
-    if HAS_WEIGHT:
-        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
-    else:
-        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-    loss = pixel_loss(logs, shifted(xt, m), wt, swx, wacc, eps, eps_over_c, SMOOTH)
-    loss = tl.where(valid, loss, 0.0)
-    if STORE_LOSS:
-        tl.store(loss_ptr + n.to(IDX) * S + ps, loss, mask=mask)
-    tl.store(part_ptr + 3 * pid, tl.sum(loss, axis=0))
-    tl.store(part_ptr + 3 * pid + 1, tl.sum(wt, axis=0))
-    tl.store(part_ptr + 3 * pid + 2, tl.sum(bad.to(acc_ty), axis=0))
+    pix = n.to(IDX) * S + ps
+    tl.store(lse_ptr + pix, m + logs, mask=mask)
+    valid, bad, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
+    store_losses(
+        loss_ptr, part_ptr, pid, pix, mask, logs, shifted(xt, m), valid, bad, wt, swx, wacc, eps,
+        eps_over_c, SMOOTH, STORE_LOSS,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -232,24 +242,15 @@ def _fwd_classes_kernel(
             wacc += tl.sum(wc, axis=0)
         m = m_new
     logs = log_sum(s, m)
-    tl.store(lse_ptr + n.to(IDX) * S + ps, m + logs, mask=mask_p)
+    out_pix = n.to(IDX) * S + ps
+    tl.store(lse_ptr + out_pix, m + logs, mask=mask_p)
     t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
-    active = mask_p & (t != ignore_index)
-    valid = active & (t >= 0) & (t < C)
-    bad = active & ((t < 0) | (t >= C))
-    tc = tl.where(valid, t, 0)
-    xt = tl.load(x_ptr + pix + tc.to(IDX) * sC, mask=valid, other=0.0).to(acc_ty)
-    if HAS_WEIGHT:
-        wt = tl.load(w_ptr + tc, mask=valid, other=0.0).to(acc_ty)
-    else:
-        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-    loss = pixel_loss(logs, shifted(xt, m), wt, swx, wacc, eps, eps_over_c, SMOOTH)
-    loss = tl.where(valid, loss, 0.0)
-    if STORE_LOSS:
-        tl.store(loss_ptr + n.to(IDX) * S + ps, loss, mask=mask_p)
-    tl.store(part_ptr + 3 * pid, tl.sum(loss, axis=0))
-    tl.store(part_ptr + 3 * pid + 1, tl.sum(wt, axis=0))
-    tl.store(part_ptr + 3 * pid + 2, tl.sum(bad.to(acc_ty), axis=0))
+    valid, bad, wt = target_weight(t, mask_p, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
+    xt = tl.load(x_ptr + pix + tl.where(valid, t, 0).to(IDX) * sC, mask=valid, other=0.0)
+    store_losses(
+        loss_ptr, part_ptr, pid, out_pix, mask_p, logs, shifted(xt.to(acc_ty), m), valid, bad, wt,
+        swx, wacc, eps, eps_over_c, SMOOTH, STORE_LOSS,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -313,6 +314,18 @@ def weight_total(w_ptr, C, HAS_WEIGHT: tl.constexpr, acc_ty: tl.constexpr, BLOCK
 
 
 @triton.jit
+def grad_coefficients(scale, wt, wtotal, eps, eps_over_c, SMOOTH: tl.constexpr):
+    """grad_coef of the C++ math, d loss / d x[c] = softmax[c] * a - [c == t] * b - d * w[c]:
+    (a, b) per pixel, from its scale (grad_scale) and target weight; d is scale * eps_over_c.
+    wtotal (the sum of the class weights) matters only when smoothing."""
+    b = scale * ((1.0 - eps) * wt)
+    if SMOOTH:
+        return b + scale * (eps_over_c * wtotal), b
+    else:
+        return b, b
+
+
+@triton.jit
 def _bwd_pixels_kernel(
     g_ptr,
     x_ptr,
@@ -357,15 +370,10 @@ def _bwd_pixels_kernel(
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
     t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask, other=0)
-    valid = mask & (t != ignore_index) & (t >= 0) & (t < C)
+    valid, _, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
     scale = grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION, IDX)
-    if HAS_WEIGHT:
-        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
-    else:
-        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-    # grad_coef of the C++ math: d loss / d x[c] = p[c] * a - [c == t] * b - d * w[c].
-    b = scale * ((1.0 - eps) * wt)
-    a = b + scale * (eps_over_c * weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128)) if SMOOTH else b
+    wtotal = weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128) if SMOOTH else 0.0
+    a, b = grad_coefficients(scale, wt, wtotal, eps, eps_over_c, SMOOTH)
     d = scale * eps_over_c
     lse = tl.load(lse_ptr + n.to(IDX) * S + ps, mask=mask, other=0.0)
     x_pix = x_ptr + ps.to(IDX) * sS
@@ -432,14 +440,10 @@ def _bwd_classes_kernel(
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
     t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
-    valid = mask_p & (t != ignore_index) & (t >= 0) & (t < C)
+    valid, _, wt = target_weight(t, mask_p, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
     scale = grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION, IDX)
-    if HAS_WEIGHT:
-        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
-    else:
-        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-    b = scale * ((1.0 - eps) * wt)
-    a = b + scale * (eps_over_c * weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128)) if SMOOTH else b
+    wtotal = weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128) if SMOOTH else 0.0
+    a, b = grad_coefficients(scale, wt, wtotal, eps, eps_over_c, SMOOTH)
     d = scale * eps_over_c
     lse = tl.load(lse_ptr + n.to(IDX) * S + ps, mask=mask_p, other=0.0)
     x_pix = tl.multiple_of(n.to(IDX) * sN + ps.to(IDX) * sS, ALIGN)

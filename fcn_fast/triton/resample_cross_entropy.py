@@ -43,9 +43,11 @@ from fcn_fast.triton._taps import tap_tables, taps_in_range
 from fcn_fast.triton.pixel_cross_entropy import (
     check_targets,
     finish_kernel,
+    grad_coefficients,
     log_sum,
-    pixel_loss,
     shifted,
+    store_losses,
+    target_weight,
     weight_total,
 )
 from fcn_fast.triton.resample_skip import (
@@ -138,7 +140,7 @@ def _fwd_kernel(
             acc_ty, ROWS, TAP_MASK, IDX,
         )  # fmt: skip
         x_c += xs_c
-        # Online softmax, one exp per logit (pixel_cross_entropy's online_add, inlined).
+        # The online softmax of pixel_cross_entropy's _fwd_pixels_kernel, inlined.
         gt = z > m
         e = tl.exp(tl.where(gt, m - z, z - m))
         e = tl.where(z == float("-inf"), 0.0, e)
@@ -155,21 +157,11 @@ def _fwd_kernel(
     logs = log_sum(s, m)
     pix = (n.to(IDX) * out_h + oy) * out_w + ox
     tl.store(lse_ptr + pix, m + logs, mask=mask)
-    active = mask & (t != ignore_index)
-    valid = active & (t >= 0) & (t < C)
-    bad = active & ((t < 0) | (t >= C))
-    if HAS_WEIGHT:
-        wt = tl.load(w_ptr + tl.where(valid, t, 0), mask=valid, other=0.0).to(acc_ty)
-    else:
-        wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-    loss = pixel_loss(logs, shifted(zt, m), wt, swx, wacc, eps, eps_over_c, SMOOTH)
-    loss = tl.where(valid, loss, 0.0)
-    if STORE_LOSS:
-        tl.store(loss_ptr + pix, loss, mask=mask)
-    # Per-program partials in a fixed order (pixel_cross_entropy's finish_kernel adds them).
-    tl.store(part_ptr + 3 * pid, tl.sum(tl.sum(loss, axis=1), axis=0))
-    tl.store(part_ptr + 3 * pid + 1, tl.sum(tl.sum(wt, axis=1), axis=0))
-    tl.store(part_ptr + 3 * pid + 2, tl.sum(tl.sum(bad.to(acc_ty), axis=1), axis=0))
+    valid, bad, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
+    store_losses(
+        loss_ptr, part_ptr, pid, pix, mask, logs, shifted(zt, m), valid, bad, wt, swx, wacc, eps,
+        eps_over_c, SMOOTH, STORE_LOSS,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -319,7 +311,7 @@ def _bwd_kernel(
     pid = tl.program_id(0)
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
-    wtotal = weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128) if SMOOTH else tl.zeros((), acc_ty)
+    wtotal = weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128) if SMOOTH else 0.0
     if REDUCTION == 0:
         g_all = tl.zeros((), acc_ty)
     else:
@@ -398,18 +390,13 @@ def _bwd_kernel(
             lse_next = tl.load(lse_row + y_pf * out_w, mask=x_ok, other=0.0)
             # d loss / d z at the fine pixels (y, ox) of classes cc (grad_coef of the C++
             # math): a * softmax - b * onehot - d * w[c].
-            valid = x_ok & (tgt != ignore_index) & (tgt >= 0) & (tgt < C)
+            valid, _, wt = target_weight(tgt, x_ok, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
             if REDUCTION == 0:
                 scale = tl.where(valid, g_next.to(acc_ty), 0.0)
                 g_next = tl.load(g_row + y_pf * g_h, mask=x_ok, other=0.0)
             else:
                 scale = tl.where(valid, g_all, 0.0)
-            if HAS_WEIGHT:
-                wt = tl.load(w_ptr + tl.where(valid, tgt, 0), mask=valid, other=0.0).to(acc_ty)
-            else:
-                wt = tl.where(valid, 1.0, 0.0).to(acc_ty)
-            b = scale * ((1.0 - eps) * wt)
-            a = b + scale * (eps_over_c * wtotal)
+            a, b = grad_coefficients(scale, wt, wtotal, eps, eps_over_c, SMOOTH)
             if i0 != hr:
                 # The 4 taps of x, blended as the forward (helpers inlined, see _fwd_kernel).
                 r0 = i0.to(IDX) * xs_h
