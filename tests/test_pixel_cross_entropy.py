@@ -104,11 +104,15 @@ def test_single_sample_and_large_c_reference_backend():
     _check("reference", logits, target, weight=torch.rand(3000) + 0.5, label_smoothing=0.2)
 
 
-def test_large_chunks_cpu():
-    """Several chunks per image and a partial last chunk (CPU tiling)."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_chunks_cpu(channels_last):
+    """Several chunks per image and a partial last chunk (CPU tiling): 1024 pixels a chunk
+    read in place (NCHW), 8192 / C packed (channels_last)."""
     backend_device("cpu")
-    for c, spatial in ((21, (37, 41)), (1000, (45,)), (3, (2000,))):
+    for c, spatial in ((21, (37, 41)), (1000, (3, 700)), (3, (2000, 1)), (150, (9, 11))):
         logits, target = _inputs(2, c, spatial, 255, "cpu")
+        if channels_last:
+            logits = logits.contiguous(memory_format=torch.channels_last)
         _check("cpu", logits, target, torch.rand(c) + 0.1, 255, "mean", 0.1)
         _check("cpu", logits, target, None, 255, "none", 0.0)
 

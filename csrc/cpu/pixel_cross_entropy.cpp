@@ -29,6 +29,7 @@ namespace fcn_fast {
 namespace {
 
 struct Geometry {
+  bool in_place;  // chunks are read from the logits themselves (chunk_rows), not packed
   int64_t N, C, S, P, chunks_per_image;
   int64_t sN, sC, sS;  // logits strides
   int64_t tN, tS;      // target strides
@@ -39,7 +40,9 @@ Geometry geometry(const at::Tensor& logits, const at::Tensor& target) {
   g.N = logits.size(0);
   g.C = logits.size(1);
   g.S = logits.size(2);
-  g.P = std::min(chunk_pixels(g.C), std::max<int64_t>(g.S, 1));
+  const at::ScalarType dtype = logits.scalar_type();
+  g.in_place = (dtype == at::kFloat || dtype == at::kDouble) && logits.stride(2) == 1;
+  g.P = std::min(g.in_place ? kInPlaceChunkPixels : chunk_pixels(g.C), std::max<int64_t>(g.S, 1));
   g.chunks_per_image = (g.S + g.P - 1) / g.P;
   g.sN = logits.stride(0);
   g.sC = logits.stride(1);
@@ -99,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
         acc_t* loss_none = reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
         at::parallel_for(0, static_cast<int64_t>(sums.size()), 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(g.C * g.P), m(g.P), logs(g.P), swx(g.P);
+          std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), m(g.P), logs(g.P), swx(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
             const int64_t n = chunk / g.chunks_per_image;
             const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
@@ -148,7 +151,7 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
         scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
         const bool direct_out = std::is_same<scalar_t, acc_t>::value && oS == 1;
         at::parallel_for(0, g.N * g.chunks_per_image, 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
+          std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
           std::vector<acc_t> a(g.P), b(g.P), d(g.P), l(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
             const int64_t n = chunk / g.chunks_per_image;
