@@ -79,13 +79,19 @@ def target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT: tl.constexpr, acc
 
 
 @triton.jit
-def store_losses(
-    loss_ptr, part_ptr, pid, pix, mask, logs, xt_m, valid, bad, wt, swx, wtotal, eps,
-    eps_over_c, SMOOTH: tl.constexpr, STORE_LOSS: tl.constexpr,
+def finish_pixels(
+    lse_ptr, loss_ptr, part_ptr, pid, pix, mask, t, xt, m, s, swx, wtotal, C, ignore_index, w_ptr,
+    eps, eps_over_c, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr, STORE_LOSS: tl.constexpr,
 ):  # fmt: skip
-    """The pixels' losses (0 where the target does not count), stored for reduction none, and
-    the program's (loss, weight, bad targets) partials, which finish_kernel adds."""
-    loss = tl.where(valid, pixel_loss(logs, xt_m, wt, swx, wtotal, eps, eps_over_c, SMOOTH), 0.0)
+    """The end of a forward program, from its pixels' online-softmax state (max m, sum s,
+    smoothing sum swx) and target logit xt (any value where the target does not count): their
+    lse, their losses (stored for reduction none) and the program's (loss, weight, bad
+    targets) partials, which finish_kernel adds."""
+    logs = log_sum(s, m)
+    tl.store(lse_ptr + pix, m + logs, mask=mask)
+    valid, bad, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, m.dtype)
+    loss = pixel_loss(logs, shifted(xt, m), wt, swx, wtotal, eps, eps_over_c, SMOOTH)
+    loss = tl.where(valid, loss, 0.0)
     if STORE_LOSS:
         tl.store(loss_ptr + pix, loss, mask=mask)
     tl.store(part_ptr + 3 * pid, tl.sum(loss))
@@ -164,13 +170,9 @@ def _fwd_pixels_kernel(
             m = tl.where(gt, x, m)
         s = tl.where(gt, s * e + 1.0, s + e)
         xt = tl.where(t == c, x, xt)
-    logs = log_sum(s, m)
-    pix = n.to(IDX) * S + ps
-    tl.store(lse_ptr + pix, m + logs, mask=mask)
-    valid, bad, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
-    store_losses(
-        loss_ptr, part_ptr, pid, pix, mask, logs, shifted(xt, m), valid, bad, wt, swx, wacc, eps,
-        eps_over_c, SMOOTH, STORE_LOSS,
+    finish_pixels(
+        lse_ptr, loss_ptr, part_ptr, pid, n.to(IDX) * S + ps, mask, t, xt, m, s, swx, wacc, C,
+        ignore_index, w_ptr, eps, eps_over_c, HAS_WEIGHT, SMOOTH, STORE_LOSS,
     )  # fmt: skip
 
 
@@ -241,15 +243,12 @@ def _fwd_classes_kernel(
             swx += tl.sum(tl.where(mask_c[None, :], wc[None, :] * d, 0.0), axis=1)
             wacc += tl.sum(wc, axis=0)
         m = m_new
-    logs = log_sum(s, m)
-    out_pix = n.to(IDX) * S + ps
-    tl.store(lse_ptr + out_pix, m + logs, mask=mask_p)
     t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
-    valid, bad, wt = target_weight(t, mask_p, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
-    xt = tl.load(x_ptr + pix + tl.where(valid, t, 0).to(IDX) * sC, mask=valid, other=0.0)
-    store_losses(
-        loss_ptr, part_ptr, pid, out_pix, mask_p, logs, shifted(xt.to(acc_ty), m), valid, bad, wt,
-        swx, wacc, eps, eps_over_c, SMOOTH, STORE_LOSS,
+    in_range = mask_p & (t >= 0) & (t < C)
+    xt = tl.load(x_ptr + pix + tl.where(in_range, t, 0).to(IDX) * sC, mask=in_range, other=0.0)
+    finish_pixels(
+        lse_ptr, loss_ptr, part_ptr, pid, n.to(IDX) * S + ps, mask_p, t, xt.to(acc_ty), m, s, swx,
+        wacc, C, ignore_index, w_ptr, eps, eps_over_c, HAS_WEIGHT, SMOOTH, STORE_LOSS,
     )  # fmt: skip
 
 

@@ -43,10 +43,8 @@ from fcn_fast.triton._taps import tap_tables, taps_in_range
 from fcn_fast.triton.pixel_cross_entropy import (
     check_targets,
     finish_kernel,
+    finish_pixels,
     grad_coefficients,
-    log_sum,
-    shifted,
-    store_losses,
     target_weight,
     weight_total,
 )
@@ -154,13 +152,9 @@ def _fwd_kernel(
             m = tl.where(gt, z, m)
         s = tl.where(gt, s * e + 1.0, s + e)
         zt = tl.where(t == c, z, zt)
-    logs = log_sum(s, m)
-    pix = (n.to(IDX) * out_h + oy) * out_w + ox
-    tl.store(lse_ptr + pix, m + logs, mask=mask)
-    valid, bad, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
-    store_losses(
-        loss_ptr, part_ptr, pid, pix, mask, logs, shifted(zt, m), valid, bad, wt, swx, wacc, eps,
-        eps_over_c, SMOOTH, STORE_LOSS,
+    finish_pixels(
+        lse_ptr, loss_ptr, part_ptr, pid, (n.to(IDX) * out_h + oy) * out_w + ox, mask, t, zt, m, s,
+        swx, wacc, C, ignore_index, w_ptr, eps, eps_over_c, HAS_WEIGHT, SMOOTH, STORE_LOSS,
     )  # fmt: skip
 
 
