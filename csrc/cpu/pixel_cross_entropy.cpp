@@ -58,7 +58,7 @@ const acc_t* chunk_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t
                         acc_t* buf, int64_t* ld) {
   const scalar_t* base = x + n * g.sN + s0 * g.sS;
   if constexpr (std::is_same<scalar_t, acc_t>::value) {
-    if (g.sS == 1 || np == 1) {
+    if (g.in_place || np == 1) {
       *ld = g.sC;
       return base;
     }
