@@ -53,6 +53,44 @@ FCN_HD acc_t class_weight_total(const acc_t* weight, int32_t C) {
   return total;
 }
 
+// A target the loss counts: not ignore_index and in [0, C). Args: LossArgs or FusedArgs.
+template <typename Args>
+FCN_HD bool counted_target(const Args& a, int64_t tv) {
+  return tv != a.ignore_index && tv >= 0 && tv < a.C;
+}
+
+// One pixel's step after its class loop st: lse_out, and for a counted target tv its loss
+// (added to part); target_logit(tv) reads the target's logit. A target outside [0, C) that is
+// not ignore_index sets *error_flag (every writer stores the same value: no atomic needed).
+template <typename Args, typename acc_t, typename TargetLogit>
+FCN_HD void finish_pixel_loss(const Args& a, const OnlineLse<acc_t>& st, int64_t tv,
+                              const acc_t* weight, TargetLogit target_logit, acc_t& lse_out,
+                              acc_t& loss_out, LossPartial<acc_t>& part, int* error_flag) {
+  const acc_t logs = fcn_log(st.s);
+  lse_out = st.m + logs;
+  if (!counted_target(a, tv)) {
+    if (tv != a.ignore_index) *error_flag = 1;
+    return;
+  }
+  const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
+  loss_out =
+      pixel_loss(logs, shifted_logit(target_logit(tv), st.m), wt, a.smoothing ? st.swx : acc_t(0),
+                 a.smoothing ? st.wsum : acc_t(0), a.eps, a.eps_over_c);
+  part.loss += loss_out;
+  part.weight += wt;
+}
+
+// A pixel's gradient coefficients: zero unless its target is counted (the forward flagged the
+// invalid ones). pixel_grad() reads its upstream gradient, used for reduction none; the other
+// reductions pass reduced_grad_scale's scale.
+template <typename Args, typename acc_t, typename PixelGrad>
+FCN_HD GradCoef<acc_t> pixel_grad_coef(const Args& a, int64_t tv, const acc_t* weight, acc_t scale,
+                                       acc_t wtotal, PixelGrad pixel_grad) {
+  if (!counted_target(a, tv)) return GradCoef<acc_t>{acc_t(0), acc_t(0), acc_t(0)};
+  return grad_coef(a.reduction == kReductionNone ? pixel_grad() : scale,
+                   weight == nullptr ? acc_t(1) : weight[tv], wtotal, a.eps, a.eps_over_c);
+}
+
 // Loss of P pixels s0 .. s0 + count - 1 of image n, whose logits start at px (class c of
 // pixel p at px[c * sc + p * ss]; in global memory or a staged chunk). Writes lse and, for
 // reduction none, the loss; flags a target outside [0, C) that is not ignore_index; returns
@@ -82,24 +120,14 @@ FCN_HD LossPartial<acc_type<T>> loss_forward_pixels(const LossArgs<acc_type<T>, 
     lse_out[p] = acc_t(0);
     loss_out[p] = acc_t(0);
     if (p >= count) continue;
-    const acc_t logs = fcn_log(st[p].s);
-    lse_out[p] = st[p].m + logs;
     const int64_t tv = target[static_cast<index_t>(n) * a.tn + static_cast<index_t>(s0 + p) * a.ts];
-    if (tv == a.ignore_index) continue;
-    if (tv < 0 || tv >= a.C) {
-      *error_flag = 1;  // every writer stores the same value: no atomic needed
-      continue;
-    }
-    const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
     // The target's logit is read again (one scalar load per pixel) rather than picked out of
     // the class loop with a compare and select per class.
-    const acc_t xt = load_acc(px + static_cast<index_t>(tv) * sc + static_cast<index_t>(p) * ss);
-    const acc_t value =
-        pixel_loss(logs, shifted_logit(xt, st[p].m), wt, a.smoothing ? st[p].swx : acc_t(0),
-                   a.smoothing ? st[p].wsum : acc_t(0), a.eps, a.eps_over_c);
-    loss_out[p] = value;
-    part.loss += value;
-    part.weight += wt;
+    const auto target_logit = [&](int64_t t) {
+      return load_acc(px + static_cast<index_t>(t) * sc + static_cast<index_t>(p) * ss);
+    };
+    finish_pixel_loss(a, st[p], tv, weight, target_logit, lse_out[p], loss_out[p], part,
+                      error_flag);
   }
   const index_t at = static_cast<index_t>(n) * a.S + s0;
   const bool vector_out = a.pixel_vector && count == P;
@@ -139,12 +167,9 @@ FCN_HD void loss_backward_pixels(const LossArgs<acc_type<T>, index_t>& a, const 
     const index_t s = s0 + p;
     l[p] = lse[static_cast<index_t>(n) * a.S + s];
     const int64_t tv = target[static_cast<index_t>(n) * a.tn + s * a.ts];
-    if (tv == a.ignore_index || tv < 0 || tv >= a.C) continue;  // the forward flagged these
-    const acc_t pixel_scale =
-        a.reduction == kReductionNone ? grad[static_cast<index_t>(n) * a.gn + s * a.gs] : scale;
-    coef[p] = grad_coef(pixel_scale, weight == nullptr ? acc_t(1) : weight[tv], wtotal, a.eps,
-                        a.eps_over_c);
-    tc[p] = static_cast<int32_t>(tv);
+    coef[p] = pixel_grad_coef(a, tv, weight, scale, wtotal,
+                              [&] { return grad[static_cast<index_t>(n) * a.gn + s * a.gs]; });
+    tc[p] = counted_target(a, tv) ? static_cast<int32_t>(tv) : -1;
   }
 #pragma unroll 4
   for (int32_t c = 0; c < a.C; ++c) {

@@ -129,23 +129,13 @@ FCN_HD LossPartial<acc_type<T>> fused_forward_pixels(const FusedArgs<acc_type<T>
     lse_out[p] = acc_t(0);
     loss_out[p] = acc_t(0);
     if (p >= count) continue;
-    const acc_t logs = fcn_log(st[p].s);
-    lse_out[p] = st[p].m + logs;
     const int64_t tv = target[static_cast<index_t>(n) * a.tn + static_cast<index_t>(Y) * a.th +
                               static_cast<index_t>(X) * a.tw];
-    if (tv == a.ignore_index) continue;
-    if (tv < 0 || tv >= a.C) {
-      *error_flag = 1;
-      continue;
-    }
-    const acc_t wt = weight == nullptr ? acc_t(1) : weight[tv];
-    const acc_t zt = pixel_logit(taps[p], image + static_cast<index_t>(tv) * a.x.c);
-    const acc_t value =
-        pixel_loss(logs, shifted_logit(zt, st[p].m), wt, a.smoothing ? st[p].swx : acc_t(0),
-                   a.smoothing ? st[p].wsum : acc_t(0), a.eps, a.eps_over_c);
-    loss_out[p] = value;
-    part.loss += value;
-    part.weight += wt;
+    const auto target_logit = [&](int64_t t) {
+      return pixel_logit(taps[p], image + static_cast<index_t>(t) * a.x.c);
+    };
+    finish_pixel_loss(a, st[p], tv, weight, target_logit, lse_out[p], loss_out[p], part,
+                      error_flag);
   }
   const index_t at = static_cast<index_t>(n) * a.pixels + q0;
   const bool vector = a.pixel_vector && count == P;
@@ -269,24 +259,17 @@ FCN_HD void fused_backward_stage(const FusedArgs<acc_t, index_t>& a, const Backw
     const int32_t Y = b.ys.begin + yy, X = b.xs.begin + (k - yy * nx);
     const int64_t tv = target[static_cast<index_t>(b.n) * a.tn + static_cast<index_t>(Y) * a.th +
                               static_cast<index_t>(X) * a.tw];
-    GradCoef<acc_t> coef{acc_t(0), acc_t(0), acc_t(0)};
-    const bool valid = tv != a.ignore_index && tv >= 0 && tv < a.C;
-    if (valid) {
-      const acc_t pixel_scale =
-          a.reduction == kReductionNone
-              ? grad[static_cast<index_t>(b.n) * a.gn + static_cast<index_t>(Y) * a.gh +
-                     static_cast<index_t>(X) * a.gw]
-              : scale;
-      coef = grad_coef(pixel_scale, weight == nullptr ? acc_t(1) : weight[tv], wtotal, a.eps,
-                       a.eps_over_c);
-    }
+    const GradCoef<acc_t> coef = pixel_grad_coef(a, tv, weight, scale, wtotal, [&] {
+      return grad[static_cast<index_t>(b.n) * a.gn + static_cast<index_t>(Y) * a.gh +
+                  static_cast<index_t>(X) * a.gw];
+    });
     s.lse[k] = lse[static_cast<index_t>(b.n) * a.pixels + static_cast<index_t>(Y) * a.out_w + X];
     s.a[k] = coef.a;
     if (a.smoothing) {
       s.b[k] = coef.b;
       s.d[k] = coef.d;
     }
-    s.target[k] = valid ? static_cast<int32_t>(tv) : -1;
+    s.target[k] = counted_target(a, tv) ? static_cast<int32_t>(tv) : -1;
   }
 }
 
