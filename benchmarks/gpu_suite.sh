@@ -7,7 +7,8 @@
 #    (pip install --no-build-isolation -e ., falling back to setup.py build_ext --inplace),
 # 2. runs the CUDA and Triton tests (pytest tests/ -k "cuda or triton"),
 # 3. runs the autocast probe of issue 8 (benchmarks/probe_autocast.py, seconds),
-# 4. runs the benchmark report's default GPU sweep (python -m fcn_fast.bench --device cuda),
+# 4. runs the benchmark report's default GPU sweep (python -m fcn_fast.bench --device cuda)
+#    and prints the GPU_PREFERENCE it measured (python -m fcn_fast.bench prefer, into steps.log),
 # and leaves eight files in OUTDIR (the device tool brings back at most eight):
 #   environment.txt   date, nvidia-smi line, torch/triton/CUDA versions, backends
 #   steps.log         each step's start time, the report's progress and its table
@@ -120,6 +121,10 @@ if ((rc == 124 || rc == 130 || rc == 137)) && [ -f "$out/results.json" ]; then
 fi
 ((rc != 0)) && status=1
 [ -f "$out/results.md" ] && cat "$out/results.md"
+if [ -f "$out/results.json" ]; then  # what _backend.GPU_PREFERENCE should say, as measured
+  step "backend preference (python -m fcn_fast.bench prefer)"
+  "$py" -m fcn_fast.bench prefer "$out/results.json" 2>&1 | tee -a "$out/steps.log"
+fi
 step "done (status $status, ${SECONDS}s); results in $out"
 if [ "${PACK:-0}" = 1 ]; then
   tar -czf "$out.tar.gz" -C "$(dirname "$out")" "$(basename "$out")" && rm -rf "$out"

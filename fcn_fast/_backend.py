@@ -141,8 +141,10 @@ def can_run(backend: str, device: torch.device) -> str | None:
 
 
 # backend="auto" on a GPU: the faster kernel per public op, from the GPU benchmark table
-# (benchmarks/results/). Set from the first measured table (H200, 2026-11-26): Triton was
-# faster on the large resampling rows, CUDA on every loss row.
+# (benchmarks/results/). Set from the first measured table (H200, 2026-11-26, the kernels of
+# ee06b59): Triton was faster on the large resampling rows, CUDA on every loss row. A new GPU
+# run prints what to set here: `python -m fcn_fast.bench prefer results.json` (gpu_suite.sh
+# does, into steps.log). Ops not listed try cuda, then triton.
 GPU_PREFERENCE = {
     "upsample_skip": ("triton", "cuda"),
     "interpolate_add": ("triton", "cuda"),

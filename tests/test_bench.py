@@ -518,3 +518,61 @@ def test_help_names_the_other_commands(capsys):
     out = capsys.readouterr().out
     assert "fcn-fast bench show FILE.json" in out and "fcn-fast bench readme" in out
     assert "\n  show FILE.json" in out and "\n  readme" in out
+
+
+def _gpu_row(op, backend, ms, case="large", dtype="fp32", mode="fwd", numerics="OK (1e-07)"):
+    from fcn_fast.bench.runner import Result
+
+    return Result(op=op, case=case, shape="N1", backend=backend, dtype=dtype, mode=mode,
+                  device="cuda", numerics=numerics, ms=ms)  # fmt: skip
+
+
+def test_prefer_orders_kernels_by_geometric_mean_and_lists_slow_rows(tmp_path, capsys):
+    """`prefer` ranks cuda and triton per op by the geometric mean of their times over the
+    rows both passed (not by wins: triton wins 2 of 3 rows here, cuda is faster overall), skips
+    failed rows and non-ops (the model rows), and names each row where the first backend is
+    slower than eager or torch.compile."""
+    rows = [
+        _gpu_row("upsample_skip", "reference", 5.0, case="a"),
+        _gpu_row("upsample_skip", "compile", 1.5, case="a"),
+        _gpu_row("upsample_skip", "cuda", 1.0, case="a"),
+        _gpu_row("upsample_skip", "triton", 4.0, case="a"),
+        _gpu_row("upsample_skip", "reference", 5.0, case="b"),
+        _gpu_row("upsample_skip", "cuda", 2.0, case="b"),
+        _gpu_row("upsample_skip", "triton", 1.9, case="b"),
+        _gpu_row("upsample_skip", "reference", 1.0, case="c"),
+        _gpu_row("upsample_skip", "cuda", 2.0, case="c"),
+        _gpu_row("upsample_skip", "triton", 1.8, case="c"),
+        # A failed triton row is not counted: were it, triton would win this op.
+        _gpu_row("upsample_skip", "cuda", 9.0, case="d"),
+        _gpu_row("upsample_skip", "triton", 0.1, case="d", numerics="FAIL: wrong"),
+        _gpu_row("pixel_cross_entropy", "cuda", 3.0),
+        _gpu_row("pixel_cross_entropy", "triton", 1.0),
+        _gpu_row("pixel_cross_entropy", "reference", 2.0),
+        _gpu_row("fcn8s", "cuda", 1.0),
+        _gpu_row("fcn8s", "triton", 2.0),
+    ]
+    assert report.gpu_preference(rows) == {
+        "upsample_skip": ("cuda", "triton"),
+        "pixel_cross_entropy": ("triton", "cuda"),
+    }
+    path = str(tmp_path / "gpu.json")
+    report.write_json(path, {"device": "cuda"}, rows)
+    assert cli.main(["prefer", path]) == 0
+    out = capsys.readouterr().out
+    assert "'upsample_skip': ('cuda', 'triton')," in out and "fcn8s" not in out
+    # cuda / triton: (1 * 2 * 2) / (4 * 1.9 * 1.8) under a cube root
+    assert "cuda takes 0.66x triton's time (geometric mean of 3 rows; faster in 1)" in out
+    assert "upsample_skip: cuda slower than eager or compile in 1 rows\n" in out
+    assert "    c fp32 fwd: 2 ms, reference 1 ms" in out
+    assert "pixel_cross_entropy: triton slower than eager or compile in 0 rows" in out
+
+
+def test_prefer_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["prefer", str(tmp_path / "missing.json")], prog="fcn-fast bench") == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("fcn-fast bench prefer: ") and captured.err.count("\n") == 1
+    cpu = str(tmp_path / "cpu.json")
+    report.write_json(cpu, {"device": "cpu"}, [])
+    assert cli.main(["prefer", cpu]) == 0
+    assert "No GPU rows" in capsys.readouterr().out

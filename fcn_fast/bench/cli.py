@@ -7,6 +7,7 @@
     python -m fcn_fast.bench show r.json        re-print a saved run
     python -m fcn_fast.bench readme             the README performance section, from
                                                 benchmarks/results/
+    python -m fcn_fast.bench prefer r.json      GPU_PREFERENCE as a GPU run measured it
 
 Exit status: 0 when every row's numerics passed, 1 when one failed, 2 on bad usage,
 130 when interrupted (the rows measured so far are still printed and written).
@@ -40,6 +41,9 @@ OTHER_COMMANDS = """other commands:
   readme [--results DIR]
                         print the README's performance section from the results
                         files committed under benchmarks/results/
+  prefer FILE.json      the GPU_PREFERENCE of fcn_fast/_backend.py that a GPU run
+                        measured, and the rows where it is slower than eager or
+                        torch.compile
 """
 
 
@@ -58,7 +62,8 @@ def _split(values):
 def _run_parser(prog):
     p = argparse.ArgumentParser(
         prog=prog,
-        usage=f"{prog} [run] [options] | {prog} show FILE.json | {prog} readme",
+        usage=f"{prog} [run] [options] | {prog} show FILE.json | {prog} readme | "
+        f"{prog} prefer FILE.json",
         description="Benchmark fcn_fast's kernels against plain PyTorch (numerics checked first).",
         epilog=OTHER_COMMANDS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -215,12 +220,35 @@ def readme_main(argv, prog) -> int:
     return 0
 
 
+def prefer_main(argv, prog) -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} prefer",
+        description="Print fcn_fast/_backend.py's GPU_PREFERENCE as a GPU run measured it: per "
+        "op, the cuda and triton backends by the geometric mean of their times over the rows "
+        "both measured; then the rows where the first is slower than eager or torch.compile.",
+    )
+    p.add_argument("json_file", metavar="FILE.json")
+    args = p.parse_args(argv)
+    try:
+        _, results = report.load_json(args.json_file)
+    except OSError as error:
+        print(f"{prog} prefer: cannot read {args.json_file}: {error.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"{prog} prefer: {error}", file=sys.stderr)
+        return 2
+    print(report.preference_report(results))
+    return 0
+
+
 def main(argv=None, prog="python -m fcn_fast.bench") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "readme":
         return readme_main(argv[1:], prog)
     if argv and argv[0] == "show":
         return show_main(argv[1:], prog)
+    if argv and argv[0] == "prefer":
+        return prefer_main(argv[1:], prog)
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run_main(argv, prog)

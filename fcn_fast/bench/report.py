@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import inspect
 import json
+import math
 import os
 
 from fcn_fast.bench.runner import Result
@@ -389,4 +391,93 @@ def readme_section(results_dir: str) -> str:
             continue
         path, meta, results = newest[device]
         out += [f"From `{os.path.relpath(path)}`.", "", markdown_report(meta, results)]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- GPU preference
+
+GPU_KERNELS = ("cuda", "triton")
+
+
+def _passed(r: Result) -> bool:
+    return r.status == "ok" and r.ms is not None and r.numerics.startswith(("OK", "reference"))
+
+
+def _kernel_times(results: list[Result], op: str) -> dict[str, dict[tuple, float]]:
+    """backend -> {(case, shape, dtype, mode): ms} of op's GPU kernel rows that passed."""
+    times: dict[str, dict[tuple, float]] = {}
+    for r in results:
+        if r.op == op and r.device == "cuda" and r.backend in GPU_KERNELS and _passed(r):
+            times.setdefault(r.backend, {})[(r.case, r.shape, r.dtype, r.mode)] = r.ms
+    return times
+
+
+def _shared_rows(times: dict[str, dict[tuple, float]]) -> set:
+    return set.intersection(*(set(rows) for rows in times.values()))
+
+
+def _log_mean(rows: dict[tuple, float], keys) -> float:
+    return sum(math.log(rows[k]) for k in keys) / len(keys)
+
+
+def gpu_preference(results: list[Result]) -> dict[str, tuple[str, ...]]:
+    """Per op of a GPU run, its kernel backends fastest first: by the geometric mean of their
+    times over the rows (case, dtype, mode) that every one of them measured with passing
+    numerics (with one kernel measured, it alone). Only public ops: the model rows (fcn8s)
+    time whole networks, whose ops each follow their own entry."""
+    import fcn_fast  # here, not at the top: fcn_fast imports nothing of bench
+
+    preference = {}
+    for op in dict.fromkeys(r.op for r in results if r.device == "cuda"):
+        times = _kernel_times(results, op)
+        if not times or not inspect.isfunction(getattr(fcn_fast, op, None)):
+            continue
+        keys = _shared_rows(times)
+        preference[op] = tuple(sorted(times, key=lambda b: _log_mean(times[b], keys or times[b])))
+    return preference
+
+
+def rows_slower_than_baselines(results: list[Result], op: str, backend: str) -> list[str]:
+    """The rows where `backend` is slower than eager PyTorch or torch.compile of it, as lines."""
+    best: dict[tuple, tuple[float, str]] = {}
+    for r in results:
+        if r.op == op and r.backend in ("reference", "compile") and _passed(r):
+            key = (r.case, r.shape, r.dtype, r.mode)
+            if key not in best or r.ms < best[key][0]:
+                best[key] = (r.ms, r.backend)
+    lines = []
+    for r in results:
+        key = (r.case, r.shape, r.dtype, r.mode)
+        if r.op == op and r.backend == backend and _passed(r) and key in best:
+            baseline_ms, baseline = best[key]
+            if r.ms > baseline_ms:
+                lines.append(
+                    f"{r.case} {r.dtype} {r.mode}: {r.ms:.3g} ms, {baseline} {baseline_ms:.3g} ms"
+                )
+    return lines
+
+
+def preference_report(results: list[Result]) -> str:
+    """`GPU_PREFERENCE` for fcn_fast/_backend.py as measured, and the rows where the backend
+    `auto` would then pick is slower than eager or torch.compile."""
+    preference = gpu_preference(results)
+    if not preference:
+        return "No GPU rows of the cuda or triton backends with passing numerics in this file."
+    out = ["GPU_PREFERENCE = {"]
+    out += [f"    {op!r}: {backends!r}," for op, backends in preference.items()]
+    out += ["}", ""]
+    for op, backends in preference.items():
+        times = _kernel_times(results, op)
+        keys = _shared_rows(times)
+        if len(backends) > 1 and keys:
+            first, second = times[backends[0]], times[backends[1]]
+            ratio = math.exp(_log_mean(first, keys) - _log_mean(second, keys))
+            wins = sum(first[k] <= second[k] for k in keys)
+            out.append(
+                f"{op}: {backends[0]} takes {ratio:.2f}x {backends[1]}'s time (geometric mean "
+                f"of {len(keys)} rows; faster in {wins})"
+            )
+        slower = rows_slower_than_baselines(results, op, backends[0])
+        out.append(f"{op}: {backends[0]} slower than eager or compile in {len(slower)} rows")
+        out += [f"    {line}" for line in slower]
     return "\n".join(out)
