@@ -32,11 +32,13 @@ void argmax_row(const float* z, int32_t c, float* top, int32_t* best, int64_t n)
 void argmax_row(const double* z, int32_t c, double* top, int32_t* best, int64_t n);
 
 // Taps of every output column, shared by all rows. Indices point into an input
-// row padded by one element on each side (see pad_row), so every tap is a valid
-// read: H[X] = w0[X] * padded[col[X]] + w1[X] * padded[col[X] + 1].
+// row padded by one element on each side (see interpolate_row), so every tap is a valid
+// read: H[X] = w0[X] * padded[col[X]] + w1[X] * padded[col[X] + 1]. Consecutive columns
+// that read the same two inputs form a run (about `factor` long when upsampling); run r
+// ends before column run_end[r].
 template <typename acc_t>
 struct ColumnTaps {
-  std::vector<int64_t> col;
+  std::vector<int64_t> col, run_end;
   std::vector<acc_t> w0, w1;
 
   ColumnTaps(int64_t out_w, int64_t in_w, double scale, double bias, bool clamp)
@@ -46,7 +48,9 @@ struct ColumnTaps {
       col[X] = tap.i0 + 1;  // i1 is i0 + 1, or i0 at the clamp edge: the right pad repeats it
       w0[X] = tap.w0;
       w1[X] = tap.w1;
+      if (X > 0 && col[X] != col[X - 1]) run_end.push_back(X);
     }
+    if (out_w > 0) run_end.push_back(out_w);
   }
 };
 
@@ -59,10 +63,14 @@ void interpolate_row(const scalar_t* src, int64_t in_w, bool clamp, const Column
   for (int64_t j = 0; j < in_w; ++j) padded[j + 1] = static_cast<acc_t>(src[j]);
   padded[0] = clamp ? padded[1] : acc_t(0);
   padded[in_w + 1] = clamp ? padded[in_w] : acc_t(0);
-  const int64_t out_w = static_cast<int64_t>(taps.col.size());
-  for (int64_t X = 0; X < out_w; ++X) {
-    const acc_t* p = padded + taps.col[X];
-    out[X] = taps.w0[X] * p[0] + taps.w1[X] * p[1];
+  // Run by run, the run's two inputs held in registers: the inner loop reads contiguous
+  // weights and vectorizes, where a gather of the two inputs per column did not
+  // (upsample_argmax N4 C21 70² ×8 → 500², 2 threads: 8.5-9.0 -> 7.4-7.5 ms; built per ISA
+  // level as the blends, no faster). Same arithmetic per column: the same bits.
+  int64_t X = 0;
+  for (const int64_t end : taps.run_end) {
+    const acc_t p0 = padded[taps.col[X]], p1 = padded[taps.col[X] + 1];
+    for (; X < end; ++X) out[X] = taps.w0[X] * p0 + taps.w1[X] * p1;
   }
 }
 
