@@ -71,7 +71,11 @@ struct LossConstants {
     eps_over_c = eps / static_cast<acc_t>(C);
   }
 
-  bool valid(int64_t t) const { return t != ignore_index && t >= 0 && t < C; }
+  // t in [0, C) and not ignore_index; & rather than && so that loops can select on it
+  // instead of branching (an ignored pixel every ~20 would mispredict).
+  bool valid(int64_t t) const {
+    return (static_cast<uint64_t>(t) < static_cast<uint64_t>(C)) & (t != ignore_index);
+  }
   acc_t weight_of(int64_t t) const { return w == nullptr ? acc_t(1) : w[t]; }
 };
 
@@ -117,6 +121,18 @@ template <typename acc_t>
 void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
                              const acc_t* scale, int64_t scale_stride,
                              const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d) {
+  if (k.w == nullptr && scale_stride == 0) {
+    // One coefficient set for every counted pixel (no class weights, a reduced loss): a
+    // select per pixel instead of a branch that mispredicts at every ignored pixel.
+    const GradCoef<acc_t> coef = grad_coef(scale[0], acc_t(1), k.wtotal, k.eps, k.eps_over_c);
+    for (int64_t p = 0; p < P; ++p) {
+      const bool counted = k.valid(target[p * target_stride]);
+      a[p] = counted ? coef.a : acc_t(0);
+      b[p] = counted ? coef.b : acc_t(0);
+      d[p] = counted ? coef.d : acc_t(0);
+    }
+    return;
+  }
   for (int64_t p = 0; p < P; ++p) {
     const int64_t t = target[p * target_stride];
     GradCoef<acc_t> coef{acc_t(0), acc_t(0), acc_t(0)};
