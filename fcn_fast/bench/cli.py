@@ -179,6 +179,17 @@ def run_main(argv, prog="python -m fcn_fast.bench") -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def _load(path: str, command: str):
+    """(meta, results) of a results file, or None after saying in one line on stderr why not."""
+    try:
+        return report.load_json(path)
+    except OSError as error:
+        print(f"{command}: cannot read {path}: {error.strerror}", file=sys.stderr)
+    except ValueError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+    return None
+
+
 def show_main(argv, prog) -> int:
     p = argparse.ArgumentParser(prog=f"{prog} show", description="Re-print a saved results file.")
     p.add_argument("json_file")
@@ -188,14 +199,10 @@ def show_main(argv, prog) -> int:
     if args.plot and not report.plot_available():
         print(report.PLOT_MISSING, file=sys.stderr)
         return 2
-    try:
-        meta, results = report.load_json(args.json_file)
-    except OSError as error:
-        print(f"{prog} show: cannot read {args.json_file}: {error.strerror}", file=sys.stderr)
+    loaded = _load(args.json_file, f"{prog} show")
+    if loaded is None:
         return 2
-    except ValueError as error:
-        print(f"{prog} show: {error}", file=sys.stderr)
-        return 2
+    meta, results = loaded
     title = report.describe_machine(meta)
     print(f"{title}\n")
     print(report.text_table(results))
@@ -229,15 +236,10 @@ def prefer_main(argv, prog) -> int:
     )
     p.add_argument("json_file", metavar="FILE.json")
     args = p.parse_args(argv)
-    try:
-        _, results = report.load_json(args.json_file)
-    except OSError as error:
-        print(f"{prog} prefer: cannot read {args.json_file}: {error.strerror}", file=sys.stderr)
+    loaded = _load(args.json_file, f"{prog} prefer")
+    if loaded is None:
         return 2
-    except ValueError as error:
-        print(f"{prog} prefer: {error}", file=sys.stderr)
-        return 2
-    print(report.preference_report(results))
+    print(report.preference_report(loaded[1]))
     return 0
 
 
