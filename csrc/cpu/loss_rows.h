@@ -121,27 +121,16 @@ template <typename acc_t>
 void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
                              const acc_t* scale, int64_t scale_stride,
                              const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d) {
-  if (k.w == nullptr && scale_stride == 0) {
-    // One coefficient set for every counted pixel (no class weights, a reduced loss): a
-    // select per pixel instead of a branch that mispredicts at every ignored pixel.
-    const GradCoef<acc_t> coef = grad_coef(scale[0], acc_t(1), k.wtotal, k.eps, k.eps_over_c);
-    for (int64_t p = 0; p < P; ++p) {
-      const bool counted = k.valid(target[p * target_stride]);
-      a[p] = counted ? coef.a : acc_t(0);
-      b[p] = counted ? coef.b : acc_t(0);
-      d[p] = counted ? coef.d : acc_t(0);
-    }
-    return;
-  }
+  // Every pixel takes the same path, one not counted with class 0 and its coefficients
+  // dropped by the selects: a branch on the target would mispredict at each ignored pixel.
   for (int64_t p = 0; p < P; ++p) {
     const int64_t t = target[p * target_stride];
-    GradCoef<acc_t> coef{acc_t(0), acc_t(0), acc_t(0)};
-    if (k.valid(t)) {
-      coef = grad_coef(scale[p * scale_stride], k.weight_of(t), k.wtotal, k.eps, k.eps_over_c);
-    }
-    a[p] = coef.a;
-    b[p] = coef.b;
-    d[p] = coef.d;
+    const bool counted = k.valid(t);
+    const GradCoef<acc_t> coef = grad_coef(scale[p * scale_stride], k.weight_of(counted ? t : 0),
+                                           k.wtotal, k.eps, k.eps_over_c);
+    a[p] = counted ? coef.a : acc_t(0);
+    b[p] = counted ? coef.b : acc_t(0);
+    d[p] = counted ? coef.d : acc_t(0);
   }
 }
 
