@@ -370,6 +370,70 @@ def test_gradcheck_fp64():
         )
 
 
+@pytest.mark.parametrize("reduction", [1, 2])
+@pytest.mark.parametrize(
+    "head, classes, coarse, out",
+    [
+        ("upsample", 3, (4, 5), (9, 11)),  # one pass under autograd's rule
+        ("upsample", 150, (5, 4), (9, 7)),  # two-pass under the rule: the kernel still works
+        ("interpolate", 21, (5, 3), (11, 10)),
+        ("interpolate", 1, (1, 1), (3, 4)),
+    ],
+)
+def test_one_pass_kernel_gives_the_summed_loss_gradient(reduction, head, classes, coarse, out):
+    """resample_cross_entropy_with_grad, the CPU training path, called directly: its loss, lse
+    and weight_sum are the forward kernel's bit for bit, and grad_sum is the gradient of the
+    summed (unnormalized) loss in fp64."""
+    backend_device("cpu")
+    from fcn_fast.ops._geometry import interpolate_geometry, upsample_geometry
+
+    x = torch.randn(2, classes, *coarse, dtype=torch.float64) * 3
+    target = random_target(2, *out, classes, ignore_index=255)
+    target[0, 0, 0] = 255  # at least one ignored pixel
+    weight = torch.rand(classes, dtype=torch.float64) + 0.1
+    ce = dict(weight=weight, ignore_index=255, label_smoothing=0.1)
+    if head == "upsample":
+        geometry, _ = upsample_geometry(coarse, 2, None, 1, out, "test")
+        unfused = lambda t: unfused_upsample_loss(t, target, 2, crop=1, reduction="sum", **ce)  # noqa: E731
+    else:
+        geometry = interpolate_geometry(coarse, out, None, True, "test")
+        unfused = lambda t: unfused_interpolate_loss(t, target, True, reduction="sum", **ce)  # noqa: E731
+    args = (x, target, weight, *geometry.resampler_args(), 255, reduction, 0.1)
+    loss, lse, weight_sum, grad_sum = torch.ops.fcn_fast.resample_cross_entropy_with_grad(*args)
+    want = torch.ops.fcn_fast.resample_cross_entropy(*args, "cpu")
+    for got, expected in zip((loss, lse, weight_sum), want):
+        assert torch.equal(got, expected)
+    xr = x.clone().requires_grad_()
+    unfused(xr).backward()
+    torch.testing.assert_close(grad_sum, xr.grad, rtol=1e-10, atol=1e-10)
+    torch.library.opcheck(torch.ops.fcn_fast.resample_cross_entropy_with_grad.default, args)
+
+
+@pytest.mark.parametrize(
+    "classes, reduction, one_pass",
+    [(4, "mean", True), (4, "sum", True), (5, "mean", False), (4, "none", False)],
+)
+def test_cpu_training_takes_one_pass_when_its_gradient_is_no_larger_than_lse(
+    classes, reduction, one_pass
+):
+    """The rule of csrc/ops/resample_cross_entropy.cpp, seen in the ops the profiler records:
+    C * h * w <= H * W (here 16 C <= 64) and a reduced loss take the gradient in the forward's
+    pass; otherwise the backward recomputes the logits."""
+    backend_device("cpu")
+    from torch.profiler import profile
+
+    x = torch.randn(1, classes, 4, 4, requires_grad=True)
+    target = random_target(1, 8, 8, classes)
+    with profile() as prof:
+        loss = fcn_fast.upsample_cross_entropy(
+            x, target, factor=2, crop=1, reduction=reduction, backend="cpu"
+        )
+        loss.sum().backward()
+    names = {event.name for event in prof.events()}
+    assert ("fcn_fast::resample_cross_entropy_with_grad" in names) == one_pass
+    assert ("fcn_fast::resample_cross_entropy_backward" in names) == (not one_pass)
+
+
 def test_torch_compile_fullgraph_cpu():
     backend_device("cpu")
     x = torch.randn(2, 4, 5, 5, requires_grad=True)

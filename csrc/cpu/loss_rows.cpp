@@ -28,12 +28,19 @@ using vec_math::log_any;
 // two-pass outputs up to rounding. Returns false, with the outputs unspecified, if a pixel
 // needs the two-pass form: a logit more than 80 above x0 (exp(x - x0) would overflow, or
 // exp(x0 - m) underflow), a sum that overflowed, or a NaN or infinite x0 or max.
-template <typename T>
+//
+// With kKeepExps, also e[c * eld + p] = exp(x - x0) and inv_sum[p] = 1 / sum_c e, so that
+// the softmax is e * inv_sum without taking the exps again (the fused heads' one pass).
+template <bool kKeepExps, typename T>
 FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int64_t P, const T* w,
-                                         bool smoothing, T* m, T* logs, T* swx) {
+                                         bool smoothing, T* m, T* logs, T* swx, T* e, int64_t eld,
+                                         T* inv_sum) {
   const T* x0 = x;
   for (int64_t p = 0; p < P; ++p) m[p] = x0[p];
   for (int64_t p = 0; p < P; ++p) logs[p] = T(1);  // exp(x0 - x0)
+  if (kKeepExps) {
+    for (int64_t p = 0; p < P; ++p) e[p] = T(1);
+  }
   T wsum = T(0);
   if (smoothing) {
     for (int64_t p = 0; p < P; ++p) swx[p] = T(0);
@@ -50,7 +57,25 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
   const bool blocks_pay =
       C <= kRowsInMemory || C * ld * static_cast<int64_t>(sizeof(T)) <= kBufferBytes;
   const int64_t blocked = smoothing || !blocks_pay ? 0 : P / kBlock * kBlock;
-  for (int64_t p0 = 0; p0 < blocked; p0 += kBlock) {
+  if (kKeepExps && blocked > 0) {
+    // The exps are kept: the loop below stores them and tracks the max, and their sums are
+    // taken after, row by row from the stored exps (in L1), so that the loop keeps no sums in
+    // registers (with them it spilled: 16 AVX2 registers hold the exp's constants and little
+    // more).
+    for (int64_t c = 1; c < C; ++c) {
+      const T* row = x + c * ld;
+      T* e_row = e + c * eld;
+      for (int64_t p = 0; p < blocked; ++p) {
+        e_row[p] = exp_any(row[p] - x0[p]);
+        m[p] = row[p] > m[p] ? row[p] : m[p];
+      }
+    }
+    for (int64_t c = 1; c < C; ++c) {
+      const T* e_row = e + c * eld;
+      for (int64_t p = 0; p < blocked; ++p) logs[p] += e_row[p];
+    }
+  }
+  for (int64_t p0 = 0; p0 < (kKeepExps ? 0 : blocked); p0 += kBlock) {
     T shift_by[kBlock], sum[kBlock], max[kBlock];
     for (int64_t j = 0; j < kBlock; ++j) {
       shift_by[j] = max[j] = x0[p0 + j];
@@ -58,8 +83,11 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
     }
     for (int64_t c = 1; c < C; ++c) {
       const T* row = x + c * ld + p0;
+      T* e_row = kKeepExps ? e + c * eld + p0 : nullptr;
       for (int64_t j = 0; j < kBlock; ++j) {
-        sum[j] += exp_any(row[j] - shift_by[j]);
+        const T v = exp_any(row[j] - shift_by[j]);
+        if (kKeepExps) e_row[j] = v;
+        sum[j] += v;
         max[j] = row[j] > max[j] ? row[j] : max[j];
       }
     }
@@ -70,17 +98,21 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
   }
   for (int64_t c = 1; c < C; ++c) {
     const T* row = x + c * ld;
+    T* e_row = kKeepExps ? e + c * eld : nullptr;
     if (smoothing) {
       const T wc = w == nullptr ? T(1) : w[c];
       for (int64_t p = 0; p < P; ++p) {
-        const T d = row[p] - x0[p];
-        logs[p] += exp_any(d);
+        const T d = row[p] - x0[p], v = exp_any(d);
+        if (kKeepExps) e_row[p] = v;
+        logs[p] += v;
         swx[p] += wc * d;
         m[p] = row[p] > m[p] ? row[p] : m[p];
       }
     } else {
       for (int64_t p = blocked; p < P; ++p) {
-        logs[p] += exp_any(row[p] - x0[p]);
+        const T v = exp_any(row[p] - x0[p]);
+        if (kKeepExps) e_row[p] = v;
+        logs[p] += v;
         m[p] = row[p] > m[p] ? row[p] : m[p];
       }
     }
@@ -89,18 +121,23 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
   for (int64_t p = 0; p < P; ++p) {
     const T shift = x0[p] - m[p];  // <= 0; NaN for infinite x0 and m
     bad |= !(shift >= T(-80) && logs[p] < static_cast<T>(HUGE_VAL));
+    if (kKeepExps) inv_sum[p] = T(1) / logs[p];  // the sum is >= 1 (class 0's term)
     logs[p] = log_any(logs[p] * exp_any(shift));
     if (smoothing) swx[p] += shift * wsum;
   }
   return bad == 0;
 }
 
-// m[p] = max_c x, logs[p] = log sum_c exp(x - m), swx[p] = sum_c w[c] (x - m) (smoothing).
-template <typename T>
+// m[p] = max_c x, logs[p] = log sum_c exp(x - m), swx[p] = sum_c w[c] (x - m) (smoothing);
+// with kKeepExps also the exps and inv_sum, as lse_rows_one_pass (here shifted by m).
+template <bool kKeepExps, typename T>
 FCN_ALWAYS_INLINE void lse_rows_impl(const T* x, int64_t ld, int64_t C, int64_t P, const T* w,
-                                     bool smoothing, T* m, T* logs, T* swx) {
+                                     bool smoothing, T* m, T* logs, T* swx, T* e = nullptr,
+                                     int64_t eld = 0, T* inv_sum = nullptr) {
   if constexpr (std::is_same<T, float>::value) {  // double's std::exp is not worth hiding under
-    if (lse_rows_one_pass(x, ld, C, P, w, smoothing, m, logs, swx)) return;
+    if (lse_rows_one_pass<kKeepExps>(x, ld, C, P, w, smoothing, m, logs, swx, e, eld, inv_sum)) {
+      return;
+    }
   }
   for (int64_t p = 0; p < P; ++p) m[p] = x[p];
   for (int64_t c = 1; c < C; ++c) {
@@ -115,18 +152,28 @@ FCN_ALWAYS_INLINE void lse_rows_impl(const T* x, int64_t ld, int64_t C, int64_t 
     for (int64_t p = 0; p < P; ++p) swx[p] = T(0);
     for (int64_t c = 0; c < C; ++c) {
       const T* row = x + c * ld;
+      T* e_row = kKeepExps ? e + c * eld : nullptr;
       const T wc = w == nullptr ? T(1) : w[c];
       for (int64_t p = 0; p < P; ++p) {
-        const T d = row[p] - m[p];
-        logs[p] += exp_any(d);
+        const T d = row[p] - m[p], v = exp_any(d);
+        if (kKeepExps) e_row[p] = v;
+        logs[p] += v;
         swx[p] += wc * d;
       }
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const T* row = x + c * ld;
-      for (int64_t p = 0; p < P; ++p) logs[p] += exp_any(row[p] - m[p]);
+      T* e_row = kKeepExps ? e + c * eld : nullptr;
+      for (int64_t p = 0; p < P; ++p) {
+        const T v = exp_any(row[p] - m[p]);
+        if (kKeepExps) e_row[p] = v;
+        logs[p] += v;
+      }
     }
+  }
+  if (kKeepExps) {  // every logit -inf: a sum of 0, and a softmax of 0 (as exp(x - 0) in grad_rows)
+    for (int64_t p = 0; p < P; ++p) inv_sum[p] = logs[p] > T(0) ? T(1) / logs[p] : T(0);
   }
   for (int64_t p = 0; p < P; ++p) logs[p] = log_any(logs[p]);
 }
@@ -151,16 +198,52 @@ FCN_ALWAYS_INLINE void grad_rows_impl(const T* x, int64_t ld, T* g, int64_t gld,
   }
 }
 
+// Class c's gradient row from softmax_rows' exps, g = e * a - d * wc - (target == c ? b : 0),
+// added into v0 with weight w0 and into v1 with weight w1 in the same loop (either v may be
+// null). g is never stored, and the target's term is a select, not a scatter afterwards into
+// rows far apart (which cost as much as the rest of the loop: a cache miss per pixel).
+template <typename T>
+FCN_ALWAYS_INLINE void add_grad_from_exps_impl(const T* e, const T* a, const T* b, const T* d,
+                                               const int32_t* target, int32_t c, T wc,
+                                               bool smoothing, T w0, T* v0, T w1, T* v1,
+                                               int64_t P) {
+  auto g = [&](int64_t p) {
+    const T shared = e[p] * a[p] - (smoothing ? d[p] * wc : T(0)), bp = b[p];
+    return shared - (target[p] == c ? bp : T(0));  // b read always: a plain load, not a masked one
+  };
+  if (v0 != nullptr && v1 != nullptr) {
+    for (int64_t p = 0; p < P; ++p) {
+      const T gp = g(p);
+      v0[p] += w0 * gp;
+      v1[p] += w1 * gp;
+    }
+  } else if (v0 != nullptr || v1 != nullptr) {  // one tap: the other row is outside the band
+    T* v = v0 == nullptr ? v1 : v0;
+    const T w = v0 == nullptr ? w1 : w0;
+    for (int64_t p = 0; p < P; ++p) v[p] += w * g(p);
+  }
+}
+
 // The fp32 entry points, one per ISA level (multiversion.h).
-#define FCN_LOSS_ROW_KERNELS(TARGET)                                                         \
-  TARGET void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, \
-                           bool smoothing, float* m, float* logs, float* swx) {              \
-    lse_rows_impl<float>(x, ld, C, P, w, smoothing, m, logs, swx);                           \
-  }                                                                                          \
-  TARGET void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C,    \
-                            int64_t P, const float* lse, const float* a, const float* d,     \
-                            const float* w, bool smoothing) {                                \
-    grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                     \
+#define FCN_LOSS_ROW_KERNELS(TARGET)                                                              \
+  TARGET void lse_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w,      \
+                           bool smoothing, float* m, float* logs, float* swx) {                   \
+    lse_rows_impl<false>(x, ld, C, P, w, smoothing, m, logs, swx);                                \
+  }                                                                                               \
+  TARGET void softmax_rows_f32(const float* x, int64_t ld, int64_t C, int64_t P, const float* w,  \
+                               bool smoothing, float* m, float* logs, float* swx, float* e,       \
+                               int64_t eld, float* inv_sum) {                                     \
+    lse_rows_impl<true>(x, ld, C, P, w, smoothing, m, logs, swx, e, eld, inv_sum);                \
+  }                                                                                               \
+  TARGET void grad_rows_f32(const float* x, int64_t ld, float* g, int64_t gld, int64_t C,         \
+                            int64_t P, const float* lse, const float* a, const float* d,          \
+                            const float* w, bool smoothing) {                                     \
+    grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                          \
+  }                                                                                               \
+  TARGET void add_grad_from_exps_f32(                                                             \
+      const float* e, const float* a, const float* b, const float* d, const int32_t* target,      \
+      int32_t c, float wc, bool smoothing, float w0, float* v0, float w1, float* v1, int64_t P) { \
+    add_grad_from_exps_impl<float>(e, a, b, d, target, c, wc, smoothing, w0, v0, w1, v1, P);      \
   }
 FCN_FOR_EACH_ISA(FCN_LOSS_ROW_KERNELS)
 }  // namespace
@@ -171,7 +254,16 @@ void lse_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, 
 }
 void lse_rows(const double* x, int64_t ld, int64_t C, int64_t P, const double* w, bool smoothing,
               double* m, double* logs, double* swx) {
-  lse_rows_impl<double>(x, ld, C, P, w, smoothing, m, logs, swx);
+  lse_rows_impl<false>(x, ld, C, P, w, smoothing, m, logs, swx);
+}
+void softmax_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
+                  float* m, float* logs, float* swx, float* e, int64_t eld, float* inv_sum) {
+  softmax_rows_f32(x, ld, C, P, w, smoothing, m, logs, swx, e, eld, inv_sum);
+}
+void softmax_rows(const double* x, int64_t ld, int64_t C, int64_t P, const double* w,
+                  bool smoothing, double* m, double* logs, double* swx, double* e, int64_t eld,
+                  double* inv_sum) {
+  lse_rows_impl<true>(x, ld, C, P, w, smoothing, m, logs, swx, e, eld, inv_sum);
 }
 void grad_rows(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
                const float* lse, const float* a, const float* d, const float* w, bool smoothing) {
@@ -181,6 +273,16 @@ void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, i
                const double* lse, const double* a, const double* d, const double* w,
                bool smoothing) {
   grad_rows_impl<double>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
+}
+void add_grad_from_exps(const float* e, const float* a, const float* b, const float* d,
+                        const int32_t* target, int32_t c, float wc, bool smoothing, float w0,
+                        float* v0, float w1, float* v1, int64_t P) {
+  add_grad_from_exps_f32(e, a, b, d, target, c, wc, smoothing, w0, v0, w1, v1, P);
+}
+void add_grad_from_exps(const double* e, const double* a, const double* b, const double* d,
+                        const int32_t* target, int32_t c, double wc, bool smoothing, double w0,
+                        double* v0, double w1, double* v1, int64_t P) {
+  add_grad_from_exps_impl<double>(e, a, b, d, target, c, wc, smoothing, w0, v0, w1, v1, P);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

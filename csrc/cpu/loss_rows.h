@@ -20,6 +20,15 @@ void lse_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, 
 void lse_rows(const double* x, int64_t ld, int64_t C, int64_t P, const double* w, bool smoothing,
               double* m, double* logs, double* swx);
 
+// lse_rows that also keeps the exps it takes, for a gradient in the same pass:
+// e[c * eld + p] = exp(x - s[p]) for a shift s[p] of its choosing (class 0's logit or the max)
+// and inv_sum[p] = 1 / sum_c e (0 when every logit is -inf), so softmax = e * inv_sum.
+void softmax_rows(const float* x, int64_t ld, int64_t C, int64_t P, const float* w, bool smoothing,
+                  float* m, float* logs, float* swx, float* e, int64_t eld, float* inv_sum);
+void softmax_rows(const double* x, int64_t ld, int64_t C, int64_t P, const double* w,
+                  bool smoothing, double* m, double* logs, double* swx, double* e, int64_t eld,
+                  double* inv_sum);
+
 // g[c * gld + p] = exp(x - lse[p]) * a[p] - d[p] * w[c]; the target's -b is added after.
 // lse must not be -inf (pass 0 instead: exp(-inf - 0) = 0, as shifted_logit).
 void grad_rows(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int64_t P,
@@ -27,6 +36,16 @@ void grad_rows(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int
 void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, int64_t P,
                const double* lse, const double* a, const double* d, const double* w,
                bool smoothing);
+// Class c's gradient row from softmax_rows' exps e (a[p] already times inv_sum[p]: no exp
+// taken), g = e * a - d * wc - (target[p] == c ? b : 0), added into v0 with weight w0 and into
+// v1 with weight w1 (a null v is skipped): the fused heads' vertical adjoint, without storing g.
+// target[p] is -1 for a pixel not counted.
+void add_grad_from_exps(const float* e, const float* a, const float* b, const float* d,
+                        const int32_t* target, int32_t c, float wc, bool smoothing, float w0,
+                        float* v0, float w1, float* v1, int64_t P);
+void add_grad_from_exps(const double* e, const double* a, const double* b, const double* d,
+                        const int32_t* target, int32_t c, double wc, bool smoothing, double w0,
+                        double* v0, double w1, double* v1, int64_t P);
 
 // Pixels per chunk of logits packed into a buffer: a [C][P] fp32 block of about 32 KiB (stays in
 // L1 from lse_rows to the per-pixel steps), a multiple of 16 for the vector loops. Like
@@ -88,12 +107,13 @@ struct ChunkSums {
 };
 
 // The per-pixel step after lse_rows: lse_out[p] = m + logs, loss_out[p] (if not null) the
-// pixel's loss (0 when ignored); target[p * target_stride].
+// pixel's loss (0 when ignored); target[p * target_stride]. The sums go on from `sums` (a row
+// taken in pieces sums in the same order as whole).
 template <typename acc_t>
 ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m, const acc_t* logs,
                        const acc_t* swx, const int64_t* target, int64_t target_stride,
-                       const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out) {
-  ChunkSums sums;
+                       const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out,
+                       ChunkSums sums = ChunkSums()) {
   for (int64_t p = 0; p < P; ++p) {
     lse_out[p] = m[p] + logs[p];
     const int64_t t = target[p * target_stride];

@@ -53,12 +53,14 @@ class LogitRows {
     return inside(ty->i0) || inside(ty->i1);
   }
 
-  // Class c of the output row with taps ty, of image n, into z[X].
-  void compute(int64_t n, const Tap<acc_t>& ty, int64_t c, acc_t* z) {
+  // Class c of the output row with taps ty, of image n, into z[X] (columns [X0, X0 + P) of
+  // the row into z[0, P) when given).
+  void compute(int64_t n, const Tap<acc_t>& ty, int64_t c, acc_t* z, int64_t X0 = 0,
+               int64_t P = -1) {
     const bool has0 = inside(ty.i0), has1 = inside(ty.i1);
     const acc_t* a = has0 ? row(n, c, ty.i0, has1 ? ty.i1 : -1) : zeros_.data();
     const acc_t* b = has1 ? row(n, c, ty.i1, has0 ? ty.i0 : -1) : zeros_.data();
-    blend_row(a, ty.w0, b, ty.w1, z, out_w_);
+    blend_row(a + X0, ty.w0, b + X0, ty.w1, z, P < 0 ? out_w_ : P);
   }
 
  private:
@@ -97,6 +99,95 @@ int64_t backward_band(int64_t N, int64_t in_h) {
   const int64_t bands_wanted = (4 * at::get_num_threads() + N - 1) / N;
   return std::min(in_h, std::max<int64_t>(8, (in_h + bands_wanted - 1) / bands_wanted));
 }
+
+// The resampler's adjoint into one band [i0, i1) of an image's input rows: output rows are
+// added in Y order, class row by class row, into a ring of two rows per class (input row i in
+// slot i % 2). A Y's taps are two consecutive input rows that never move back, so row i is
+// final once a Y's taps are past it; it is then reduced horizontally into out (N, C, h, w) at
+// `strides` and its slot zeroed. (A band of full rows would not fit in L2.)
+template <typename out_t, typename acc_t>
+class BandAdjoint {
+ public:
+  BandAdjoint(int64_t C, int64_t W, const AdjointColumns<acc_t>& cols, out_t* out,
+              at::IntArrayRef strides)
+      : C_(C), W_(W), cols_(cols), out_(out), strides_(strides.vec()), ring_(C * 2 * W) {}
+
+  void start(int64_t n, int64_t i0, int64_t i1) {
+    n_ = n;
+    i0_ = i0;
+    i1_ = i1;
+    done_ = i0;
+    std::fill(ring_.begin(), ring_.end(), acc_t(0));
+  }
+
+  // Whether output row Y with taps ty adds into the band: through tap 0, tap 1. When it
+  // does, the rows below its taps are final: they are written out.
+  bool reads(const Tap<acc_t>& ty, bool* has0, bool* has1) {
+    *has0 = ty.i0 >= i0_ && ty.i0 < i1_;
+    *has1 = ty.i1 >= i0_ && ty.i1 < i1_;
+    if (*has0 || *has1) finish_rows_below(*has0 ? ty.i0 : ty.i1);
+    return *has0 || *has1;
+  }
+
+  // g = d loss / d z for class c of the output row with taps ty (reads() true).
+  void add(int64_t c, const Tap<acc_t>& ty, bool has0, bool has1, const acc_t* g) {
+    if (has0) add_scaled_row(ty.w0, g, row(c, ty.i0), W_);
+    if (has1) add_scaled_row(ty.w1, g, row(c, ty.i1), W_);
+  }
+
+  // Class c's sums for input row i (in the band, not yet final).
+  acc_t* row(int64_t c, int64_t i) { return ring_.data() + (c * 2 + i % 2) * W_; }
+
+  // The target's share of d loss / d z, -b[p] at each counted pixel's class, for the P
+  // columns from X0 (targets trow[p * tW]).
+  template <typename Constants>
+  void subtract_target(const Tap<acc_t>& ty, bool has0, bool has1, int64_t X0, int64_t P,
+                       const int64_t* trow, int64_t tW, const Constants& k, const acc_t* b) {
+    const int64_t slot0 = (ty.i0 % 2) * W_ + X0, slot1 = (ty.i1 % 2) * W_ + X0;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t target = trow[p * tW];
+      if (!k.valid(target)) continue;
+      acc_t* ring_t = ring_.data() + target * 2 * W_ + p;
+      if (has0) ring_t[slot0] -= ty.w0 * b[p];
+      if (has1) ring_t[slot1] -= ty.w1 * b[p];
+    }
+  }
+
+  void finish() { finish_rows_below(i1_); }
+
+ private:
+  void finish_rows_below(int64_t row_end) {
+    for (; done_ < row_end; ++done_) {
+      for (int64_t c = 0; c < C_; ++c) {
+        acc_t* v = ring_.data() + (c * 2 + done_ % 2) * W_;
+        out_t* out = out_ + n_ * strides_[0] + c * strides_[1] + done_ * strides_[2];
+        for (int64_t j = 0; j < static_cast<int64_t>(cols_.first.size()); ++j) {
+          out[j * strides_[3]] = static_cast<out_t>(cols_.gather(j, v));
+        }
+        std::fill(v, v + W_, acc_t(0));
+      }
+    }
+  }
+
+  int64_t C_, W_;
+  const AdjointColumns<acc_t>& cols_;
+  out_t* out_;
+  std::vector<int64_t> strides_;
+  std::vector<acc_t> ring_;
+  int64_t n_ = 0, i0_ = 0, i1_ = 0, done_ = 0;  // rows [i0, done) are written out
+};
+
+// The output rows that read any of input rows [i0, i1): [first, end).
+std::pair<int64_t, int64_t> output_rows_reading(int64_t i0, int64_t i1, const Resampling& r,
+                                                int64_t H) {
+  const int64_t window = resample_window(r.scale_h, H);
+  return {std::min(H, resample_first_output(i0, r.scale_h, r.bias_h)),
+          std::min(H, resample_first_output(i1 - 1, r.scale_h, r.bias_h) + window)};
+}
+
+// Columns of an output row per step of the one-pass loss + gradient (a multiple of 16, the
+// lse loops' block).
+constexpr int64_t kColumns = 128;
 
 }  // namespace
 
@@ -175,47 +266,23 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
         scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-        const auto gxs = grad_x.strides();
         const int64_t band = backward_band(N, in_h), bands = (in_h + band - 1) / band;
-        const int64_t window = resample_window(resampling.scale_h, H);
         const int64_t grain = parallel_grain(C * H * W / bands);  // a band's logits
         at::parallel_for(0, N * bands, grain, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
-          // The vertical adjoint's sums live in a ring of two rows per class: input row i in
-          // slot i % 2. Output rows come in Y order and their taps are two consecutive input
-          // rows that never move back, so row i is final once a Y's taps are past it; it is
-          // then reduced horizontally into grad_x and its slot zeroed. (A band of full rows
-          // would not fit in L2.)
-          std::vector<acc_t> ring(C * 2 * W), z(W), g(W), a(W), b(W), d(W), l(W);
+          BandAdjoint<scalar_t, acc_t> adjoint(C, W, cols, gx, grad_x.strides());
+          std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W);
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t n = unit / bands, i0 = (unit % bands) * band;
             const int64_t i1 = std::min(in_h, i0 + band);
-            std::fill(ring.begin(), ring.end(), acc_t(0));
-            int64_t done = i0;  // rows [i0, done) are written to grad_x
-            auto finish_rows_below = [&](int64_t row_end) {
-              for (; done < row_end; ++done) {
-                for (int64_t c = 0; c < C; ++c) {
-                  acc_t* v = ring.data() + (c * 2 + done % 2) * W;
-                  scalar_t* out = gx + n * gxs[0] + c * gxs[1] + done * gxs[2];
-                  for (int64_t j = 0; j < in_w; ++j) {
-                    out[j * gxs[3]] = static_cast<scalar_t>(cols.gather(j, v));
-                  }
-                  std::fill(v, v + W, acc_t(0));
-                }
-              }
-            };
-            // The output rows that read any of the band's input rows, in order.
-            const int64_t y_first =
-                std::min(H, resample_first_output(i0, resampling.scale_h, resampling.bias_h));
-            const int64_t y_end = std::min(
-                H, resample_first_output(i1 - 1, resampling.scale_h, resampling.bias_h) + window);
+            adjoint.start(n, i0, i1);
+            const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
             for (int64_t Y = y_first; Y < y_end; ++Y) {
               Tap<acc_t> ty;
+              bool has0, has1;
               logits.taps(Y, &ty);
-              const bool has0 = ty.i0 >= i0 && ty.i0 < i1, has1 = ty.i1 >= i0 && ty.i1 < i1;
-              if (!has0 && !has1) continue;
-              finish_rows_below(has0 ? ty.i0 : ty.i1);
+              if (!adjoint.reads(ty, &has0, &has1)) continue;
               // d loss / d z per pixel, as pixel_cross_entropy's backward.
               const int64_t* trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
@@ -225,28 +292,120 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
               // One class at a time, so that its logits and gradient rows stay in L1: the
               // gradient row, then the vertical adjoint into the band's rows among the two
               // taps (in Y order); then the target's -b, into its class's rows.
-              const int64_t slot0 = (ty.i0 % 2) * W, slot1 = (ty.i1 % 2) * W;
               for (int64_t c = 0; c < C; ++c) {
                 logits.compute(n, ty, c, z.data());
                 grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), a.data(), d.data(),
                           k.w == nullptr ? nullptr : k.w + c, k.smoothing);
-                acc_t* ring_c = ring.data() + c * 2 * W;
-                if (has0) add_scaled_row(ty.w0, g.data(), ring_c + slot0, W);
-                if (has1) add_scaled_row(ty.w1, g.data(), ring_c + slot1, W);
+                adjoint.add(c, ty, has0, has1, g.data());
               }
-              for (int64_t X = 0; X < W; ++X) {
-                const int64_t target = trow[X * tW];
-                if (!k.valid(target)) continue;
-                acc_t* ring_t = ring.data() + target * 2 * W + X;
-                if (has0) ring_t[slot0] -= ty.w0 * b[X];
-                if (has1) ring_t[slot1] -= ty.w1 * b[X];
-              }
+              adjoint.subtract_target(ty, has0, has1, 0, W, trow, tW, k, b.data());
             }
-            finish_rows_below(i1);
+            adjoint.finish();
           }
         });
       });
   return grad_x;
+}
+
+LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
+                                                        const at::Tensor& target,
+                                                        const std::optional<at::Tensor>& weight,
+                                                        const Resampling& resampling,
+                                                        const CrossEntropyOptions& options) {
+  check_resample_cross_entropy_args(x, target, weight, options);
+  check_device(x, at::kCPU, "x", "resample_cross_entropy_with_grad_cpu");
+  TORCH_CHECK(options.reduction != kReductionNone,
+              "fcn_fast: resample_cross_entropy_with_grad needs reduction mean or sum");
+  TORCH_CHECK(x.size(1) <= INT32_MAX, "fcn_fast: resample_cross_entropy_with_grad takes at most ",
+              INT32_MAX, " classes");  // targets are compared as int32
+  const int64_t N = x.size(0), C = x.size(1), in_h = x.size(2), in_w = x.size(3);
+  const int64_t H = target.size(1), W = target.size(2);
+  at::Tensor loss, lse, weight_sum;  // not structured bindings: the kernel lambda captures them
+  std::tie(loss, lse, weight_sum) = empty_loss_outputs(x, {N, H, W}, false);
+  const at::Tensor grad_sum = at::empty(
+      x.sizes(),
+      x.options().dtype(accumulation_type(x.scalar_type())).memory_format(output_memory_format(x)));
+  const at::Tensor xc = x.contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_cross_entropy_with_grad_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
+        std::vector<ChunkSums> sums(N * H);  // one per output row, as the forward's
+        const AdjointColumns<acc_t> cols(in_w, W, resampling.scale_w, resampling.bias_w,
+                                         resampling.clamp);
+        const int64_t* t = target.const_data_ptr<int64_t>();
+        const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
+        acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+        acc_t* gx = grad_sum.mutable_data_ptr<acc_t>();
+        const int64_t band = backward_band(N, in_h), bands = (in_h + band - 1) / band;
+        const int64_t grain = parallel_grain(C * H * W / bands);  // a band's logits
+        at::parallel_for(0, N * bands, grain, [&](int64_t begin, int64_t end) {
+          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                            resampling);
+          BandAdjoint<acc_t, acc_t> adjoint(C, W, cols, gx, grad_sum.strides());
+          // A row's logits are taken kColumns at a time from here on: their exps and the
+          // band's sums for those columns then stay in L1.
+          std::vector<acc_t> z(C * kColumns), e(C * kColumns), m(kColumns), logs(kColumns);
+          std::vector<acc_t> swx(kColumns), inv_sum(kColumns), a(kColumns), b(kColumns);
+          std::vector<acc_t> d(kColumns);
+          std::vector<int32_t> counted(kColumns);  // the target, -1 if not counted
+          const acc_t one(1);                      // the upstream gradient of the summed loss
+          for (int64_t unit = begin; unit < end; ++unit) {
+            const int64_t n = unit / bands, i = unit % bands, i0 = i * band;
+            const int64_t i1 = std::min(in_h, i0 + band);
+            adjoint.start(n, i0, i1);
+            // The unit computes the output rows that read its band, for the gradient, and
+            // the loss of the rows it owns: each band owns the output rows from the first
+            // that reads it to the first that reads the next band (the first band from
+            // row 0, the last to row H), so every row's loss is counted once.
+            const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
+            const int64_t own_first = i == 0 ? 0 : y_first;
+            const int64_t own_end =
+                i == bands - 1 ? H : output_rows_reading(i1, i1 + 1, resampling, H).first;
+            for (int64_t Y = own_first; Y < std::max(y_end, own_end); ++Y) {
+              Tap<acc_t> ty;
+              bool has0, has1;
+              logits.taps(Y, &ty);
+              const bool adds = adjoint.reads(ty, &has0, &has1), owned = Y < own_end;
+              if (!adds && !owned) continue;
+              const int64_t* trow = t + n * tN + Y * tH;
+              ChunkSums row_sums;
+              for (int64_t X0 = 0; X0 < W; X0 += kColumns) {
+                const int64_t P = std::min(kColumns, W - X0);
+                const int64_t* tp = trow + X0 * tW;
+                for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * P, X0, P);
+                softmax_rows(z.data(), P, C, P, k.w, k.smoothing, m.data(), logs.data(), swx.data(),
+                             e.data(), P, inv_sum.data());
+                if (owned) {
+                  row_sums = chunk_losses(z.data(), P, P, m.data(), logs.data(), swx.data(), tp, tW,
+                                          k, lse_ptr + (n * H + Y) * W + X0,
+                                          static_cast<acc_t*>(nullptr), row_sums);
+                }
+                if (!adds) continue;
+                // The backward's steps on these logits, from the exps just taken:
+                // softmax = e * inv_sum, so a[p] takes inv_sum[p] in.
+                chunk_grad_coefficients(P, tp, tW, &one, 0, k, a.data(), b.data(), d.data());
+                for (int64_t p = 0; p < P; ++p) {
+                  a[p] *= inv_sum[p];
+                  counted[p] = k.valid(tp[p * tW]) ? static_cast<int32_t>(tp[p * tW]) : -1;
+                }
+                for (int64_t c = 0; c < C; ++c) {
+                  add_grad_from_exps(e.data() + c * P, a.data(), b.data(), d.data(), counted.data(),
+                                     static_cast<int32_t>(c), k.weight_of(c), k.smoothing, ty.w0,
+                                     has0 ? adjoint.row(c, ty.i0) + X0 : nullptr, ty.w1,
+                                     has1 ? adjoint.row(c, ty.i1) + X0 : nullptr, P);
+                }
+              }
+              if (owned) sums[n * H + Y] = row_sums;
+            }
+            adjoint.finish();
+          }
+        });
+        finish_loss("upsample_cross_entropy / interpolate_cross_entropy", sums, options.reduction,
+                    k, loss, weight_sum);
+      });
+  return {loss, lse, weight_sum, grad_sum};
 }
 
 std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor& x,

@@ -4,6 +4,8 @@
 //
 //   resample_cross_entropy           -> (loss, lse, weight_sum); only loss is differentiable
 //   resample_cross_entropy_backward  grad_x, recomputing the logits from x and lse
+//   resample_cross_entropy_with_grad (loss, lse, weight_sum, grad_sum): the CPU kernel's
+//                                    forward and backward in one pass (training, reduced)
 //   resample_argmax                  -> (labels, confidence); not differentiable
 //   *_triton                         the same three, in fcn_fast/triton/resample_cross_entropy.py
 //
@@ -14,6 +16,7 @@
 #include <torch/library.h>
 
 #include "backend.h"
+#include "fcn_fast/pixel_cross_entropy_math.h"  // Reduction
 
 namespace fcn_fast {
 namespace {
@@ -86,6 +89,15 @@ at::Tensor resample_cross_entropy_backward_kernel(
   TORCH_CHECK(false, "unreachable");
 }
 
+LossAndGradOutputs resample_cross_entropy_with_grad_kernel(
+    const at::Tensor& x, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double scale_h, double bias_h, double scale_w, double bias_w, bool clamp, int64_t ignore_index,
+    int64_t reduction, double label_smoothing) {
+  return resample_cross_entropy_with_grad_cpu(x, target, weight,
+                                              {scale_h, bias_h, scale_w, bias_w, clamp},
+                                              {ignore_index, reduction, label_smoothing});
+}
+
 ArgmaxOutputs resample_argmax_kernel(const at::Tensor& x, double scale_h, double bias_h,
                                      double scale_w, double bias_w, bool clamp, int64_t out_h,
                                      int64_t out_w, at::ScalarType out_dtype,
@@ -133,6 +145,17 @@ at::Tensor call_resample_cross_entropy_backward(
                  ignore_index, reduction, label_smoothing, backend);
 }
 
+LossAndGradOutputs call_resample_cross_entropy_with_grad(
+    const at::Tensor& x, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double scale_h, double bias_h, double scale_w, double bias_w, bool clamp, int64_t ignore_index,
+    int64_t reduction, double label_smoothing) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_fast::resample_cross_entropy_with_grad", "")
+                             .typed<decltype(resample_cross_entropy_with_grad_kernel)>();
+  return op.call(x, target, weight, scale_h, bias_h, scale_w, bias_w, clamp, ignore_index,
+                 reduction, label_smoothing);
+}
+
 ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double bias_h,
                                    double scale_w, double bias_w, bool clamp, int64_t out_h,
                                    int64_t out_w, at::ScalarType out_dtype, bool return_confidence,
@@ -144,6 +167,46 @@ ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double b
                  return_confidence, backend);
 }
 
+// Whether the loss takes its gradient in the forward's pass (resample_cross_entropy_with_grad):
+// on the CPU kernel, for a reduced loss (whose upstream gradient is one number, applied after),
+// when the gradient it keeps from forward to backward is no larger than the lse the two-pass
+// form keeps (C * h * w <= H * W, both in the accumulation dtype: C = 21 at x8 keeps a third).
+// The logits and their exps are then computed once instead of twice: upsample_cross_entropy
+// N4 C21 70^2 x8 -> 500^2 forward+backward, 2 threads: 46 -> TODO ms.
+bool one_pass(const at::Tensor& x, const at::Tensor& target, int64_t reduction,
+              c10::string_view backend) {
+  return backend == "cpu" && reduction != kReductionNone &&
+         x.size(1) * x.size(2) * x.size(3) <= target.size(1) * target.size(2);
+}
+
+// grad_x of the one-pass form: the upstream gradient times the summed loss's gradient, over the
+// weight sum for mean. Every pixel ignored: grad_sum is 0, and so is the gradient (as PyTorch's),
+// not 0 * (grad / 0).
+at::Tensor scale_grad_sum(const at::Tensor& grad, const at::Tensor& grad_sum,
+                          const at::Tensor& weight_sum, int64_t reduction, at::ScalarType dtype) {
+  at::Tensor scale = grad;
+  if (reduction == kReductionMean) scale = at::where(weight_sum != 0, grad / weight_sum, 0);
+  return (grad_sum * scale).to(dtype);
+}
+
+// scale_grad_sum under create_graph: grad_sum is a constant, so the graph it would record misses
+// d grad_x / d x; x is an input here only so that the result requires grad and this node says
+// so if it is differentiated, as the two-pass backward's node does.
+class ScaleGradSumFunction : public torch::autograd::Function<ScaleGradSumFunction> {
+ public:
+  static variable_list forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& grad_sum,
+                               const at::Tensor& weight_sum, const at::Tensor& x,
+                               int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return {scale_grad_sum(grad, grad_sum, weight_sum, reduction, x.scalar_type())};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "fcn_fast: double backward of the fused cross-entropy heads is not "
+                "supported");
+  }
+};
+
 class ResampleCrossEntropyFunction
     : public torch::autograd::Function<ResampleCrossEntropyFunction> {
  public:
@@ -153,16 +216,26 @@ class ResampleCrossEntropyFunction
                                int64_t ignore_index, int64_t reduction, double label_smoothing,
                                c10::string_view backend) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["reduction"] = reduction;
+    if (one_pass(x, target, reduction, backend)) {
+      auto [loss, lse, weight_sum, grad_sum] =
+          call_resample_cross_entropy_with_grad(x, target, weight, scale_h, bias_h, scale_w, bias_w,
+                                                clamp, ignore_index, reduction, label_smoothing);
+      ctx->save_for_backward({grad_sum, weight_sum, x});  // x: its dtype, and create_graph
+      ctx->saved_data["one_pass"] = true;
+      ctx->mark_non_differentiable({lse, weight_sum});
+      return {loss, lse, weight_sum};
+    }
     auto [loss, lse, weight_sum] =
         call_resample_cross_entropy(x, target, weight, scale_h, bias_h, scale_w, bias_w, clamp,
                                     ignore_index, reduction, label_smoothing, backend);
     // x and lse are all the backward needs to recompute the logits; an undefined tensor
     // stands for "no class weights".
     ctx->save_for_backward({x, target, weight.value_or(at::Tensor()), lse, weight_sum});
+    ctx->saved_data["one_pass"] = false;
     ctx->saved_data["scale_bias"] = std::vector<double>{scale_h, bias_h, scale_w, bias_w};
     ctx->saved_data["clamp"] = clamp;
     ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["label_smoothing"] = label_smoothing;
     ctx->saved_data["backend"] = std::string(backend);
     ctx->mark_non_differentiable({lse, weight_sum});
@@ -170,21 +243,26 @@ class ResampleCrossEntropyFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // One gradient per forward argument: x only; target, weight and the rest get none.
+    variable_list result(12);
+    if (!ctx->needs_input_grad(0)) return result;
     const variable_list saved = ctx->get_saved_variables();
+    if (ctx->saved_data["one_pass"].toBool()) {
+      const int64_t reduction = ctx->saved_data["reduction"].toInt();
+      result[0] =
+          at::GradMode::is_enabled()  // create_graph
+              ? ScaleGradSumFunction::apply(grads[0], saved[0], saved[1], saved[2], reduction)[0]
+              : scale_grad_sum(grads[0], saved[0], saved[1], reduction, saved[2].scalar_type());
+      return result;
+    }
     const std::optional<at::Tensor> weight =
         saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
     const std::vector<double> p = ctx->saved_data["scale_bias"].toDoubleVector();
-    at::Tensor grad_x;
-    if (ctx->needs_input_grad(0)) {
-      grad_x = call_resample_cross_entropy_backward(
-          grads[0], saved[0], saved[1], weight, saved[3], saved[4], p[0], p[1], p[2], p[3],
-          ctx->saved_data["clamp"].toBool(), ctx->saved_data["ignore_index"].toInt(),
-          ctx->saved_data["reduction"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
-          ctx->saved_data["backend"].toStringRef());
-    }
-    // One gradient per forward argument: x only; target, weight and the rest get none.
-    variable_list result(12);
-    result[0] = grad_x;
+    result[0] = call_resample_cross_entropy_backward(
+        grads[0], saved[0], saved[1], weight, saved[3], saved[4], p[0], p[1], p[2], p[3],
+        ctx->saved_data["clamp"].toBool(), ctx->saved_data["ignore_index"].toInt(),
+        ctx->saved_data["reduction"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
+        ctx->saved_data["backend"].toStringRef());
     return result;
   }
 };
@@ -267,6 +345,10 @@ TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
       "bool clamp, int ignore_index, int reduction, float label_smoothing, str backend) "
       "-> Tensor");
   m.def(
+      "resample_cross_entropy_with_grad(Tensor x, Tensor target, Tensor? weight, "
+      "float scale_h, float bias_h, float scale_w, float bias_w, bool clamp, int ignore_index, "
+      "int reduction, float label_smoothing) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "resample_argmax(Tensor x, float scale_h, float bias_h, float scale_w, float bias_w, "
       "bool clamp, int out_h, int out_w, ScalarType out_dtype, bool return_confidence, "
       "str backend) -> (Tensor, Tensor)");
@@ -289,6 +371,7 @@ TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
 TORCH_LIBRARY_IMPL(fcn_fast, CPU, m) {
   m.impl("resample_cross_entropy", &resample_cross_entropy_kernel);
   m.impl("resample_cross_entropy_backward", &resample_cross_entropy_backward_kernel);
+  m.impl("resample_cross_entropy_with_grad", &resample_cross_entropy_with_grad_kernel);
   m.impl("resample_argmax", &resample_argmax_kernel);
 }
 

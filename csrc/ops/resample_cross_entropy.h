@@ -16,6 +16,12 @@
 //   the resampler's adjoint applied to d loss / d z, gathered per element of x in a fixed
 //   order (no atomics). grad: (N, H, W) any strides (0 allowed) for none, else 0-dim, both
 //   in the accumulation dtype.
+// resample_cross_entropy_with_grad(x, target, weight, ..., reduction mean or sum)
+//   -> (loss, lse, weight_sum, grad_sum), CPU only: the forward's outputs, and in the same
+//   pass over the logits grad_sum (N, C, h, w) in the accumulation dtype and x's output
+//   memory format, the gradient of the summed (unnormalized) loss for an upstream gradient of
+//   1. The backward is then grad * grad_sum (divided by weight_sum for mean): the logits and
+//   their exps are computed once for forward and backward together.
 // resample_argmax(x, ..., out_h, out_w, out_dtype (int64 or uint8), return_confidence)
 //   -> (labels (N, out_h, out_w) of out_dtype = z.argmax(1), ties to the lowest class and
 //       NaN winning as torch.argmax; confidence (N, out_h, out_w) float32, the winner's
@@ -31,6 +37,7 @@
 namespace fcn_fast {
 
 using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using LossAndGradOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The public ops fcn_fast::resample_cross_entropy and fcn_fast::resample_argmax (schemas:
 // resample_cross_entropy.cpp) as C++ calls them through the dispatcher.
@@ -55,6 +62,11 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
                                                const at::Tensor& lse, const at::Tensor& weight_sum,
                                                const Resampling& resampling,
                                                const CrossEntropyOptions& options);
+LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
+                                                        const at::Tensor& target,
+                                                        const std::optional<at::Tensor>& weight,
+                                                        const Resampling& resampling,
+                                                        const CrossEntropyOptions& options);
 std::tuple<at::Tensor, at::Tensor> resample_argmax_cpu(const at::Tensor& x,
                                                        const Resampling& resampling, int64_t out_h,
                                                        int64_t out_w, at::ScalarType out_dtype,

@@ -61,6 +61,15 @@ def _resample_cross_entropy_fake(
     return loss, x.new_empty(target.shape, dtype=acc), x.new_empty((), dtype=acc)
 
 
+@_backend.register_fake("fcn_fast::resample_cross_entropy_with_grad")
+def _resample_cross_entropy_with_grad_fake(x, target, weight, *resampling_and_loss_options):
+    loss, lse, weight_sum = _resample_cross_entropy_fake(
+        x, target, weight, *resampling_and_loss_options
+    )
+    grad_sum = x.new_empty(x.shape, dtype=lse.dtype)
+    return loss, lse, weight_sum, grad_sum.contiguous(memory_format=output_memory_format(x))
+
+
 @_backend.register_fake(
     "fcn_fast::resample_cross_entropy_backward", "fcn_fast::resample_cross_entropy_backward_triton"
 )
