@@ -70,9 +70,13 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
         m[p] = row[p] > m[p] ? row[p] : m[p];
       }
     }
-    for (int64_t c = 1; c < C; ++c) {
-      const T* e_row = e + c * eld;
-      for (int64_t p = 0; p < blocked; ++p) logs[p] += e_row[p];
+    for (int64_t p0 = 0; p0 < blocked; p0 += kBlock) {  // the sums in registers, not in logs
+      T sum[kBlock];
+      for (int64_t j = 0; j < kBlock; ++j) sum[j] = T(1);
+      for (int64_t c = 1; c < C; ++c) {
+        for (int64_t j = 0; j < kBlock; ++j) sum[j] += e[c * eld + p0 + j];
+      }
+      for (int64_t j = 0; j < kBlock; ++j) logs[p0 + j] = sum[j];
     }
   }
   for (int64_t p0 = 0; p0 < (kKeepExps ? 0 : blocked); p0 += kBlock) {

@@ -136,21 +136,30 @@ ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m,
 
 // The gradient's per-pixel coefficients (GradCoef: a, b, d; zero for ignored pixels) from the
 // upstream gradient: scale[p * scale_stride] for reduction none, else one scalar already
-// divided by the weight sum for mean (scale_stride 0).
+// divided by the weight sum for mean (scale_stride 0). For add_grad_from_exps, given
+// a_times and counted_class: a[p] also times a_times[p], and counted_class[p] the target
+// (-1 if not counted), in the same loop.
 template <typename acc_t>
 void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
                              const acc_t* scale, int64_t scale_stride,
-                             const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d) {
+                             const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d,
+                             const acc_t* a_times = nullptr, int32_t* counted_class = nullptr) {
   // Every pixel takes the same path, one not counted with class 0 and its coefficients
   // dropped by the selects: a branch on the target would mispredict at each ignored pixel.
-  for (int64_t p = 0; p < P; ++p) {
+  auto step = [&](int64_t p, acc_t a_scale) {
     const int64_t t = target[p * target_stride];
     const bool counted = k.valid(t);
     const GradCoef<acc_t> coef = grad_coef(scale[p * scale_stride], k.weight_of(counted ? t : 0),
                                            k.wtotal, k.eps, k.eps_over_c);
-    a[p] = counted ? coef.a : acc_t(0);
+    a[p] = counted ? coef.a * a_scale : acc_t(0);
     b[p] = counted ? coef.b : acc_t(0);
     d[p] = counted ? coef.d : acc_t(0);
+    return counted ? static_cast<int32_t>(t) : int32_t(-1);
+  };
+  if (counted_class == nullptr) {
+    for (int64_t p = 0; p < P; ++p) step(p, acc_t(1));
+  } else {
+    for (int64_t p = 0; p < P; ++p) counted_class[p] = step(p, a_times[p]);
   }
 }
 

@@ -96,7 +96,7 @@ class LogitRows {
 // compute, stay few (the result does not depend on the band: each input row's sum runs
 // over the same output rows in the same order in any unit).
 int64_t backward_band(int64_t N, int64_t in_h) {
-  const int64_t bands_wanted = (4 * at::get_num_threads() + N - 1) / N;
+  const int64_t bands_wanted = (2 * at::get_num_threads() + N - 1) / N;
   return std::min(in_h, std::max<int64_t>(8, (in_h + bands_wanted - 1) / bands_wanted));
 }
 
@@ -187,7 +187,7 @@ std::pair<int64_t, int64_t> output_rows_reading(int64_t i0, int64_t i1, const Re
 
 // Columns of an output row per step of the one-pass loss + gradient (a multiple of 16, the
 // lse loops' block).
-constexpr int64_t kColumns = 128;
+constexpr int64_t kColumns = 512;
 
 }  // namespace
 
@@ -385,11 +385,8 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
                 if (!adds) continue;
                 // The backward's steps on these logits, from the exps just taken:
                 // softmax = e * inv_sum, so a[p] takes inv_sum[p] in.
-                chunk_grad_coefficients(P, tp, tW, &one, 0, k, a.data(), b.data(), d.data());
-                for (int64_t p = 0; p < P; ++p) {
-                  a[p] *= inv_sum[p];
-                  counted[p] = k.valid(tp[p * tW]) ? static_cast<int32_t>(tp[p * tW]) : -1;
-                }
+                chunk_grad_coefficients(P, tp, tW, &one, 0, k, a.data(), b.data(), d.data(),
+                                        inv_sum.data(), counted.data());
                 for (int64_t c = 0; c < C; ++c) {
                   add_grad_from_exps(e.data() + c * P, a.data(), b.data(), d.data(), counted.data(),
                                      static_cast<int32_t>(c), k.weight_of(c), k.smoothing, ty.w0,
