@@ -202,29 +202,62 @@ FCN_ALWAYS_INLINE void grad_rows_impl(const T* x, int64_t ld, T* g, int64_t gld,
   }
 }
 
-// Class c's gradient row from softmax_rows' exps, g = e * a - d * wc - (target == c ? b : 0),
-// added into v0 with weight w0 and into v1 with weight w1 in the same loop (either v may be
-// null). g is never stored, and the target's term is a select, not a scatter afterwards into
-// rows far apart (which cost as much as the rest of the loop: a cache miss per pixel).
-template <typename T>
-FCN_ALWAYS_INLINE void add_grad_from_exps_impl(const T* e, const T* a, const T* b, const T* d,
-                                               const int32_t* target, int32_t c, T wc,
-                                               bool smoothing, T w0, T* v0, T w1, T* v1,
+// Class c's gradient of one output row at p (add_grad_from_exps), from plain pointers: with
+// the row's fields read through a struct in the loop, GCC did not vectorize the pair's loop.
+template <bool kSmoothing, typename T>
+FCN_ALWAYS_INLINE T class_grad(const T* e, const T* a, const T* b, const T* d,
+                               const int32_t* counted, int32_t c, T wc, int64_t p) {
+  const T shared = kSmoothing ? e[p] * a[p] - d[p] * wc : e[p] * a[p];
+  return shared - static_cast<T>(counted[p] == c) * b[p];  // no select: b is finite
+}
+
+// add_grad_from_exps (loss_rows.h), smoothing or not as a template argument (a test inside the
+// pair's loop kept it from vectorizing too). v0 and v1 are __restrict: the pair's loop reads
+// ten rows, more than the overlap checks GCC will add at run time instead.
+template <bool kSmoothing, typename T>
+FCN_ALWAYS_INLINE void add_grad_from_exps_impl(const ExpGradRow<T>* rows, int64_t n_rows, int32_t c,
+                                               T wc, T* __restrict v0, T* __restrict v1,
                                                int64_t P) {
-  auto g = [&](int64_t p) {
-    const T shared = e[p] * a[p] - (smoothing ? d[p] * wc : T(0)), bp = b[p];
-    return shared - (target[p] == c ? bp : T(0));  // b read always: a plain load, not a masked one
-  };
-  if (v0 != nullptr && v1 != nullptr) {
+  if (n_rows == 2 && v0 != nullptr && v1 != nullptr) {
+    const ExpGradRow<T>&r0 = rows[0], &r1 = rows[1];
+    const T *e0 = r0.e + c * r0.ld, *a0 = r0.a, *b0 = r0.b, *d0 = r0.d;
+    const T *e1 = r1.e + c * r1.ld, *a1 = r1.a, *b1 = r1.b, *d1 = r1.d;
+    const int32_t *t0 = r0.counted, *t1 = r1.counted;
+    const T w00 = r0.w0, w01 = r0.w1, w10 = r1.w0, w11 = r1.w1;  // not re-read after each store
     for (int64_t p = 0; p < P; ++p) {
-      const T gp = g(p);
-      v0[p] += w0 * gp;
-      v1[p] += w1 * gp;
+      const T x0 = class_grad<kSmoothing>(e0, a0, b0, d0, t0, c, wc, p);
+      const T x1 = class_grad<kSmoothing>(e1, a1, b1, d1, t1, c, wc, p);
+      v0[p] += w00 * x0 + w10 * x1;
+      v1[p] += w01 * x0 + w11 * x1;
     }
-  } else if (v0 != nullptr || v1 != nullptr) {  // one tap: the other row is outside the band
-    T* v = v0 == nullptr ? v1 : v0;
-    const T w = v0 == nullptr ? w1 : w0;
-    for (int64_t p = 0; p < P; ++p) v[p] += w * g(p);
+    return;
+  }
+  for (int64_t r = 0; r < n_rows; ++r) {  // one row, or a pair with one tap in the band
+    const ExpGradRow<T>& row = rows[r];
+    const T *e = row.e + c * row.ld, *a = row.a, *b = row.b, *d = row.d;
+    const int32_t* t = row.counted;
+    const T w0 = row.w0, w1 = row.w1;
+    if (v0 != nullptr && v1 != nullptr) {
+      for (int64_t p = 0; p < P; ++p) {
+        const T x = class_grad<kSmoothing>(e, a, b, d, t, c, wc, p);
+        v0[p] += w0 * x;
+        v1[p] += w1 * x;
+      }
+    } else if (v0 != nullptr || v1 != nullptr) {
+      T* v = v0 == nullptr ? v1 : v0;
+      const T w = v0 == nullptr ? w1 : w0;
+      for (int64_t p = 0; p < P; ++p) v[p] += w * class_grad<kSmoothing>(e, a, b, d, t, c, wc, p);
+    }
+  }
+}
+
+template <typename T>
+FCN_ALWAYS_INLINE void add_grad_from_exps_any(const ExpGradRow<T>* rows, int64_t n_rows, int32_t c,
+                                              T wc, bool smoothing, T* v0, T* v1, int64_t P) {
+  if (smoothing) {
+    add_grad_from_exps_impl<true>(rows, n_rows, c, wc, v0, v1, P);
+  } else {
+    add_grad_from_exps_impl<false>(rows, n_rows, c, wc, v0, v1, P);
   }
 }
 
@@ -244,10 +277,9 @@ FCN_ALWAYS_INLINE void add_grad_from_exps_impl(const T* e, const T* a, const T* 
                             const float* w, bool smoothing) {                                     \
     grad_rows_impl<float>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);                          \
   }                                                                                               \
-  TARGET void add_grad_from_exps_f32(                                                             \
-      const float* e, const float* a, const float* b, const float* d, const int32_t* target,      \
-      int32_t c, float wc, bool smoothing, float w0, float* v0, float w1, float* v1, int64_t P) { \
-    add_grad_from_exps_impl<float>(e, a, b, d, target, c, wc, smoothing, w0, v0, w1, v1, P);      \
+  TARGET void add_grad_from_exps_f32(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c,    \
+                                     float wc, bool smoothing, float* v0, float* v1, int64_t P) { \
+    add_grad_from_exps_any<float>(rows, n_rows, c, wc, smoothing, v0, v1, P);                     \
   }
 FCN_FOR_EACH_ISA(FCN_LOSS_ROW_KERNELS)
 }  // namespace
@@ -278,15 +310,13 @@ void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, i
                bool smoothing) {
   grad_rows_impl<double>(x, ld, g, gld, C, P, lse, a, d, w, smoothing);
 }
-void add_grad_from_exps(const float* e, const float* a, const float* b, const float* d,
-                        const int32_t* target, int32_t c, float wc, bool smoothing, float w0,
-                        float* v0, float w1, float* v1, int64_t P) {
-  add_grad_from_exps_f32(e, a, b, d, target, c, wc, smoothing, w0, v0, w1, v1, P);
+void add_grad_from_exps(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c, float wc,
+                        bool smoothing, float* v0, float* v1, int64_t P) {
+  add_grad_from_exps_f32(rows, n_rows, c, wc, smoothing, v0, v1, P);
 }
-void add_grad_from_exps(const double* e, const double* a, const double* b, const double* d,
-                        const int32_t* target, int32_t c, double wc, bool smoothing, double w0,
-                        double* v0, double w1, double* v1, int64_t P) {
-  add_grad_from_exps_impl<double>(e, a, b, d, target, c, wc, smoothing, w0, v0, w1, v1, P);
+void add_grad_from_exps(const ExpGradRow<double>* rows, int64_t n_rows, int32_t c, double wc,
+                        bool smoothing, double* v0, double* v1, int64_t P) {
+  add_grad_from_exps_any<double>(rows, n_rows, c, wc, smoothing, v0, v1, P);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

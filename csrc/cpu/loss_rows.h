@@ -36,16 +36,28 @@ void grad_rows(const float* x, int64_t ld, float* g, int64_t gld, int64_t C, int
 void grad_rows(const double* x, int64_t ld, double* g, int64_t gld, int64_t C, int64_t P,
                const double* lse, const double* a, const double* d, const double* w,
                bool smoothing);
-// Class c's gradient row from softmax_rows' exps e (a[p] already times inv_sum[p]: no exp
-// taken), g = e * a - d * wc - (target[p] == c ? b : 0), added into v0 with weight w0 and into
-// v1 with weight w1 (a null v is skipped): the fused heads' vertical adjoint, without storing g.
-// target[p] is -1 for a pixel not counted.
-void add_grad_from_exps(const float* e, const float* a, const float* b, const float* d,
-                        const int32_t* target, int32_t c, float wc, bool smoothing, float w0,
-                        float* v0, float w1, float* v1, int64_t P);
-void add_grad_from_exps(const double* e, const double* a, const double* b, const double* d,
-                        const int32_t* target, int32_t c, double wc, bool smoothing, double w0,
-                        double* v0, double w1, double* v1, int64_t P);
+// An output row's gradient from softmax_rows' exps (a[p] already times inv_sum[p]: no exp
+// taken): class c's is g = e[c * ld + p] * a[p] - d[p] * w[c] - (counted[p] == c ? b[p] : 0)
+// (counted: the target, -1 for a pixel not counted), added into the two input rows its taps
+// read, with weights w0 and w1.
+template <typename T>
+struct ExpGradRow {
+  const T* e;
+  int64_t ld;
+  const T *a, *b, *d;
+  const int32_t* counted;
+  T w0, w1;
+};
+
+// Class c's gradient rows of n_rows (1 or 2) output rows with the same taps, added into v0
+// and v1 (distinct rows; either may be null: a row outside the band) in one loop: g is never
+// stored, and
+// the target's term is a select, not a scatter afterwards into rows far apart (which cost as
+// much as the rest of the loop: a cache miss per pixel).
+void add_grad_from_exps(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c, float wc,
+                        bool smoothing, float* v0, float* v1, int64_t P);
+void add_grad_from_exps(const ExpGradRow<double>* rows, int64_t n_rows, int32_t c, double wc,
+                        bool smoothing, double* v0, double* v1, int64_t P);
 
 // Pixels per chunk of logits packed into a buffer: a [C][P] fp32 block of about 32 KiB (stays in
 // L1 from lse_rows to the per-pixel steps), a multiple of 16 for the vector loops. Like
@@ -107,13 +119,12 @@ struct ChunkSums {
 };
 
 // The per-pixel step after lse_rows: lse_out[p] = m + logs, loss_out[p] (if not null) the
-// pixel's loss (0 when ignored); target[p * target_stride]. The sums go on from `sums` (a row
-// taken in pieces sums in the same order as whole).
+// pixel's loss (0 when ignored); target[p * target_stride].
 template <typename acc_t>
 ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m, const acc_t* logs,
                        const acc_t* swx, const int64_t* target, int64_t target_stride,
-                       const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out,
-                       ChunkSums sums = ChunkSums()) {
+                       const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out) {
+  ChunkSums sums;
   for (int64_t p = 0; p < P; ++p) {
     lse_out[p] = m[p] + logs[p];
     const int64_t t = target[p * target_stride];

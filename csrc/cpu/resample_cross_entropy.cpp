@@ -53,14 +53,12 @@ class LogitRows {
     return inside(ty->i0) || inside(ty->i1);
   }
 
-  // Class c of the output row with taps ty, of image n, into z[X] (columns [X0, X0 + P) of
-  // the row into z[0, P) when given).
-  void compute(int64_t n, const Tap<acc_t>& ty, int64_t c, acc_t* z, int64_t X0 = 0,
-               int64_t P = -1) {
+  // Class c of the output row with taps ty, of image n, into z[X].
+  void compute(int64_t n, const Tap<acc_t>& ty, int64_t c, acc_t* z) {
     const bool has0 = inside(ty.i0), has1 = inside(ty.i1);
     const acc_t* a = has0 ? row(n, c, ty.i0, has1 ? ty.i1 : -1) : zeros_.data();
     const acc_t* b = has1 ? row(n, c, ty.i1, has0 ? ty.i0 : -1) : zeros_.data();
-    blend_row(a + X0, ty.w0, b + X0, ty.w1, z, P < 0 ? out_w_ : P);
+    blend_row(a, ty.w0, b, ty.w1, z, out_w_);
   }
 
  private:
@@ -120,14 +118,16 @@ class BandAdjoint {
     std::fill(ring_.begin(), ring_.end(), acc_t(0));
   }
 
-  // Whether output row Y with taps ty adds into the band: through tap 0, tap 1. When it
-  // does, the rows below its taps are final: they are written out.
-  bool reads(const Tap<acc_t>& ty, bool* has0, bool* has1) {
+  // Whether output row Y with taps ty adds into the band: through tap 0, tap 1.
+  bool reads(const Tap<acc_t>& ty, bool* has0, bool* has1) const {
     *has0 = ty.i0 >= i0_ && ty.i0 < i1_;
     *has1 = ty.i1 >= i0_ && ty.i1 < i1_;
-    if (*has0 || *has1) finish_rows_below(*has0 ? ty.i0 : ty.i1);
     return *has0 || *has1;
   }
+
+  // Before adding a row with taps ty that reads the band: the rows below its taps are final,
+  // and are written out.
+  void advance(const Tap<acc_t>& ty, bool has0) { finish_rows_below(has0 ? ty.i0 : ty.i1); }
 
   // g = d loss / d z for class c of the output row with taps ty (reads() true).
   void add(int64_t c, const Tap<acc_t>& ty, bool has0, bool has1, const acc_t* g) {
@@ -138,18 +138,17 @@ class BandAdjoint {
   // Class c's sums for input row i (in the band, not yet final).
   acc_t* row(int64_t c, int64_t i) { return ring_.data() + (c * 2 + i % 2) * W_; }
 
-  // The target's share of d loss / d z, -b[p] at each counted pixel's class, for the P
-  // columns from X0 (targets trow[p * tW]).
+  // The target's share of d loss / d z, -b[X] at each counted pixel's class.
   template <typename Constants>
-  void subtract_target(const Tap<acc_t>& ty, bool has0, bool has1, int64_t X0, int64_t P,
-                       const int64_t* trow, int64_t tW, const Constants& k, const acc_t* b) {
-    const int64_t slot0 = (ty.i0 % 2) * W_ + X0, slot1 = (ty.i1 % 2) * W_ + X0;
-    for (int64_t p = 0; p < P; ++p) {
-      const int64_t target = trow[p * tW];
+  void subtract_target(const Tap<acc_t>& ty, bool has0, bool has1, const int64_t* trow, int64_t tW,
+                       const Constants& k, const acc_t* b) {
+    const int64_t slot0 = (ty.i0 % 2) * W_, slot1 = (ty.i1 % 2) * W_;
+    for (int64_t X = 0; X < W_; ++X) {
+      const int64_t target = trow[X * tW];
       if (!k.valid(target)) continue;
-      acc_t* ring_t = ring_.data() + target * 2 * W_ + p;
-      if (has0) ring_t[slot0] -= ty.w0 * b[p];
-      if (has1) ring_t[slot1] -= ty.w1 * b[p];
+      acc_t* ring_t = ring_.data() + target * 2 * W_ + X;
+      if (has0) ring_t[slot0] -= ty.w0 * b[X];
+      if (has1) ring_t[slot1] -= ty.w1 * b[X];
     }
   }
 
@@ -185,9 +184,64 @@ std::pair<int64_t, int64_t> output_rows_reading(int64_t i0, int64_t i1, const Re
           std::min(H, resample_first_output(i1 - 1, r.scale_h, r.bias_h) + window)};
 }
 
-// Columns of an output row per step of the one-pass loss + gradient (a multiple of 16, the
-// lse loops' block).
-constexpr int64_t kColumns = 512;
+// The one-pass form's gradient of one output row, from its exps (ExpGradRow), kept until it
+// is added into the band: rows come in pairs with the same taps (about `factor` rows share
+// them when upsampling), added in one pass over the band's rows, which halves the loads and
+// stores of those sums (the pairs start at a run's first row, whatever the band: the sums,
+// and their rounding, do not depend on the band).
+template <typename acc_t>
+struct PendingRows {
+  struct Row {
+    std::vector<acc_t> e, a, b, d;
+    std::vector<int32_t> counted;  // the target, -1 if not counted
+    Tap<acc_t> ty;
+    bool has0, has1;
+  };
+  Row rows[2];
+  int64_t count = 0;
+
+  PendingRows(int64_t C, int64_t W) {
+    for (Row& r : rows) {
+      r.e.resize(C * W);
+      r.a.resize(W);
+      r.b.resize(W);
+      r.d.resize(W);
+      r.counted.resize(W);
+    }
+  }
+
+  bool same_taps(const Tap<acc_t>& ty) const {
+    return count == 0 || (rows[0].ty.i0 == ty.i0 && rows[0].ty.i1 == ty.i1);
+  }
+
+  // Adds the pending rows into the band's sums.
+  template <typename Constants>
+  void flush(BandAdjoint<acc_t, acc_t>& adjoint, const Constants& k, int64_t C, int64_t W) {
+    if (count == 0) return;
+    // At a clamp edge both taps are one row (add_grad_from_exps's rows must differ): one tap
+    // then carries both weights.
+    const Row& first = rows[0];
+    const bool one_row = first.ty.i0 == first.ty.i1;
+    ExpGradRow<acc_t> grads[2];
+    for (int64_t r = 0; r < count; ++r) {
+      const Row& row = rows[r];
+      grads[r] = {row.e.data(),
+                  W,
+                  row.a.data(),
+                  row.b.data(),
+                  row.d.data(),
+                  row.counted.data(),
+                  one_row ? row.ty.w0 + row.ty.w1 : row.ty.w0,
+                  row.ty.w1};
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      add_grad_from_exps(grads, count, static_cast<int32_t>(c), k.weight_of(c), k.smoothing,
+                         first.has0 ? adjoint.row(c, first.ty.i0) : nullptr,
+                         first.has1 && !one_row ? adjoint.row(c, first.ty.i1) : nullptr, W);
+    }
+    count = 0;
+  }
+};
 
 }  // namespace
 
@@ -283,6 +337,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
               bool has0, has1;
               logits.taps(Y, &ty);
               if (!adjoint.reads(ty, &has0, &has1)) continue;
+              adjoint.advance(ty, has0);
               // d loss / d z per pixel, as pixel_cross_entropy's backward.
               const int64_t* trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
@@ -298,7 +353,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
                           k.w == nullptr ? nullptr : k.w + c, k.smoothing);
                 adjoint.add(c, ty, has0, has1, g.data());
               }
-              adjoint.subtract_target(ty, has0, has1, 0, W, trow, tW, k, b.data());
+              adjoint.subtract_target(ty, has0, has1, trow, tW, k, b.data());
             }
             adjoint.finish();
           }
@@ -344,13 +399,9 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
           BandAdjoint<acc_t, acc_t> adjoint(C, W, cols, gx, grad_sum.strides());
-          // A row's logits are taken kColumns at a time from here on: their exps and the
-          // band's sums for those columns then stay in L1.
-          std::vector<acc_t> z(C * kColumns), e(C * kColumns), m(kColumns), logs(kColumns);
-          std::vector<acc_t> swx(kColumns), inv_sum(kColumns), a(kColumns), b(kColumns);
-          std::vector<acc_t> d(kColumns);
-          std::vector<int32_t> counted(kColumns);  // the target, -1 if not counted
-          const acc_t one(1);                      // the upstream gradient of the summed loss
+          std::vector<acc_t> z(C * W), m(W), logs(W), swx(W), inv_sum(W);
+          PendingRows<acc_t> pending(C, W);
+          const acc_t one(1);  // the upstream gradient of the summed loss
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t n = unit / bands, i = unit % bands, i0 = i * band;
             const int64_t i1 = std::min(in_h, i0 + band);
@@ -369,33 +420,31 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
               logits.taps(Y, &ty);
               const bool adds = adjoint.reads(ty, &has0, &has1), owned = Y < own_end;
               if (!adds && !owned) continue;
-              const int64_t* trow = t + n * tN + Y * tH;
-              ChunkSums row_sums;
-              for (int64_t X0 = 0; X0 < W; X0 += kColumns) {
-                const int64_t P = std::min(kColumns, W - X0);
-                const int64_t* tp = trow + X0 * tW;
-                for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * P, X0, P);
-                softmax_rows(z.data(), P, C, P, k.w, k.smoothing, m.data(), logs.data(), swx.data(),
-                             e.data(), P, inv_sum.data());
-                if (owned) {
-                  row_sums = chunk_losses(z.data(), P, P, m.data(), logs.data(), swx.data(), tp, tW,
-                                          k, lse_ptr + (n * H + Y) * W + X0,
-                                          static_cast<acc_t*>(nullptr), row_sums);
-                }
-                if (!adds) continue;
-                // The backward's steps on these logits, from the exps just taken:
-                // softmax = e * inv_sum, so a[p] takes inv_sum[p] in.
-                chunk_grad_coefficients(P, tp, tW, &one, 0, k, a.data(), b.data(), d.data(),
-                                        inv_sum.data(), counted.data());
-                for (int64_t c = 0; c < C; ++c) {
-                  add_grad_from_exps(e.data() + c * P, a.data(), b.data(), d.data(), counted.data(),
-                                     static_cast<int32_t>(c), k.weight_of(c), k.smoothing, ty.w0,
-                                     has0 ? adjoint.row(c, ty.i0) + X0 : nullptr, ty.w1,
-                                     has1 ? adjoint.row(c, ty.i1) + X0 : nullptr, P);
-                }
+              if (adds) {
+                if (!pending.same_taps(ty)) pending.flush(adjoint, k, C, W);
+                adjoint.advance(ty, has0);
               }
-              if (owned) sums[n * H + Y] = row_sums;
+              auto& row = pending.rows[pending.count];
+              for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
+              softmax_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data(),
+                           row.e.data(), W, inv_sum.data());
+              const int64_t* trow = t + n * tN + Y * tH;
+              if (owned) {
+                sums[n * H + Y] =
+                    chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(), trow, tW, k,
+                                 lse_ptr + (n * H + Y) * W, static_cast<acc_t*>(nullptr));
+              }
+              if (!adds) continue;
+              // The backward's steps on this row's logits, from the exps just taken:
+              // softmax = e * inv_sum, so a[X] takes inv_sum[X] in.
+              chunk_grad_coefficients(W, trow, tW, &one, 0, k, row.a.data(), row.b.data(),
+                                      row.d.data(), inv_sum.data(), row.counted.data());
+              row.ty = ty;
+              row.has0 = has0;
+              row.has1 = has1;
+              if (++pending.count == 2) pending.flush(adjoint, k, C, W);
             }
+            pending.flush(adjoint, k, C, W);
             adjoint.finish();
           }
         });
