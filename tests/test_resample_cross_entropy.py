@@ -248,6 +248,31 @@ def test_deterministic_backward(backend):
     assert torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cpu_results_do_not_depend_on_the_thread_count(reduction):
+    """The CPU kernels split an image's input rows into bands by thread count; the one-pass
+    form (mean) pairs output rows and owns each row's loss by band, the two-pass (none) sums
+    band by band: loss and gradient are bitwise the same for 1, 2 and 3 threads."""
+    backend_device("cpu")
+    x = torch.randn(1, 5, 40, 9) * 3
+    target = random_target(1, 300, 60, 5, ignore_index=255)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            xg = x.clone().requires_grad_()
+            loss = fcn_fast.upsample_cross_entropy(
+                xg, target, factor=8, crop=5, ignore_index=255, reduction=reduction, backend="cpu"
+            )
+            loss.sum().backward()
+            results.append((loss.detach(), xg.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_reads_directly_and_autocast_gives_float32(backend, dtype):
     device = backend_device(backend)

@@ -218,36 +218,46 @@ template <bool kSmoothing, typename T>
 FCN_ALWAYS_INLINE void add_grad_from_exps_impl(const ExpGradRow<T>* rows, int64_t n_rows, int32_t c,
                                                T wc, T* __restrict v0, T* __restrict v1,
                                                int64_t P) {
-  if (n_rows == 2 && v0 != nullptr && v1 != nullptr) {
+  if (n_rows == 2) {
     const ExpGradRow<T>&r0 = rows[0], &r1 = rows[1];
     const T *e0 = r0.e + c * r0.ld, *a0 = r0.a, *b0 = r0.b, *d0 = r0.d;
     const T *e1 = r1.e + c * r1.ld, *a1 = r1.a, *b1 = r1.b, *d1 = r1.d;
     const int32_t *t0 = r0.counted, *t1 = r1.counted;
     const T w00 = r0.w0, w01 = r0.w1, w10 = r1.w0, w11 = r1.w1;  // not re-read after each store
-    for (int64_t p = 0; p < P; ++p) {
-      const T x0 = class_grad<kSmoothing>(e0, a0, b0, d0, t0, c, wc, p);
-      const T x1 = class_grad<kSmoothing>(e1, a1, b1, d1, t1, c, wc, p);
-      v0[p] += w00 * x0 + w10 * x1;
-      v1[p] += w01 * x0 + w11 * x1;
+    // With one tap in the band, its sum takes the same expression as in the two-tap loop: an
+    // input row's sums then round alike whether the band ends next to it or not.
+    if (v0 != nullptr && v1 != nullptr) {
+      for (int64_t p = 0; p < P; ++p) {
+        const T x0 = class_grad<kSmoothing>(e0, a0, b0, d0, t0, c, wc, p);
+        const T x1 = class_grad<kSmoothing>(e1, a1, b1, d1, t1, c, wc, p);
+        v0[p] += w00 * x0 + w10 * x1;
+        v1[p] += w01 * x0 + w11 * x1;
+      }
+    } else if (v0 != nullptr || v1 != nullptr) {
+      T* __restrict v = v0 == nullptr ? v1 : v0;
+      const T wa = v0 == nullptr ? w01 : w00, wb = v0 == nullptr ? w11 : w10;
+      for (int64_t p = 0; p < P; ++p) {
+        const T x0 = class_grad<kSmoothing>(e0, a0, b0, d0, t0, c, wc, p);
+        const T x1 = class_grad<kSmoothing>(e1, a1, b1, d1, t1, c, wc, p);
+        v[p] += wa * x0 + wb * x1;
+      }
     }
     return;
   }
-  for (int64_t r = 0; r < n_rows; ++r) {  // one row, or a pair with one tap in the band
-    const ExpGradRow<T>& row = rows[r];
-    const T *e = row.e + c * row.ld, *a = row.a, *b = row.b, *d = row.d;
-    const int32_t* t = row.counted;
-    const T w0 = row.w0, w1 = row.w1;
-    if (v0 != nullptr && v1 != nullptr) {
-      for (int64_t p = 0; p < P; ++p) {
-        const T x = class_grad<kSmoothing>(e, a, b, d, t, c, wc, p);
-        v0[p] += w0 * x;
-        v1[p] += w1 * x;
-      }
-    } else if (v0 != nullptr || v1 != nullptr) {
-      T* v = v0 == nullptr ? v1 : v0;
-      const T w = v0 == nullptr ? w1 : w0;
-      for (int64_t p = 0; p < P; ++p) v[p] += w * class_grad<kSmoothing>(e, a, b, d, t, c, wc, p);
+  const ExpGradRow<T>& row = rows[0];  // one row
+  const T *e = row.e + c * row.ld, *a = row.a, *b = row.b, *d = row.d;
+  const int32_t* t = row.counted;
+  const T w0 = row.w0, w1 = row.w1;
+  if (v0 != nullptr && v1 != nullptr) {
+    for (int64_t p = 0; p < P; ++p) {
+      const T x = class_grad<kSmoothing>(e, a, b, d, t, c, wc, p);
+      v0[p] += w0 * x;
+      v1[p] += w1 * x;
     }
+  } else if (v0 != nullptr || v1 != nullptr) {
+    T* __restrict v = v0 == nullptr ? v1 : v0;
+    const T w = v0 == nullptr ? w1 : w0;
+    for (int64_t p = 0; p < P; ++p) v[p] += w * class_grad<kSmoothing>(e, a, b, d, t, c, wc, p);
   }
 }
 

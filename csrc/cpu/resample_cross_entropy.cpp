@@ -185,10 +185,10 @@ std::pair<int64_t, int64_t> output_rows_reading(int64_t i0, int64_t i1, const Re
 }
 
 // The one-pass form's gradient of one output row, from its exps (ExpGradRow), kept until it
-// is added into the band: rows come in pairs with the same taps (about `factor` rows share
-// them when upsampling), added in one pass over the band's rows, which halves the loads and
-// stores of those sums (the pairs start at a run's first row, whatever the band: the sums,
-// and their rounding, do not depend on the band).
+// is added into the band: rows 2k and 2k + 1 with the same taps (about `factor` rows share
+// them when upsampling) are added as a pair, in one pass over the band's sums, which halves
+// their loads and stores; other rows alone. Which rows pair depends on Y and the taps only,
+// not on where a band starts: the sums, and their rounding, do not depend on the bands.
 template <typename acc_t>
 struct PendingRows {
   struct Row {
@@ -196,6 +196,7 @@ struct PendingRows {
     std::vector<int32_t> counted;  // the target, -1 if not counted
     Tap<acc_t> ty;
     bool has0, has1;
+    int64_t Y;
   };
   Row rows[2];
   int64_t count = 0;
@@ -210,8 +211,10 @@ struct PendingRows {
     }
   }
 
-  bool same_taps(const Tap<acc_t>& ty) const {
-    return count == 0 || (rows[0].ty.i0 == ty.i0 && rows[0].ty.i1 == ty.i1);
+  // Whether output row Y, with taps ty, may be kept beside the rows kept now.
+  bool can_join(int64_t Y, const Tap<acc_t>& ty) const {
+    return count == 0 || (rows[0].Y % 2 == 0 && rows[0].Y + 1 == Y && rows[0].ty.i0 == ty.i0 &&
+                          rows[0].ty.i1 == ty.i1);
   }
 
   // Adds the pending rows into the band's sums.
@@ -421,7 +424,7 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
               const bool adds = adjoint.reads(ty, &has0, &has1), owned = Y < own_end;
               if (!adds && !owned) continue;
               if (adds) {
-                if (!pending.same_taps(ty)) pending.flush(adjoint, k, C, W);
+                if (!pending.can_join(Y, ty)) pending.flush(adjoint, k, C, W);
                 adjoint.advance(ty, has0);
               }
               auto& row = pending.rows[pending.count];
@@ -442,6 +445,7 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
               row.ty = ty;
               row.has0 = has0;
               row.has1 = has1;
+              row.Y = Y;
               if (++pending.count == 2) pending.flush(adjoint, k, C, W);
             }
             pending.flush(adjoint, k, C, W);
