@@ -11,6 +11,10 @@
 // accumulated into the band's input rows among the row's two taps (vsum); the horizontal
 // adjoint gathers grad_x from vsum. Every sum runs in a fixed order, whatever the thread
 // count: results are bitwise identical run to run.
+// Loss and gradient in one pass (training, a reduced loss): the backward's band units, each
+// output row's logits computed once; its exps give the lse and loss (of the rows the band
+// owns) and, times 1 / their sum, the softmax of the gradient of the summed loss, which the
+// adjoint adds into the band as the backward does (docs/design.md 2.4).
 #include "../ops/resample_cross_entropy.h"
 
 #include <ATen/ATen.h>

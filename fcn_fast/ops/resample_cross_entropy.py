@@ -7,7 +7,9 @@
 
 The losses keep 4 bytes per full-resolution pixel (the log-sum-exp) for backward, which
 recomputes the logits from the low-resolution input; the gradient reaches the input by the
-resampler's adjoint as a gather (no atomics). The extension's ops fcn_fast::resample_cross_entropy
+resampler's adjoint as a gather (no atomics). On the CPU kernel, a reduced loss that needs a
+gradient takes it in the forward's pass instead, when it is no larger than the log-sum-exp
+(docs/design.md, 2.4). The extension's ops fcn_fast::resample_cross_entropy
 and fcn_fast::resample_argmax run them: csrc/ops/resample_cross_entropy.cpp holds the autograd
 and picks the kernel by backend (csrc/cpu/, csrc/cuda/, fcn_fast/triton/resample_cross_entropy.py).
 """
