@@ -434,6 +434,23 @@ def test_one_pass_kernel_gives_the_summed_loss_gradient(reduction, head, classes
     torch.library.opcheck(torch.ops.fcn_fast.resample_cross_entropy_with_grad.default, args)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_one_pass_gradient_of_low_precision_input(dtype):
+    """The one-pass form keeps its gradient in float32 and rounds once to x's dtype: the
+    gradient is the fp64 one up to that rounding."""
+    backend_device("cpu")
+    x = (torch.randn(2, 3, 5, 6) * 3).to(dtype)
+    target = random_target(2, 10, 12, 3, ignore_index=255)
+    xg = x.clone().requires_grad_()
+    fcn_fast.upsample_cross_entropy(
+        xg, target, factor=2, ignore_index=255, backend="cpu"
+    ).backward()
+    xr = x.double().requires_grad_()
+    unfused_upsample_loss(xr, target, factor=2, ignore_index=255).backward()
+    assert xg.grad.dtype == dtype
+    torch.testing.assert_close(xg.grad.double(), xr.grad, rtol=1e-2, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "classes, reduction, one_pass",
     [(4, "mean", True), (4, "sum", True), (5, "mean", False), (4, "none", False)],
