@@ -148,8 +148,8 @@ ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m,
 // The gradient's per-pixel coefficients (GradCoef: a, b, d; zero for ignored pixels) from the
 // upstream gradient: scale[p * scale_stride] for reduction none, else one scalar already
 // divided by the weight sum for mean (scale_stride 0). For add_grad_from_exps, given
-// a_times and counted_class: a[p] also times a_times[p], and counted_class[p] the target
-// (-1 if not counted), in the same loop.
+// counted_class: counted_class[p] the target (-1 if not counted), and a[p] also times
+// a_times[p] if given, in the same loop.
 template <typename acc_t>
 void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
                              const acc_t* scale, int64_t scale_stride,
@@ -170,7 +170,9 @@ void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_st
   if (counted_class == nullptr) {
     for (int64_t p = 0; p < P; ++p) step(p, acc_t(1));
   } else {
-    for (int64_t p = 0; p < P; ++p) counted_class[p] = step(p, a_times[p]);
+    for (int64_t p = 0; p < P; ++p) {
+      counted_class[p] = step(p, a_times == nullptr ? acc_t(1) : a_times[p]);
+    }
   }
 }
 

@@ -133,32 +133,31 @@ class BandAdjoint {
   // and are written out.
   void advance(const Tap<acc_t>& ty, bool has0) { finish_rows_below(has0 ? ty.i0 : ty.i1); }
 
-  // g = d loss / d z for class c of the output row with taps ty (reads() true).
-  void add(int64_t c, const Tap<acc_t>& ty, bool has0, bool has1, const acc_t* g) {
-    if (has0) add_scaled_row(ty.w0, g, row(c, ty.i0), W_);
-    if (has1) add_scaled_row(ty.w1, g, row(c, ty.i1), W_);
-  }
-
-  // Class c's sums for input row i (in the band, not yet final).
-  acc_t* row(int64_t c, int64_t i) { return ring_.data() + (c * 2 + i % 2) * W_; }
-
-  // The target's share of d loss / d z, -b[X] at each counted pixel's class.
-  template <typename Constants>
-  void subtract_target(const Tap<acc_t>& ty, bool has0, bool has1, const int64_t* trow, int64_t tW,
-                       const Constants& k, const acc_t* b) {
-    const int64_t slot0 = (ty.i0 % 2) * W_, slot1 = (ty.i1 % 2) * W_;
-    for (int64_t X = 0; X < W_; ++X) {
-      const int64_t target = trow[X * tW];
-      if (!k.valid(target)) continue;
-      acc_t* ring_t = ring_.data() + target * 2 * W_ + X;
-      if (has0) ring_t[slot0] -= ty.w0 * b[X];
-      if (has1) ring_t[slot1] -= ty.w1 * b[X];
+  // Class c's gradient of n_rows output rows with the same taps ty (add_grad_from_exps), into
+  // the band's sums; advance(ty, has0) first.
+  void add_grads(const ExpGradRow<acc_t>* rows, int64_t n_rows, int64_t c, acc_t wc, bool smoothing,
+                 const Tap<acc_t>& ty, bool has0, bool has1) {
+    const int32_t cls = static_cast<int32_t>(c);
+    if (ty.i0 == ty.i1) {  // a clamp edge: one row, which one weight carries (the rows differ)
+      ExpGradRow<acc_t> one_row[2];
+      for (int64_t r = 0; r < n_rows; ++r) {
+        one_row[r] = rows[r];
+        one_row[r].w0 += one_row[r].w1;
+      }
+      add_grad_from_exps(one_row, n_rows, cls, wc, smoothing, has0 ? row(c, ty.i0) : nullptr,
+                         nullptr, W_);
+      return;
     }
+    add_grad_from_exps(rows, n_rows, cls, wc, smoothing, has0 ? row(c, ty.i0) : nullptr,
+                       has1 ? row(c, ty.i1) : nullptr, W_);
   }
 
   void finish() { finish_rows_below(i1_); }
 
  private:
+  // Class c's sums for input row i (in the band, not yet final).
+  acc_t* row(int64_t c, int64_t i) { return ring_.data() + (c * 2 + i % 2) * W_; }
+
   void finish_rows_below(int64_t row_end) {
     for (; done_ < row_end; ++done_) {
       for (int64_t c = 0; c < C_; ++c) {
@@ -225,26 +224,16 @@ struct PendingRows {
   template <typename Constants>
   void flush(BandAdjoint<acc_t, acc_t>& adjoint, const Constants& k, int64_t C, int64_t W) {
     if (count == 0) return;
-    // At a clamp edge both taps are one row (add_grad_from_exps's rows must differ): one tap
-    // then carries both weights.
-    const Row& first = rows[0];
-    const bool one_row = first.ty.i0 == first.ty.i1;
     ExpGradRow<acc_t> grads[2];
     for (int64_t r = 0; r < count; ++r) {
       const Row& row = rows[r];
-      grads[r] = {row.e.data(),
-                  W,
-                  row.a.data(),
-                  row.b.data(),
-                  row.d.data(),
-                  row.counted.data(),
-                  one_row ? row.ty.w0 + row.ty.w1 : row.ty.w0,
-                  row.ty.w1};
+      grads[r] = {row.e.data(),       W,         row.a.data(), row.b.data(), row.d.data(),
+                  row.counted.data(), row.ty.w0, row.ty.w1};
     }
+    const Row& first = rows[0];
     for (int64_t c = 0; c < C; ++c) {
-      add_grad_from_exps(grads, count, static_cast<int32_t>(c), k.weight_of(c), k.smoothing,
-                         first.has0 ? adjoint.row(c, first.ty.i0) : nullptr,
-                         first.has1 && !one_row ? adjoint.row(c, first.ty.i1) : nullptr, W);
+      adjoint.add_grads(grads, count, c, k.weight_of(c), k.smoothing, first.ty, first.has0,
+                        first.has1);
     }
     count = 0;
   }
@@ -333,7 +322,8 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
           BandAdjoint<scalar_t, acc_t> adjoint(C, W, cols, gx, grad_x.strides());
-          std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W);
+          std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W), ones(W, acc_t(1));
+          std::vector<int32_t> counted(W);  // the target, -1 if not counted
           for (int64_t unit = begin; unit < end; ++unit) {
             const int64_t n = unit / bands, i0 = (unit % bands) * band;
             const int64_t i1 = std::min(in_h, i0 + band);
@@ -349,18 +339,20 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
               const int64_t* trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
                                       up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
-                                      up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data());
+                                      up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data(),
+                                      static_cast<const acc_t*>(nullptr), counted.data());
               finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
-              // One class at a time, so that its logits and gradient rows stay in L1: the
-              // gradient row, then the vertical adjoint into the band's rows among the two
-              // taps (in Y order); then the target's -b, into its class's rows.
+              // One class at a time, so that its logits and softmax rows stay in L1: the
+              // softmax exp(z - lse), then the gradient added into the band's rows among the
+              // two taps (in Y order), as the one-pass form adds it from its exps.
+              const ExpGradRow<acc_t> grad{g.data(),       0,     a.data(), b.data(), d.data(),
+                                           counted.data(), ty.w0, ty.w1};
               for (int64_t c = 0; c < C; ++c) {
                 logits.compute(n, ty, c, z.data());
-                grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), a.data(), d.data(),
-                          k.w == nullptr ? nullptr : k.w + c, k.smoothing);
-                adjoint.add(c, ty, has0, has1, g.data());
+                grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), ones.data(), d.data(), nullptr,
+                          false);
+                adjoint.add_grads(&grad, 1, c, k.weight_of(c), k.smoothing, ty, has0, has1);
               }
-              adjoint.subtract_target(ty, has0, has1, trow, tW, k, b.data());
             }
             adjoint.finish();
           }

@@ -20,11 +20,6 @@ inline void blend_row_impl(const T* a, T wa, const T* b, T wb, T* z, int64_t n) 
 }
 
 template <typename T>
-inline void add_scaled_row_impl(T w, const T* g, T* v, int64_t n) {
-  for (int64_t X = 0; X < n; ++X) v[X] += w * g[X];
-}
-
-template <typename T>
 inline void argmax_row_impl(const T* z, int32_t c, T* top, int32_t* best, int64_t n) {
   for (int64_t X = 0; X < n; ++X) {
     const T v = z[X], t = top[X];
@@ -38,9 +33,6 @@ inline void argmax_row_impl(const T* z, int32_t c, T* top, int32_t* best, int64_
   TARGET void blend_row_f32(const float* a, float wa, const float* b, float wb, float* z,       \
                             int64_t n) {                                                        \
     blend_row_impl<float>(a, wa, b, wb, z, n);                                                  \
-  }                                                                                             \
-  TARGET void add_scaled_row_f32(float w, const float* g, float* v, int64_t n) {                \
-    add_scaled_row_impl<float>(w, g, v, n);                                                     \
   }                                                                                             \
   TARGET void argmax_row_f32(const float* z, int32_t c, float* top, int32_t* best, int64_t n) { \
     argmax_row_impl<float>(z, c, top, best, n);                                                 \
@@ -58,12 +50,6 @@ void blend_row(const float* a, float wa, const float* b, float wb, float* z, int
 }
 void blend_row(const double* a, double wa, const double* b, double wb, double* z, int64_t n) {
   blend_row_impl<double>(a, wa, b, wb, z, n);
-}
-void add_scaled_row(float w, const float* g, float* v, int64_t n) {
-  add_scaled_row_f32(w, g, v, n);
-}
-void add_scaled_row(double w, const double* g, double* v, int64_t n) {
-  add_scaled_row_impl<double>(w, g, v, n);
 }
 void argmax_row(const float* z, int32_t c, float* top, int32_t* best, int64_t n) {
   argmax_row_f32(z, c, top, best, n);

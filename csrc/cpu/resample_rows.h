@@ -23,9 +23,6 @@ inline int64_t parallel_grain(int64_t work_per_item) {
 // z[X] = wa * a[X] + wb * b[X], the vertical blend of two interpolated input rows;
 void blend_row(const float* a, float wa, const float* b, float wb, float* z, int64_t n);
 void blend_row(const double* a, double wa, const double* b, double wb, double* z, int64_t n);
-// v[X] += w * g[X], the vertical adjoint's accumulation into an input row;
-void add_scaled_row(float w, const float* g, float* v, int64_t n);
-void add_scaled_row(double w, const double* g, double* v, int64_t n);
 // torch.argmax's update by class c's row z: where z[X] beats top[X] (is greater, or is a NaN
 // where top is not: a NaN beats every number, the first one wins), top[X] = z[X], best[X] = c.
 void argmax_row(const float* z, int32_t c, float* top, int32_t* best, int64_t n);
