@@ -93,14 +93,29 @@ class LogitRows {
   std::vector<int64_t> cached_;  // the input row (n * in_h + i) in each of a class's 2 slots
 };
 
-// Input rows per backward work unit (an image's band of rows): enough units for every
-// thread, at least 8 rows so that the output rows on a band's edge, which two units
+// The backward's work units: each image's input rows in bands, enough units for every
+// thread, of at least 8 rows so that the output rows on a band's edge, which two units
 // compute, stay few (the result does not depend on the band: each input row's sum runs
 // over the same output rows in the same order in any unit).
-int64_t backward_band(int64_t N, int64_t in_h) {
-  const int64_t bands_wanted = (2 * at::get_num_threads() + N - 1) / N;
-  return std::min(in_h, std::max<int64_t>(8, (in_h + bands_wanted - 1) / bands_wanted));
-}
+struct BandSplit {
+  int64_t band, bands, grain;
+
+  BandSplit(int64_t N, int64_t C, int64_t in_h, int64_t H, int64_t W) {
+    const int64_t bands_wanted = (2 * at::get_num_threads() + N - 1) / N;
+    band = std::min(in_h, std::max<int64_t>(8, (in_h + bands_wanted - 1) / bands_wanted));
+    bands = (in_h + band - 1) / band;
+    grain = parallel_grain(C * H * W / bands);  // a band's logits
+  }
+
+  // Unit u: image n, band i, its input rows [i0, i1).
+  struct Unit {
+    int64_t n, i, i0, i1;
+  };
+  Unit unit(int64_t u, int64_t in_h) const {
+    const int64_t i = u % bands;
+    return {u / bands, i, i * band, std::min(in_h, (i + 1) * band)};
+  }
+};
 
 // The resampler's adjoint into one band [i0, i1) of an image's input rows: output rows are
 // added in Y order, class row by class row, into a ring of two rows per class (input row i in
@@ -316,17 +331,15 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
         scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-        const int64_t band = backward_band(N, in_h), bands = (in_h + band - 1) / band;
-        const int64_t grain = parallel_grain(C * H * W / bands);  // a band's logits
-        at::parallel_for(0, N * bands, grain, [&](int64_t begin, int64_t end) {
+        const BandSplit split(N, C, in_h, H, W);
+        at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
           BandAdjoint<scalar_t, acc_t> adjoint(C, W, cols, gx, grad_x.strides());
           std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W), ones(W, acc_t(1));
           std::vector<int32_t> counted(W);  // the target, -1 if not counted
-          for (int64_t unit = begin; unit < end; ++unit) {
-            const int64_t n = unit / bands, i0 = (unit % bands) * band;
-            const int64_t i1 = std::min(in_h, i0 + band);
+          for (int64_t u = begin; u < end; ++u) {
+            const auto [n, i, i0, i1] = split.unit(u, in_h);
             adjoint.start(n, i0, i1);
             const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
             for (int64_t Y = y_first; Y < y_end; ++Y) {
@@ -392,18 +405,16 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
         acc_t* gx = grad_sum.mutable_data_ptr<acc_t>();
-        const int64_t band = backward_band(N, in_h), bands = (in_h + band - 1) / band;
-        const int64_t grain = parallel_grain(C * H * W / bands);  // a band's logits
-        at::parallel_for(0, N * bands, grain, [&](int64_t begin, int64_t end) {
+        const BandSplit split(N, C, in_h, H, W);
+        at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
           BandAdjoint<acc_t, acc_t> adjoint(C, W, cols, gx, grad_sum.strides());
           std::vector<acc_t> z(C * W), m(W), logs(W), swx(W), inv_sum(W);
           PendingRows<acc_t> pending(C, W);
           const acc_t one(1);  // the upstream gradient of the summed loss
-          for (int64_t unit = begin; unit < end; ++unit) {
-            const int64_t n = unit / bands, i = unit % bands, i0 = i * band;
-            const int64_t i1 = std::min(in_h, i0 + band);
+          for (int64_t u = begin; u < end; ++u) {
+            const auto [n, i, i0, i1] = split.unit(u, in_h);
             adjoint.start(n, i0, i1);
             // The unit computes the output rows that read its band, for the gradient, and
             // the loss of the rows it owns: each band owns the output rows from the first
@@ -412,7 +423,7 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
             const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
             const int64_t own_first = i == 0 ? 0 : y_first;
             const int64_t own_end =
-                i == bands - 1 ? H : output_rows_reading(i1, i1 + 1, resampling, H).first;
+                i == split.bands - 1 ? H : output_rows_reading(i1, i1 + 1, resampling, H).first;
             for (int64_t Y = own_first; Y < std::max(y_end, own_end); ++Y) {
               Tap<acc_t> ty;
               bool has0, has1;
