@@ -208,7 +208,9 @@ template <bool kSmoothing, typename T>
 FCN_ALWAYS_INLINE T class_grad(const T* e, const T* a, const T* b, const T* d,
                                const int32_t* counted, int32_t c, T wc, int64_t p) {
   const T shared = kSmoothing ? e[p] * a[p] - d[p] * wc : e[p] * a[p];
-  return shared - static_cast<T>(counted[p] == c) * b[p];  // no select: b is finite
+  // A product, not a select (which GCC made a masked load): b is finite where the upstream
+  // gradient and the weights are, and then 0 * b = 0; where they are not, neither is a.
+  return shared - static_cast<T>(counted[p] == c) * b[p];
 }
 
 // add_grad_from_exps (loss_rows.h), smoothing or not as a template argument (a test inside the

@@ -51,9 +51,8 @@ struct ExpGradRow {
 
 // Class c's gradient rows of n_rows (1 or 2) output rows with the same taps, added into v0
 // and v1 (distinct rows; either may be null: a row outside the band) in one loop: g is never
-// stored, and
-// the target's term is a select, not a scatter afterwards into rows far apart (which cost as
-// much as the rest of the loop: a cache miss per pixel).
+// stored, and the target's term is taken in the loop, not scattered afterwards into class
+// rows far apart (which cost as much as the rest of the loop: a cache miss per pixel).
 void add_grad_from_exps(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c, float wc,
                         bool smoothing, float* v0, float* v1, int64_t P);
 void add_grad_from_exps(const ExpGradRow<double>* rows, int64_t n_rows, int32_t c, double wc,
