@@ -79,7 +79,7 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
       for (int64_t j = 0; j < kBlock; ++j) logs[p0 + j] = sum[j];
     }
   }
-  for (int64_t p0 = 0; p0 < (kKeepExps ? 0 : blocked); p0 += kBlock) {
+  for (int64_t p0 = 0; p0 < (kKeepExps ? 0 : blocked); p0 += kBlock) {  // lse only
     T shift_by[kBlock], sum[kBlock], max[kBlock];
     for (int64_t j = 0; j < kBlock; ++j) {
       shift_by[j] = max[j] = x0[p0 + j];
@@ -87,11 +87,8 @@ FCN_ALWAYS_INLINE bool lse_rows_one_pass(const T* x, int64_t ld, int64_t C, int6
     }
     for (int64_t c = 1; c < C; ++c) {
       const T* row = x + c * ld + p0;
-      T* e_row = kKeepExps ? e + c * eld + p0 : nullptr;
       for (int64_t j = 0; j < kBlock; ++j) {
-        const T v = exp_any(row[j] - shift_by[j]);
-        if (kKeepExps) e_row[j] = v;
-        sum[j] += v;
+        sum[j] += exp_any(row[j] - shift_by[j]);
         max[j] = row[j] > max[j] ? row[j] : max[j];
       }
     }

@@ -125,9 +125,14 @@ struct BandSplit {
 template <typename out_t, typename acc_t>
 class BandAdjoint {
  public:
-  BandAdjoint(int64_t C, int64_t W, const AdjointColumns<acc_t>& cols, out_t* out,
+  BandAdjoint(int64_t C, int64_t in_w, int64_t W, const Resampling& r, out_t* out,
               at::IntArrayRef strides)
-      : C_(C), W_(W), cols_(cols), out_(out), strides_(strides.vec()), ring_(C * 2 * W) {}
+      : C_(C),
+        W_(W),
+        cols_(in_w, W, r.scale_w, r.bias_w, r.clamp),
+        out_(out),
+        strides_(strides.vec()),
+        ring_(C * 2 * W) {}
 
   void start(int64_t n, int64_t i0, int64_t i1) {
     n_ = n;
@@ -187,7 +192,7 @@ class BandAdjoint {
   }
 
   int64_t C_, W_;
-  const AdjointColumns<acc_t>& cols_;
+  const AdjointColumns<acc_t> cols_;  // the horizontal adjoint
   out_t* out_;
   std::vector<int64_t> strides_;
   std::vector<acc_t> ring_;
@@ -325,8 +330,6 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
         const int64_t gH = up.per_pixel ? up.values.stride(1) : 0;
         const int64_t gW = up.per_pixel ? up.values.stride(2) : 0;
-        const AdjointColumns<acc_t> cols(in_w, W, resampling.scale_w, resampling.bias_w,
-                                         resampling.clamp);
         const int64_t* t = target.const_data_ptr<int64_t>();
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
@@ -335,7 +338,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
-          BandAdjoint<scalar_t, acc_t> adjoint(C, W, cols, gx, grad_x.strides());
+          BandAdjoint<scalar_t, acc_t> adjoint(C, in_w, W, resampling, gx, grad_x.strides());
           std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W), ones(W, acc_t(1));
           std::vector<int32_t> counted(W);  // the target, -1 if not counted
           for (int64_t u = begin; u < end; ++u) {
@@ -399,8 +402,6 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
         using acc_t = at::opmath_type<scalar_t>;
         const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
         std::vector<ChunkSums> sums(N * H);  // one per output row, as the forward's
-        const AdjointColumns<acc_t> cols(in_w, W, resampling.scale_w, resampling.bias_w,
-                                         resampling.clamp);
         const int64_t* t = target.const_data_ptr<int64_t>();
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
@@ -409,7 +410,7 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
         at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
           LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
                                             resampling);
-          BandAdjoint<acc_t, acc_t> adjoint(C, W, cols, gx, grad_sum.strides());
+          BandAdjoint<acc_t, acc_t> adjoint(C, in_w, W, resampling, gx, grad_sum.strides());
           std::vector<acc_t> z(C * W), m(W), logs(W), swx(W), inv_sum(W);
           PendingRows<acc_t> pending(C, W);
           const acc_t one(1);  // the upstream gradient of the summed loss

@@ -167,6 +167,12 @@ ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double b
                  return_confidence, backend);
 }
 
+// The backward of either form's backward node: their kernels are not differentiable.
+[[noreturn]] void fail_double_backward() {
+  TORCH_CHECK(false, "fcn_fast: double backward of the fused cross-entropy heads is not supported");
+  abort();  // unreachable
+}
+
 // Whether the loss takes its gradient in the forward's pass (resample_cross_entropy_with_grad):
 // on the CPU kernel, for a reduced loss (whose upstream gradient is one number, applied after),
 // when the gradient it keeps from forward to backward is no larger than the lse the two-pass
@@ -201,11 +207,7 @@ class ScaleGradSumFunction : public torch::autograd::Function<ScaleGradSumFuncti
     at::AutoDispatchBelowADInplaceOrView guard;
     return {scale_grad_sum(grad, grad_sum, weight_sum, reduction, x.scalar_type())};
   }
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false,
-                "fcn_fast: double backward of the fused cross-entropy heads is not "
-                "supported");
-  }
+  static variable_list backward(AutogradContext*, variable_list) { fail_double_backward(); }
 };
 
 class ResampleCrossEntropyFunction
@@ -299,11 +301,7 @@ class ResampleCrossEntropyBackwardFunction
                                                  bias_h, scale_w, bias_w, clamp, ignore_index,
                                                  reduction, label_smoothing, backend)};
   }
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false,
-                "fcn_fast: double backward of the fused cross-entropy heads is not "
-                "supported");
-  }
+  static variable_list backward(AutogradContext*, variable_list) { fail_double_backward(); }
 };
 
 at::Tensor resample_cross_entropy_backward_autograd(
