@@ -571,3 +571,132 @@ def test_fp16_grad_scaler_step_gives_pytorchs_finite_gradients(backend):
         grads.append(conv.weight.grad.clone())
     assert torch.isfinite(grads[0]).all() and torch.isfinite(grads[1]).all()
     torch.testing.assert_close(grads[1], grads[0], rtol=2e-2, atol=2e-2 * grads[0].abs().max())
+
+
+def _fp64_gradient(logits, target, weight, ignore_index, reduction, eps, upstream=1.0):
+    xd = logits.detach().double().requires_grad_()
+    w = None if weight is None else weight.double()
+    loss = F.cross_entropy(
+        xd, target, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps
+    )
+    (loss * upstream).backward()
+    return xd.grad
+
+
+@pytest.mark.parametrize("reduction", [1, 2])
+@pytest.mark.parametrize(
+    "c, shape, layout",
+    [
+        (21, (3, 21, 7, 9), "nchw"),
+        (150, (2, 150, 5, 3), "channels_last"),  # packed chunks, gradient stored from a buffer
+        (1, (2, 1, 4, 5), "nchw"),
+        (5, (7, 5), "rows"),  # (N, C): classes contiguous
+        (21, (21,), "one pixel"),
+        (21, (2, 21, 6, 8), "permuted"),  # pixels not contiguous
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_pass_kernel_gives_the_loss_gradient(reduction, c, shape, layout, dtype):
+    """pixel_cross_entropy_with_grad, the CPU training path, called directly: its loss, lse and
+    weight_sum are the forward kernel's bit for bit, and its gradient (for an upstream gradient
+    of 1) is F.cross_entropy's in fp64, in the logits' layout."""
+    backend_device("cpu")
+    logits = torch.randn(shape, dtype=torch.float64) * 3
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    elif layout == "permuted":
+        logits = logits.transpose(2, 3)
+    logits = logits.to(dtype)
+    target_shape = (shape[0], *logits.shape[2:]) if len(shape) > 1 else ()
+    target = torch.randint(0, c, target_shape)
+    if target.dim():
+        target.view(-1)[0] = 255  # an ignored pixel
+    weight = torch.rand(c, dtype=dtype) + 0.1
+    args = (logits, target, weight, 255, reduction, 0.1)
+    loss, lse, weight_sum, grad = torch.ops.fcn_fast.pixel_cross_entropy_with_grad(*args)
+    want = torch.ops.fcn_fast.pixel_cross_entropy(*args, "cpu")
+    for got, expected in zip((loss, lse, weight_sum), want):
+        assert torch.equal(got, expected)
+    reduction_name = {1: "mean", 2: "sum"}[reduction]
+    expected = _fp64_gradient(logits, target, weight, 255, reduction_name, 0.1)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    if layout == "channels_last":
+        assert grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad.double(), expected, **TOL[dtype])
+    torch.library.opcheck(torch.ops.fcn_fast.pixel_cross_entropy_with_grad.default, args)
+
+
+def test_one_pass_kernel_with_every_pixel_ignored():
+    """Mean over no pixel: NaN loss as PyTorch's, and a gradient of 0 (not 0 / 0)."""
+    backend_device("cpu")
+    logits, target = torch.randn(2, 4, 3, 5), torch.full((2, 3, 5), 255)
+    loss, _, weight_sum, grad = torch.ops.fcn_fast.pixel_cross_entropy_with_grad(
+        logits, target, None, 255, 1, 0.1
+    )
+    assert loss.isnan() and weight_sum == 0
+    assert torch.equal(grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize(
+    "dtype, reduction, one_pass",
+    [
+        (torch.float32, "mean", True),
+        (torch.float64, "sum", True),
+        (torch.float32, "none", False),  # a gradient per pixel: nothing to take in advance
+        (torch.bfloat16, "mean", False),  # the kept gradient would be rounded twice
+    ],
+)
+def test_cpu_training_takes_one_pass_for_reduced_float_losses(dtype, reduction, one_pass):
+    """The rule of csrc/ops/pixel_cross_entropy.cpp, seen in the ops the profiler records."""
+    backend_device("cpu")
+    from torch.profiler import profile
+
+    logits, target = _inputs(2, 5, (4, 3), 255, "cpu", dtype)
+    x = logits.requires_grad_()
+    with profile() as prof:
+        pixel_cross_entropy(x, target, ignore_index=255, reduction=reduction, backend="cpu")
+        pixel_cross_entropy(
+            x, target, ignore_index=255, reduction=reduction, backend="cpu"
+        ).sum().backward()
+    names = {event.name for event in prof.events()}
+    assert ("fcn_fast::pixel_cross_entropy_with_grad" in names) == one_pass
+    assert ("fcn_fast::pixel_cross_entropy_backward" in names) == (not one_pass)
+
+
+def test_one_pass_upstream_gradients_and_retained_graphs():
+    """Every way the kept gradient leaves the backward (csrc/ops/pixel_cross_entropy.cpp)
+    gives F.cross_entropy's gradient: handed over for an upstream gradient of 1, scaled in
+    place when the graph is freed, scaled into a new tensor when it is retained or was
+    handed over before; and a handed-over gradient modified in place is reported."""
+    backend_device("cpu")
+    logits, target = _inputs(2, 21, (6, 7), 255, "cpu")
+    weight = torch.rand(21) + 0.1
+
+    def loss_of(x):
+        return pixel_cross_entropy(x, target, weight, 255, "mean", 0.1, backend="cpu")
+
+    def expected(upstream):
+        return _fp64_gradient(logits, target, weight, 255, "mean", 0.1, upstream).float()
+
+    def close(got, upstream):
+        torch.testing.assert_close(got, expected(upstream), rtol=1e-5, atol=1e-7)
+
+    x = logits.clone().requires_grad_()
+    loss = loss_of(x)
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)  # handed over
+    (g2,) = torch.autograd.grad(loss * 0.5, x, retain_graph=True)  # into a new tensor
+    (g3,) = torch.autograd.grad(loss * 3.0, x)  # handed over before: into a new tensor
+    close(g1, 1.0), close(g2, 0.5), close(g3, 3.0)
+
+    x = logits.clone().requires_grad_()
+    (loss_of(x) * -2.0).backward()  # freed after this backward: scaled in place
+    close(x.grad, -2.0)
+    (loss_of(x) * 0.25).backward()  # accumulates into x.grad
+    close(x.grad, -1.75)
+
+    x = logits.clone().requires_grad_()
+    loss = loss_of(x)
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    g1.mul_(2)  # the kept tensor itself
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, x)

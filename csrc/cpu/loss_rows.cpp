@@ -260,6 +260,30 @@ FCN_ALWAYS_INLINE void add_grad_from_exps_impl(const ExpGradRow<T>* rows, int64_
   }
 }
 
+template <bool kSmoothing, typename T>
+FCN_ALWAYS_INLINE void grad_from_exps_rows_impl(T* __restrict e, int64_t ld, int64_t C, int64_t P,
+                                                const T* a, const T* b, const T* d,
+                                                const int32_t* counted, const T* w) {
+  for (int64_t c = 0; c < C; ++c) {
+    T* __restrict row = e + c * ld;
+    const T wc = w == nullptr ? T(1) : w[c];
+    const int32_t cls = static_cast<int32_t>(c);
+    for (int64_t p = 0; p < P; ++p)
+      row[p] = class_grad<kSmoothing>(row, a, b, d, counted, cls, wc, p);
+  }
+}
+
+template <typename T>
+FCN_ALWAYS_INLINE void grad_from_exps_rows_any(T* e, int64_t ld, int64_t C, int64_t P, const T* a,
+                                               const T* b, const T* d, const int32_t* counted,
+                                               const T* w, bool smoothing) {
+  if (smoothing) {
+    grad_from_exps_rows_impl<true>(e, ld, C, P, a, b, d, counted, w);
+  } else {
+    grad_from_exps_rows_impl<false>(e, ld, C, P, a, b, d, counted, w);
+  }
+}
+
 template <typename T>
 FCN_ALWAYS_INLINE void add_grad_from_exps_any(const ExpGradRow<T>* rows, int64_t n_rows, int32_t c,
                                               T wc, bool smoothing, T* v0, T* v1, int64_t P) {
@@ -289,6 +313,11 @@ FCN_ALWAYS_INLINE void add_grad_from_exps_any(const ExpGradRow<T>* rows, int64_t
   TARGET void add_grad_from_exps_f32(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c,    \
                                      float wc, bool smoothing, float* v0, float* v1, int64_t P) { \
     add_grad_from_exps_any<float>(rows, n_rows, c, wc, smoothing, v0, v1, P);                     \
+  }                                                                                               \
+  TARGET void grad_from_exps_rows_f32(float* e, int64_t ld, int64_t C, int64_t P, const float* a, \
+                                      const float* b, const float* d, const int32_t* counted,     \
+                                      const float* w, bool smoothing) {                           \
+    grad_from_exps_rows_any<float>(e, ld, C, P, a, b, d, counted, w, smoothing);                  \
   }
 FCN_FOR_EACH_ISA(FCN_LOSS_ROW_KERNELS)
 }  // namespace
@@ -326,6 +355,16 @@ void add_grad_from_exps(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c
 void add_grad_from_exps(const ExpGradRow<double>* rows, int64_t n_rows, int32_t c, double wc,
                         bool smoothing, double* v0, double* v1, int64_t P) {
   add_grad_from_exps_any<double>(rows, n_rows, c, wc, smoothing, v0, v1, P);
+}
+
+void grad_from_exps_rows(float* e, int64_t ld, int64_t C, int64_t P, const float* a, const float* b,
+                         const float* d, const int32_t* counted, const float* w, bool smoothing) {
+  grad_from_exps_rows_f32(e, ld, C, P, a, b, d, counted, w, smoothing);
+}
+void grad_from_exps_rows(double* e, int64_t ld, int64_t C, int64_t P, const double* a,
+                         const double* b, const double* d, const int32_t* counted, const double* w,
+                         bool smoothing) {
+  grad_from_exps_rows_any<double>(e, ld, C, P, a, b, d, counted, w, smoothing);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

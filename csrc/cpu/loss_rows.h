@@ -58,6 +58,15 @@ void add_grad_from_exps(const ExpGradRow<float>* rows, int64_t n_rows, int32_t c
 void add_grad_from_exps(const ExpGradRow<double>* rows, int64_t n_rows, int32_t c, double wc,
                         bool smoothing, double* v0, double* v1, int64_t P);
 
+// softmax_rows' exps e[c * ld + p] made into the gradient in place (a[p] already times
+// inv_sum[p]): g = e * a[p] - d[p] * w[c] - (counted[p] == c ? b[p] : 0), class c's of
+// ExpGradRow (pixel_cross_entropy's one-pass form).
+void grad_from_exps_rows(float* e, int64_t ld, int64_t C, int64_t P, const float* a, const float* b,
+                         const float* d, const int32_t* counted, const float* w, bool smoothing);
+void grad_from_exps_rows(double* e, int64_t ld, int64_t C, int64_t P, const double* a,
+                         const double* b, const double* d, const int32_t* counted, const double* w,
+                         bool smoothing);
+
 // Pixels per chunk of logits packed into a buffer: a [C][P] fp32 block of about 32 KiB (stays in
 // L1 from lse_rows to the per-pixel steps), a multiple of 16 for the vector loops. Like
 // kInPlaceChunkPixels it does not depend on the thread count, so neither do the chunking and
@@ -116,6 +125,19 @@ struct ChunkSums {
   bool bad = false;
   int64_t bad_value = 0;
 };
+
+// A chunk's share of weight_sum, added as chunk_losses adds it (so that the chunks' shares,
+// added in chunk order, are the same number as finish_loss's).
+template <typename acc_t>
+double chunk_weight(const int64_t* target, int64_t target_stride, int64_t P,
+                    const LossConstants<acc_t>& k) {
+  double sum = 0.0;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t t = target[p * target_stride];
+    if (k.valid(t)) sum += static_cast<double>(k.weight_of(t));
+  }
+  return sum;
+}
 
 // The per-pixel step after lse_rows: lse_out[p] = m + logs, loss_out[p] (if not null) the
 // pixel's loss (0 when ignored); target[p * target_stride].

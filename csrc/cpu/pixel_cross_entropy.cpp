@@ -78,6 +78,15 @@ const acc_t* chunk_rows(const scalar_t* x, const Geometry& g, int64_t n, int64_t
   return buf;
 }
 
+// A chunk's gradient rows g[c * np + p] stored into the gradient tensor at out (strides oC, oS).
+template <typename scalar_t, typename acc_t>
+void store_chunk_grad(const acc_t* g, int64_t C, int64_t np, scalar_t* out, int64_t oC,
+                      int64_t oS) {
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t p = 0; p < np; ++p) out[c * oC + p * oS] = static_cast<scalar_t>(g[c * np + p]);
+  }
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
@@ -172,18 +181,87 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
             for (int64_t p = 0; p < np; ++p) {
               if (k.valid(tc[p * g.tS])) dst[tc[p * g.tS] * gld + p] -= b[p];
             }
-            if (!direct_out) {
-              scalar_t* o = out + n * oN + s0 * oS;
-              for (int64_t c = 0; c < g.C; ++c) {
-                for (int64_t p = 0; p < np; ++p) {
-                  o[c * oC + p * oS] = static_cast<scalar_t>(gbuf[c * np + p]);
-                }
-              }
-            }
+            if (!direct_out) store_chunk_grad(gbuf.data(), g.C, np, out + n * oN + s0 * oS, oC, oS);
           }
         });
       });
   return grad_logits;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_with_grad_cpu(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const CrossEntropyOptions& options) {
+  check_pixel_cross_entropy_args(logits, target, weight, options);
+  const int64_t ignore_index = options.ignore_index, reduction = options.reduction;
+  const double label_smoothing = options.label_smoothing;
+  TORCH_CHECK(reduction != kReductionNone,
+              "pixel_cross_entropy_with_grad: reduction must be mean or sum, got none");
+  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
+              "pixel_cross_entropy_with_grad: logits must be float32 or float64, got ",
+              logits.scalar_type());
+  check_device(logits, at::kCPU, "logits", "pixel_cross_entropy_with_grad_cpu");
+  const Geometry g = geometry(logits, target);
+  at::Tensor loss, lse, weight_sum;
+  std::tie(loss, lse, weight_sum) = empty_loss_outputs(logits, {g.N, g.S}, false);
+  at::Tensor grad_logits = at::empty_like(logits);
+  advise_huge_pages(grad_logits);
+  const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
+  const int64_t chunks = g.N * g.chunks_per_image;
+
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "pixel_cross_entropy_with_grad_cpu", [&] {
+    using acc_t = scalar_t;  // float32 or float64: the gradient is kept in the accumulation dtype
+    const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
+    std::vector<ChunkSums> sums(chunks);
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const int64_t* t = target.const_data_ptr<int64_t>();
+    acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+    scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
+    // The gradient for an upstream gradient of 1: mean's is divided by the weight sum, so that
+    // sum comes first, from the targets alone (8 bytes a pixel against the logits' 4 C).
+    acc_t scale = acc_t(1);
+    if (reduction == kReductionMean) {
+      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t chunk = begin; chunk < end; ++chunk) {
+          const int64_t n = chunk / g.chunks_per_image;
+          const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
+          sums[chunk].weight =
+              chunk_weight(t + n * g.tN + s0 * g.tS, g.tS, std::min(g.P, g.S - s0), k);
+        }
+      });
+      double total = 0.0;
+      for (const ChunkSums& s : sums) total += s.weight;
+      // Every pixel ignored: no pixel is counted, so every gradient is 0 whatever the scale.
+      scale = total > 0.0 ? acc_t(1) / static_cast<acc_t>(total) : acc_t(0);
+    }
+    const bool direct_out = oS == 1;
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
+      std::vector<acc_t> m(g.P), logs(g.P), swx(g.P), inv_sum(g.P), a(g.P), b(g.P), d(g.P);
+      std::vector<int32_t> counted(g.P);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t n = chunk / g.chunks_per_image;
+        const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
+        const int64_t np = std::min(g.P, g.S - s0);
+        const int64_t* tc = t + n * g.tN + s0 * g.tS;
+        int64_t ld;
+        const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
+        // The exps go where their gradient will be, and become it there.
+        acc_t* dst = direct_out ? out + n * oN + s0 * oS : gbuf.data();
+        const int64_t gld = direct_out ? oC : np;
+        softmax_rows(rows, ld, g.C, np, k.w, k.smoothing, m.data(), logs.data(), swx.data(), dst,
+                     gld, inv_sum.data());
+        sums[chunk] = chunk_losses(rows, ld, np, m.data(), logs.data(), swx.data(), tc, g.tS, k,
+                                   lse_ptr + n * g.S + s0, static_cast<acc_t*>(nullptr));
+        chunk_grad_coefficients(np, tc, g.tS, &scale, 0, k, a.data(), b.data(), d.data(),
+                                inv_sum.data(), counted.data());
+        grad_from_exps_rows(dst, gld, g.C, np, a.data(), b.data(), d.data(), counted.data(), k.w,
+                            k.smoothing);
+        if (!direct_out) store_chunk_grad(gbuf.data(), g.C, np, out + n * oN + s0 * oS, oC, oS);
+      }
+    });
+    finish_loss("pixel_cross_entropy", sums, reduction, k, loss, weight_sum);
+  });
+  return {loss, lse, weight_sum, grad_logits};
 }
 
 }  // namespace fcn_fast

@@ -3,6 +3,8 @@
 //
 //   pixel_cross_entropy           -> (loss, lse, weight_sum); only loss is differentiable
 //   pixel_cross_entropy_backward  grad_logits, recomputed from lse (no saved log-softmax)
+//   pixel_cross_entropy_with_grad (loss, lse, weight_sum, grad_logits): the CPU kernel's
+//                                 forward and backward in one pass (training, reduced)
 //   *_triton                      the same two, in fcn_fast/triton/pixel_cross_entropy.py
 //
 // logits (N, C, d1, ..., dk), (N, C) or (C,); target: the logits' shape without C. Returns
@@ -12,9 +14,12 @@
 #include "pixel_cross_entropy.h"
 
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>  // get_current_graph_task_keep_graph
 #include <torch/library.h>
 
+#include "../cpu/huge_pages.h"
 #include "backend.h"
+#include "one_pass_grad.h"
 
 namespace fcn_fast {
 namespace {
@@ -22,6 +27,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using LossAndGradOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 using ForwardSignature = Outputs(const at::Tensor&, const at::Tensor&,
                                  const std::optional<at::Tensor>&, int64_t, int64_t, double);
@@ -42,6 +48,13 @@ at::Tensor per_pixel(const at::Tensor& t, int64_t logits_dim) {
   if (logits_dim == 1) return t.view({1, 1});
   if (logits_dim == 2) return t.unsqueeze(0);
   return t.flatten(1);
+}
+
+// A gradient from the kernels' (N, C, S) back to the logits' shape (its layout is x's).
+at::Tensor logits_shaped(const at::Tensor& grad_x, const at::Tensor& logits) {
+  if (logits.dim() == 1) return grad_x.view({-1});
+  if (logits.dim() == 2) return grad_x.squeeze(0).t();
+  return grad_x.view(logits.sizes());
 }
 
 Outputs pixel_cross_entropy_kernel(const at::Tensor& logits, const at::Tensor& target,
@@ -107,10 +120,19 @@ at::Tensor pixel_cross_entropy_backward_kernel(const at::Tensor& grad, const at:
       break;
     }
   }
-  // Back from (N, C, S) to the logits' shape (the kernels keep the layout of x).
-  if (dim == 1) return grad_x.view({-1});
-  if (dim == 2) return grad_x.squeeze(0).t();
-  return grad_x.view(logits.sizes());
+  return logits_shaped(grad_x, logits);
+}
+
+LossAndGradOutputs pixel_cross_entropy_with_grad_kernel(const at::Tensor& logits,
+                                                        const at::Tensor& target,
+                                                        const std::optional<at::Tensor>& weight,
+                                                        int64_t ignore_index, int64_t reduction,
+                                                        double label_smoothing) {
+  check_logits_and_target(logits, target);
+  auto [loss, lse, weight_sum, grad_x] = pixel_cross_entropy_with_grad_cpu(
+      pixels_of(logits), per_pixel(target, logits.dim()), weight,
+      CrossEntropyOptions{ignore_index, reduction, label_smoothing});
+  return {loss, lse.view(target.sizes()), weight_sum, logits_shaped(grad_x, logits)};
 }
 
 Outputs call_pixel_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
@@ -136,6 +158,30 @@ at::Tensor call_pixel_cross_entropy_backward(const at::Tensor& grad, const at::T
                  label_smoothing, backend);
 }
 
+LossAndGradOutputs call_pixel_cross_entropy_with_grad(const at::Tensor& logits,
+                                                      const at::Tensor& target,
+                                                      const std::optional<at::Tensor>& weight,
+                                                      int64_t ignore_index, int64_t reduction,
+                                                      double label_smoothing) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fcn_fast::pixel_cross_entropy_with_grad", "")
+                             .typed<decltype(pixel_cross_entropy_with_grad_kernel)>();
+  return op.call(logits, target, weight, ignore_index, reduction, label_smoothing);
+}
+
+// Whether the loss takes its gradient in the forward's pass (pixel_cross_entropy_with_grad): on
+// the CPU kernel, for a reduced loss (whose upstream gradient is one number, applied after),
+// with float32 or float64 logits (the gradient is kept in the accumulation dtype, so scaling it
+// rounds once). Each logit is then read and exponentiated once for forward and backward
+// together instead of twice. It keeps a gradient of the logits' size from forward to backward
+// instead of the 4-byte lse: what eager keeps too (its log-softmax), and what the backward
+// would allocate anyway. GPU backends keep two passes.
+bool one_pass(const at::Tensor& logits, int64_t reduction, c10::string_view backend) {
+  const at::ScalarType dtype = logits.scalar_type();
+  return backend == "cpu" && reduction != kReductionNone &&
+         (dtype == at::kFloat || dtype == at::kDouble);
+}
+
 class PixelCrossEntropyFunction : public torch::autograd::Function<PixelCrossEntropyFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits,
@@ -143,10 +189,19 @@ class PixelCrossEntropyFunction : public torch::autograd::Function<PixelCrossEnt
                                int64_t ignore_index, int64_t reduction, double label_smoothing,
                                c10::string_view backend) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    if (one_pass(logits, reduction, backend)) {
+      auto [loss, lse, weight_sum, grad_logits] = call_pixel_cross_entropy_with_grad(
+          logits, target, weight, ignore_index, reduction, label_smoothing);
+      ctx->save_for_backward({grad_logits, weight_sum, logits});  // logits: for create_graph
+      ctx->saved_data["one_pass"] = true;
+      ctx->mark_non_differentiable({lse, weight_sum});
+      return {loss, lse, weight_sum};
+    }
     auto [loss, lse, weight_sum] = call_pixel_cross_entropy(logits, target, weight, ignore_index,
                                                             reduction, label_smoothing, backend);
     // An undefined tensor stands for "no class weights".
     ctx->save_for_backward({logits, target, weight.value_or(at::Tensor()), lse, weight_sum});
+    ctx->saved_data["one_pass"] = false;
     ctx->saved_data["ignore_index"] = ignore_index;
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["label_smoothing"] = label_smoothing;
@@ -156,19 +211,41 @@ class PixelCrossEntropyFunction : public torch::autograd::Function<PixelCrossEnt
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const std::optional<at::Tensor> weight =
-        saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-    at::Tensor grad_logits;
-    if (ctx->needs_input_grad(0)) {
-      grad_logits = call_pixel_cross_entropy_backward(
-          grads[0], saved[0], saved[1], weight, saved[3], saved[4],
-          ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["reduction"].toInt(),
-          ctx->saved_data["label_smoothing"].toDouble(), ctx->saved_data["backend"].toStringRef());
-    }
     // One gradient per forward argument: logits only; target, weight and the rest get none.
     variable_list result(7);
-    result[0] = grad_logits;
+    if (!ctx->needs_input_grad(0)) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    if (ctx->saved_data["one_pass"].toBool()) {
+      // The kept gradient is already the mean's (divided by the weight sum): only the upstream
+      // gradient multiplies it, and the kept tensor itself is the result where nothing can see
+      // the difference. For loss.backward() the upstream gradient is 1: it is handed over as it
+      // is (autograd then owns it once the graph is freed). Otherwise it is scaled in place when
+      // the graph is freed after this backward and nobody holds it yet, else into a new tensor.
+      // A kept tensor modified in place after it was handed over makes a later backward raise
+      // (its saved version changed) rather than return a wrong gradient.
+      const at::Tensor& kept = saved[0];
+      const bool handed_over = ctx->saved_data.count("handed_over") > 0;
+      if (at::GradMode::is_enabled()) {  // create_graph
+        result[0] = ScaleGradSumFunction::apply(grads[0], kept, saved[1], saved[2], kReductionSum,
+                                                "pixel_cross_entropy")[0];
+      } else if (is_exactly_one(grads[0])) {
+        result[0] = kept;
+        ctx->saved_data["handed_over"] = true;
+      } else if (!torch::autograd::get_current_graph_task_keep_graph() && !handed_over) {
+        result[0] = kept.mul_(grads[0]);
+      } else {
+        result[0] = at::empty_like(kept);
+        advise_huge_pages(result[0]);  // 4 KiB page faults would cost more than the multiply
+        at::mul_out(result[0], kept, grads[0]);
+      }
+      return result;
+    }
+    const std::optional<at::Tensor> weight =
+        saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    result[0] = call_pixel_cross_entropy_backward(
+        grads[0], saved[0], saved[1], weight, saved[3], saved[4],
+        ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["reduction"].toInt(),
+        ctx->saved_data["label_smoothing"].toDouble(), ctx->saved_data["backend"].toStringRef());
     return result;
   }
 };
@@ -201,7 +278,7 @@ class PixelCrossEntropyBackwardFunction
                                               ignore_index, reduction, label_smoothing, backend)};
   }
   static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false, "fcn_fast: double backward of pixel_cross_entropy is not supported");
+    fail_double_backward("pixel_cross_entropy");
   }
 };
 
@@ -237,11 +314,17 @@ TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
       "pixel_cross_entropy_backward_triton(Tensor grad, Tensor logits, Tensor target, "
       "Tensor? weight, Tensor lse, Tensor weight_sum, int ignore_index, int reduction, "
       "float label_smoothing) -> Tensor");
+  // The CPU one-pass training form, chosen by the autograd below (fake kernel in Python).
+  m.def(
+      "pixel_cross_entropy_with_grad(Tensor logits, Tensor target, Tensor? weight, "
+      "int ignore_index, int reduction, float label_smoothing) -> (Tensor, Tensor, Tensor, "
+      "Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fcn_fast, CPU, m) {
   m.impl("pixel_cross_entropy", &pixel_cross_entropy_kernel);
   m.impl("pixel_cross_entropy_backward", &pixel_cross_entropy_backward_kernel);
+  m.impl("pixel_cross_entropy_with_grad", &pixel_cross_entropy_with_grad_kernel);
 }
 
 TORCH_LIBRARY_IMPL(fcn_fast, CUDA, m) {

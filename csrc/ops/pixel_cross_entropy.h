@@ -6,7 +6,7 @@
 // logits (N, C, S) with any strides, target (N, S) int64, weight (C,) in the accumulation
 // dtype (float32; float64 for float64 logits) or None; reduction 0 none, 1 mean, 2 sum.
 // Forward -> (loss, lse, weight_sum), all in the accumulation dtype: loss (N, S) for none,
-// else 0-dim; lse (N, S) is all backward keeps;
+// else 0-dim; lse (N, S) is all backward keeps (but for the CPU one-pass form below);
 // weight_sum (0-dim) = sum of w[target] over non-ignored pixels, the mean's divisor.
 // Backward -> grad_logits = grad * (softmax - onehot), with weights and smoothing,
 // recomputed from lse; grad is (N, S) (any strides, 0 allowed) for none, else 0-dim.
@@ -34,6 +34,12 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
                                             const std::optional<at::Tensor>& weight,
                                             const at::Tensor& lse, const at::Tensor& weight_sum,
                                             const CrossEntropyOptions& options);
+// The CPU one-pass training form (docs/design.md 2.3): the forward's outputs and, from the
+// same exps, grad_logits for an upstream gradient of 1 (in the logits' layout); reduction mean
+// or sum, float32 or float64 logits.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_with_grad_cpu(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const CrossEntropyOptions& options);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const CrossEntropyOptions& options);

@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"  // Reduction
+#include "one_pass_grad.h"
 
 namespace fcn_fast {
 namespace {
@@ -24,6 +25,8 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using ArgmaxOutputs = std::tuple<at::Tensor, at::Tensor>;
+
+constexpr const char* kHeads = "the fused cross-entropy heads";  // in errors
 
 using ForwardSignature = LossOutputs(const at::Tensor&, const at::Tensor&,
                                      const std::optional<at::Tensor>&, double, double, double,
@@ -167,12 +170,6 @@ ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double b
                  return_confidence, backend);
 }
 
-// The backward of either form's backward node: their kernels are not differentiable.
-[[noreturn]] void fail_double_backward() {
-  TORCH_CHECK(false, "fcn_fast: double backward of the fused cross-entropy heads is not supported");
-  abort();  // unreachable
-}
-
 // Whether the loss takes its gradient in the forward's pass (resample_cross_entropy_with_grad):
 // on the CPU kernel, for a reduced loss (whose upstream gradient is one number, applied after),
 // when the gradient it keeps from forward to backward is no larger than the lse the two-pass
@@ -185,30 +182,6 @@ bool one_pass(const at::Tensor& x, const at::Tensor& target, int64_t reduction,
   return backend == "cpu" && reduction != kReductionNone &&
          x.size(1) * x.size(2) * x.size(3) <= target.size(1) * target.size(2);
 }
-
-// grad_x of the one-pass form: the upstream gradient times the summed loss's gradient, over the
-// weight sum for mean. Every pixel ignored: grad_sum is 0, and so is the gradient (as PyTorch's),
-// not 0 * (grad / 0).
-at::Tensor scale_grad_sum(const at::Tensor& grad, const at::Tensor& grad_sum,
-                          const at::Tensor& weight_sum, int64_t reduction, at::ScalarType dtype) {
-  at::Tensor scale = grad;
-  if (reduction == kReductionMean) scale = at::where(weight_sum != 0, grad / weight_sum, 0);
-  return (grad_sum * scale).to(dtype);
-}
-
-// scale_grad_sum under create_graph: grad_sum is a constant, so the graph it would record misses
-// d grad_x / d x; x is an input here only so that the result requires grad and this node says
-// so if it is differentiated, as the two-pass backward's node does.
-class ScaleGradSumFunction : public torch::autograd::Function<ScaleGradSumFunction> {
- public:
-  static variable_list forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& grad_sum,
-                               const at::Tensor& weight_sum, const at::Tensor& x,
-                               int64_t reduction) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return {scale_grad_sum(grad, grad_sum, weight_sum, reduction, x.scalar_type())};
-  }
-  static variable_list backward(AutogradContext*, variable_list) { fail_double_backward(); }
-};
 
 class ResampleCrossEntropyFunction
     : public torch::autograd::Function<ResampleCrossEntropyFunction> {
@@ -254,7 +227,8 @@ class ResampleCrossEntropyFunction
       const int64_t reduction = ctx->saved_data["reduction"].toInt();
       result[0] =
           at::GradMode::is_enabled()  // create_graph
-              ? ScaleGradSumFunction::apply(grads[0], saved[0], saved[1], saved[2], reduction)[0]
+              ? ScaleGradSumFunction::apply(grads[0], saved[0], saved[1], saved[2], reduction,
+                                            kHeads)[0]
               : scale_grad_sum(grads[0], saved[0], saved[1], reduction, saved[2].scalar_type());
       return result;
     }
@@ -301,7 +275,7 @@ class ResampleCrossEntropyBackwardFunction
                                                  bias_h, scale_w, bias_w, clamp, ignore_index,
                                                  reduction, label_smoothing, backend)};
   }
-  static variable_list backward(AutogradContext*, variable_list) { fail_double_backward(); }
+  static variable_list backward(AutogradContext*, variable_list) { fail_double_backward(kHeads); }
 };
 
 at::Tensor resample_cross_entropy_backward_autograd(

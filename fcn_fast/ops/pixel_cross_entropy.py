@@ -5,7 +5,9 @@ label_smoothing) for logits (N, C) or (N, C, d1, ..., dk) and int64 class-index
 targets. The kernels see logits as (N, C, S), S = d1 * ... * dk, with any strides
 (NCHW: the pixels are the contiguous axis); the forward keeps only the per-pixel
 log-sum-exp (float32, float64 for float64 logits) for backward, which recomputes
-softmax - onehot. Reductions are deterministic (fixed-order sums, no atomics).
+softmax - onehot (CPU training of a mean or sum loss on float32/float64 logits keeps the
+gradient itself, taken in the forward's pass: docs/design.md 2.3). Reductions are
+deterministic (fixed-order sums, no atomics).
 The extension's op fcn_fast::pixel_cross_entropy runs it: csrc/ops/pixel_cross_entropy.cpp
 holds its autograd and picks the kernel by backend (csrc/cpu/, csrc/cuda/,
 fcn_fast/triton/pixel_cross_entropy.py).
@@ -51,6 +53,17 @@ def _pixel_cross_entropy_fake(
     return loss, logits.new_empty(target.shape, dtype=acc), logits.new_empty((), dtype=acc)
 
 
+def _gradient_like(logits):
+    """The kernels' gradient layout: the logits' own (empty_like), unless their pixels cannot
+    be viewed as one axis (the kernels then read a contiguous copy and write contiguously)."""
+    # flatten(2) is a view when the pixel dimensions longer than 1 nest (or there are none).
+    dims = [(n, s) for n, s in zip(logits.shape[2:], logits.stride()[2:]) if n != 1]
+    nested = all(outer == n * s for (_, outer), (n, s) in zip(dims, dims[1:]))
+    if logits.numel() > 0 and not nested:
+        return logits.new_empty(logits.shape)
+    return torch.empty_like(logits)
+
+
 @_backend.register_fake(
     "fcn_fast::pixel_cross_entropy_backward", "fcn_fast::pixel_cross_entropy_backward_triton"
 )
@@ -66,7 +79,13 @@ def _pixel_cross_entropy_backward_fake(
     label_smoothing,
     backend=None,
 ):
-    return torch.empty_like(logits)
+    return _gradient_like(logits)
+
+
+@_backend.register_fake("fcn_fast::pixel_cross_entropy_with_grad")
+def _pixel_cross_entropy_with_grad_fake(logits, target, *loss_options):
+    loss, lse, weight_sum = _pixel_cross_entropy_fake(logits, target, *loss_options)
+    return loss, lse, weight_sum, _gradient_like(logits)
 
 
 def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
