@@ -33,6 +33,16 @@ struct Geometry {
   int64_t N, C, S, P, chunks_per_image;
   int64_t sN, sC, sS;  // logits strides
   int64_t tN, tS;      // target strides
+
+  int64_t chunks() const { return N * chunks_per_image; }
+  // Chunk `index`: image n, its pixels [s0, s0 + np).
+  struct Chunk {
+    int64_t n, s0, np;
+  };
+  Chunk chunk(int64_t index) const {
+    const int64_t s0 = (index % chunks_per_image) * P;
+    return {index / chunks_per_image, s0, std::min(P, S - s0)};
+  }
 };
 
 Geometry geometry(const at::Tensor& logits, const at::Tensor& target) {
@@ -105,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
-        std::vector<ChunkSums> sums(g.N * g.chunks_per_image);
+        std::vector<ChunkSums> sums(g.chunks());
         const scalar_t* x = logits.const_data_ptr<scalar_t>();
         const int64_t* t = target.const_data_ptr<int64_t>();
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
@@ -113,9 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
         at::parallel_for(0, static_cast<int64_t>(sums.size()), 1, [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), m(g.P), logs(g.P), swx(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
-            const int64_t n = chunk / g.chunks_per_image;
-            const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
-            const int64_t np = std::min(g.P, g.S - s0);
+            const auto [n, s0, np] = g.chunk(chunk);
             int64_t ld;
             const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
             lse_rows(rows, ld, g.C, np, k.w, k.smoothing, m.data(), logs.data(), swx.data());
@@ -159,13 +167,11 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
         const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
         scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
         const bool direct_out = std::is_same<scalar_t, acc_t>::value && oS == 1;
-        at::parallel_for(0, g.N * g.chunks_per_image, 1, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
           std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
           std::vector<acc_t> a(g.P), b(g.P), d(g.P), l(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
-            const int64_t n = chunk / g.chunks_per_image;
-            const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
-            const int64_t np = std::min(g.P, g.S - s0);
+            const auto [n, s0, np] = g.chunk(chunk);
             const int64_t* tc = t + n * g.tN + s0 * g.tS;
             // The forward raised for targets outside [0, C): here they get no gradient.
             chunk_grad_coefficients(np, tc, g.tS,
@@ -206,12 +212,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
   at::Tensor grad_logits = at::empty_like(logits);
   advise_huge_pages(grad_logits);
   const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
-  const int64_t chunks = g.N * g.chunks_per_image;
 
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "pixel_cross_entropy_with_grad_cpu", [&] {
     using acc_t = scalar_t;  // float32 or float64: the gradient is kept in the accumulation dtype
     const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
-    std::vector<ChunkSums> sums(chunks);
+    std::vector<ChunkSums> sums(g.chunks());
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t* t = target.const_data_ptr<int64_t>();
     acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
@@ -220,12 +225,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
     // sum comes first, from the targets alone (8 bytes a pixel against the logits' 4 C).
     acc_t scale = acc_t(1);
     if (reduction == kReductionMean) {
-      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
         for (int64_t chunk = begin; chunk < end; ++chunk) {
-          const int64_t n = chunk / g.chunks_per_image;
-          const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
-          sums[chunk].weight =
-              chunk_weight(t + n * g.tN + s0 * g.tS, g.tS, std::min(g.P, g.S - s0), k);
+          const auto [n, s0, np] = g.chunk(chunk);
+          sums[chunk].weight = chunk_weight(t + n * g.tN + s0 * g.tS, g.tS, np, k);
         }
       });
       double total = 0.0;
@@ -234,14 +237,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
       scale = total > 0.0 ? acc_t(1) / static_cast<acc_t>(total) : acc_t(0);
     }
     const bool direct_out = oS == 1;
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
       std::vector<acc_t> m(g.P), logs(g.P), swx(g.P), inv_sum(g.P), a(g.P), b(g.P), d(g.P);
       std::vector<int32_t> counted(g.P);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
-        const int64_t n = chunk / g.chunks_per_image;
-        const int64_t s0 = (chunk % g.chunks_per_image) * g.P;
-        const int64_t np = std::min(g.P, g.S - s0);
+        const auto [n, s0, np] = g.chunk(chunk);
         const int64_t* tc = t + n * g.tN + s0 * g.tS;
         int64_t ld;
         const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
