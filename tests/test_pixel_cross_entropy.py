@@ -700,3 +700,63 @@ def test_one_pass_upstream_gradients_and_retained_graphs():
     g1.mul_(2)  # the kept tensor itself
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(loss, x)
+
+
+def signed_weights(kind, c, device):
+    """F.cross_entropy takes any real class weights; its mean divides by their sum over the
+    counted pixels, whatever its sign."""
+    w = torch.rand(c, dtype=torch.float64) + 0.5
+    if kind == "negative":  # the weight sum is negative
+        w = -w
+    elif kind == "mixed":
+        w[::2] = -w[::2]
+    elif kind == "zero-sum":  # the class weights sum to 0 (smoothing's total)
+        w = w - w.mean()
+    return w.to(device)
+
+
+@pytest.mark.parametrize("kind", ["negative", "mixed", "zero-sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_class_weights_of_any_sign(backend, kind, reduction, dtype):
+    """A negative weight sum was a zero gradient on the cpu backend's one-pass form."""
+    device = backend_device(backend)
+    for c, spatial, eps in ((3, (), 0.0), (5, (4, 7), 0.1), (21, (9,), 0.0)):
+        logits, target = _inputs(2, c, spatial, -100, device, dtype=dtype)
+        weight = signed_weights(kind, c, device).to(dtype)
+        _check(backend, logits, target, weight, -100, reduction, eps)
+    # The issue's reproducer: two pixels, weights all negative.
+    x = torch.randn(2, 3, dtype=torch.float64, device=device)
+    w = -(torch.rand(3, dtype=torch.float64, device=device) + 0.5)
+    _, grad = _check(backend, x, torch.tensor([0, 2], device=device), w, reduction="mean")
+    assert grad.abs().sum() > 0
+
+
+def assert_pytorchs_non_finite(got, want):
+    """Equal where PyTorch's value is finite, non-finite where it is not (NaN or inf: the two
+    may reach an infinite product by different orders)."""
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want)), (got, want)
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_mean_over_a_weight_sum_of_zero(backend, smoothing):
+    """PyTorch's one special case is every pixel ignored (NaN loss, zero gradient); counted
+    pixels whose weights sum to 0 (here: a class weighted 0) give a NaN loss and a non-finite
+    gradient at those pixels, as F.cross_entropy's."""
+    device = backend_device(backend)
+    logits, target = _inputs(2, 4, (3, 5), -100, device, dtype=torch.float64, ignore_frac=0.3)
+    weight = torch.tensor([0.0, 1.0, 2.0, 0.5], dtype=torch.float64, device=device)
+    target[target != -100] = 0
+    for t in (target, torch.full_like(target, -100)):
+        x, xr = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        got = pixel_cross_entropy(x, t, weight, label_smoothing=smoothing, backend=backend)
+        want = F.cross_entropy(xr, t, weight, label_smoothing=smoothing)
+        # NaN as PyTorch's, or inf where smoothing's sum is not 0 (PyTorch divides the smoothing
+        # and target terms by the weight sum apart, and the target's 0 / 0 wins).
+        assert torch.isnan(want) and not torch.isfinite(got)
+        got.backward()
+        want.backward()
+        assert_pytorchs_non_finite(x.grad, xr.grad)
+    assert torch.count_nonzero(x.grad) == 0  # every pixel ignored

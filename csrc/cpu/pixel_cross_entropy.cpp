@@ -233,8 +233,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
       });
       double total = 0.0;
       for (const ChunkSums& s : sums) total += s.weight;
-      // Every pixel ignored: no pixel is counted, so every gradient is 0 whatever the scale.
-      scale = total > 0.0 ? acc_t(1) / static_cast<acc_t>(total) : acc_t(0);
+      // Whatever its sign, as PyTorch divides (class weights may be negative). A sum of 0 gives
+      // PyTorch's answers too: every pixel ignored, 0 (uncounted pixels' coefficients are
+      // selected to 0, not multiplied by inf); pixels counted with weights that cancel, their
+      // gradient non-finite.
+      scale = acc_t(1) / static_cast<acc_t>(total);
     }
     const bool direct_out = oS == 1;
     at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
