@@ -597,3 +597,63 @@ def test_64bit_indexing(backend):
     # tail's upsampled row 1988 - 8 * 247 = 12.
     want = unfused_upsample_loss(tail, target[:, -16:, :], factor=8, crop=(12, 4), reduction="none")
     torch.testing.assert_close(loss[:, -16:, :], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["negative", "mixed", "zero-sum"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("head", ["upsample", "interpolate"])
+def test_class_weights_of_any_sign(backend, kind, reduction, head):
+    """F.cross_entropy's weights may be negative or sum to 0: the fused heads agree, on the
+    cpu backend's one-pass form (coarse 3x3 -> 16x16 holds C*h*w <= H*W) and the two-pass one."""
+    device = backend_device(backend)
+    for c, coarse, out, eps in ((3, (3, 3), (16, 16), 0.0), (5, (4, 3), (7, 9), 0.1)):
+        x = torch.randn(2, c, *coarse, dtype=torch.float64, device=device)
+        target = random_target(2, *out, c, ignore_index=255, device=device)
+        w = torch.rand(c, dtype=torch.float64) + 0.5
+        w = {
+            "negative": -w,
+            "mixed": w * torch.tensor([1.0, -1.0] * c)[:c],
+            "zero-sum": w - w.mean(),
+        }
+        ce = dict(weight=w[kind].to(device), ignore_index=255, reduction=reduction,
+                  label_smoothing=eps)  # fmt: skip
+        if head == "upsample":
+            fused = lambda t, target=target, ce=ce: fcn_fast.upsample_cross_entropy(  # noqa: E731
+                t, target, factor=4, backend=backend, **ce
+            )
+            unfused = lambda t, target=target, ce=ce: unfused_upsample_loss(  # noqa: E731
+                t, target, factor=4, **ce
+            )
+        else:
+            fused = lambda t, target=target, ce=ce: fcn_fast.interpolate_cross_entropy(  # noqa: E731
+                t, target, backend=backend, **ce
+            )
+            unfused = lambda t, target=target, ce=ce: unfused_interpolate_loss(t, target, **ce)  # noqa: E731
+        check_loss_and_grad(fused, unfused, x)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_mean_over_a_weight_sum_of_zero(backend, smoothing):
+    """Every counted pixel of a class weighted 0: PyTorch's mean is 0 / 0, its gradient NaN
+    at the coarse cells those pixels reach; every pixel ignored: a gradient of 0. The cpu
+    backend's one-pass form keeps only the summed gradient, which cannot tell the two apart,
+    so it runs the two-pass backward there."""
+    device = backend_device(backend)
+    x0 = torch.randn(1, 3, 4, 4, dtype=torch.float64, device=device)
+    weight = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, device=device)
+    target = torch.full((1, 16, 16), 255, device=device)
+    target[:, :6, :6] = 0  # reaches the top-left coarse cells only
+    for t in (target, torch.full_like(target, 255)):
+        x, xr = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+        ce = dict(weight=weight, ignore_index=255, label_smoothing=smoothing)
+        got = fcn_fast.interpolate_cross_entropy(x, t, backend=backend, **ce)
+        want = unfused_interpolate_loss(xr, t, **ce)
+        assert torch.isnan(want) and not torch.isfinite(got)  # NaN, or inf with smoothing
+        got.backward()
+        want.backward()
+        # Non-finite wherever PyTorch's is (the kernels may also spread a NaN to a cell whose
+        # bilinear weight is 0 where PyTorch skips it), PyTorch's value wherever finite.
+        assert not torch.isfinite(x.grad[~torch.isfinite(xr.grad)]).any()
+        finite = torch.isfinite(x.grad)
+        torch.testing.assert_close(x.grad[finite], xr.grad[finite], rtol=1e-10, atol=1e-12)
+    assert torch.count_nonzero(x.grad) == 0  # the last round: every pixel ignored

@@ -51,11 +51,20 @@ class ScaleGradSumFunction : public torch::autograd::Function<ScaleGradSumFuncti
 // gradient is the answer as it is, with no pass over it. Read only from a plain CPU tensor;
 // torch.compile traces the backward with fake tensors, which have no value to read (there
 // the multiply is traced instead).
-inline bool is_exactly_one(const at::Tensor& grad) {
+inline bool is_plain_cpu_scalar(const at::Tensor& t) {
   const c10::DispatchKeySet plain_cpu =
       c10::DispatchKeySet({c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
                            c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU});
-  return grad.numel() == 1 && plain_cpu.has_all(grad.key_set()) && grad.item<double>() == 1.0;
+  return t.numel() == 1 && plain_cpu.has_all(t.key_set());
+}
+
+inline bool is_exactly_one(const at::Tensor& grad) {
+  return is_plain_cpu_scalar(grad) && grad.item<double>() == 1.0;
+}
+
+// Whether a kept weight sum is exactly 0 (read only where it has a value, as above).
+inline bool is_plain_cpu_zero(const at::Tensor& weight_sum) {
+  return is_plain_cpu_scalar(weight_sum) && weight_sum.item<double>() == 0.0;
 }
 
 }  // namespace fcn_fast

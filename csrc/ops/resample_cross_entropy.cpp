@@ -193,11 +193,20 @@ class ResampleCrossEntropyFunction
                                c10::string_view backend) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["scale_bias"] = std::vector<double>{scale_h, bias_h, scale_w, bias_w};
+    ctx->saved_data["clamp"] = clamp;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->saved_data["backend"] = std::string(backend);
+    // An undefined tensor stands for "no class weights".
+    const at::Tensor weight_or_none = weight.value_or(at::Tensor());
     if (one_pass(x, target, reduction, backend)) {
       auto [loss, lse, weight_sum, grad_sum] =
           call_resample_cross_entropy_with_grad(x, target, weight, scale_h, bias_h, scale_w, bias_w,
                                                 clamp, ignore_index, reduction, label_smoothing);
-      ctx->save_for_backward({grad_sum, weight_sum, x});  // x: its dtype, and create_graph
+      // x: its dtype, create_graph, and with target and weight the two-pass backward of a
+      // mean over a weight sum of 0 (see backward).
+      ctx->save_for_backward({x, target, weight_or_none, grad_sum, weight_sum});
       ctx->saved_data["one_pass"] = true;
       ctx->mark_non_differentiable({lse, weight_sum});
       return {loss, lse, weight_sum};
@@ -205,15 +214,9 @@ class ResampleCrossEntropyFunction
     auto [loss, lse, weight_sum] =
         call_resample_cross_entropy(x, target, weight, scale_h, bias_h, scale_w, bias_w, clamp,
                                     ignore_index, reduction, label_smoothing, backend);
-    // x and lse are all the backward needs to recompute the logits; an undefined tensor
-    // stands for "no class weights".
-    ctx->save_for_backward({x, target, weight.value_or(at::Tensor()), lse, weight_sum});
+    // x and lse are all the backward needs to recompute the logits.
+    ctx->save_for_backward({x, target, weight_or_none, lse, weight_sum});
     ctx->saved_data["one_pass"] = false;
-    ctx->saved_data["scale_bias"] = std::vector<double>{scale_h, bias_h, scale_w, bias_w};
-    ctx->saved_data["clamp"] = clamp;
-    ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->saved_data["label_smoothing"] = label_smoothing;
-    ctx->saved_data["backend"] = std::string(backend);
     ctx->mark_non_differentiable({lse, weight_sum});
     return {loss, lse, weight_sum};
   }
@@ -223,23 +226,37 @@ class ResampleCrossEntropyFunction
     variable_list result(12);
     if (!ctx->needs_input_grad(0)) return result;
     const variable_list saved = ctx->get_saved_variables();
-    if (ctx->saved_data["one_pass"].toBool()) {
-      const int64_t reduction = ctx->saved_data["reduction"].toInt();
-      result[0] =
-          at::GradMode::is_enabled()  // create_graph
-              ? ScaleGradSumFunction::apply(grads[0], saved[0], saved[1], saved[2], reduction,
-                                            kHeads)[0]
-              : scale_grad_sum(grads[0], saved[0], saved[1], reduction, saved[2].scalar_type());
-      return result;
-    }
+    const at::Tensor &x = saved[0], &target = saved[1], &weight_sum = saved[4];
+    const int64_t reduction = ctx->saved_data["reduction"].toInt();
     const std::optional<at::Tensor> weight =
         saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
     const std::vector<double> p = ctx->saved_data["scale_bias"].toDoubleVector();
+    const bool clamp = ctx->saved_data["clamp"].toBool();
+    const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
+    const double label_smoothing = ctx->saved_data["label_smoothing"].toDouble();
+    at::Tensor lse = saved[3];
+    if (ctx->saved_data["one_pass"].toBool()) {
+      // A mean over a weight sum of exactly 0 is PyTorch's 0 gradient when every pixel is
+      // ignored but its NaN or inf at the pixels counted with weights that cancel (a class
+      // weighted 0, say): the kept sum cannot tell the two apart, so the two-pass backward
+      // runs, from a recomputed lse. (Not under torch.compile, whose tensors have no value.)
+      if (!(reduction == kReductionMean && is_plain_cpu_zero(weight_sum))) {
+        const at::Tensor& grad_sum = saved[3];
+        result[0] =
+            at::GradMode::is_enabled()  // create_graph
+                ? ScaleGradSumFunction::apply(grads[0], grad_sum, weight_sum, x, reduction,
+                                              kHeads)[0]
+                : scale_grad_sum(grads[0], grad_sum, weight_sum, reduction, x.scalar_type());
+        return result;
+      }
+      at::AutoDispatchBelowADInplaceOrView no_graph;  // lse only: nothing to differentiate
+      lse =
+          std::get<1>(call_resample_cross_entropy(x, target, weight, p[0], p[1], p[2], p[3], clamp,
+                                                  ignore_index, reduction, label_smoothing, "cpu"));
+    }
     result[0] = call_resample_cross_entropy_backward(
-        grads[0], saved[0], saved[1], weight, saved[3], saved[4], p[0], p[1], p[2], p[3],
-        ctx->saved_data["clamp"].toBool(), ctx->saved_data["ignore_index"].toInt(),
-        ctx->saved_data["reduction"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
-        ctx->saved_data["backend"].toStringRef());
+        grads[0], x, target, weight, lse, weight_sum, p[0], p[1], p[2], p[3], clamp, ignore_index,
+        reduction, label_smoothing, ctx->saved_data["backend"].toStringRef());
     return result;
   }
 };
