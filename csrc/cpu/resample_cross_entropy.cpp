@@ -101,7 +101,9 @@ struct BandSplit {
   int64_t band, bands, grain;
 
   BandSplit(int64_t N, int64_t C, int64_t in_h, int64_t H, int64_t W) {
-    const int64_t bands_wanted = (2 * at::get_num_threads() + N - 1) / N;
+    // An empty batch (N = 0) has no units; dividing by it would kill the process (SIGFPE).
+    const int64_t images = std::max<int64_t>(N, 1);
+    const int64_t bands_wanted = (2 * at::get_num_threads() + images - 1) / images;
     band = std::min(in_h, std::max<int64_t>(8, (in_h + bands_wanted - 1) / bands_wanted));
     bands = (in_h + band - 1) / band;
     grain = parallel_grain(C * H * W / bands);  // a band's logits

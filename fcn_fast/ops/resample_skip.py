@@ -45,8 +45,9 @@ def _check_inputs(x, skip, x_name, op):
     check_tensor(x, x_name, op, ndim=4)
     check_float(x, x_name, op)
     shape = x.shape  # read once: each read builds a torch.Size, which tiny inputs notice
-    if shape[2] < 1 or shape[3] < 1:
-        raise ValueError(f"{op}: {x_name} must have H, W >= 1, got shape {tuple(shape)}")
+    # F.interpolate refuses these (and FCN's deconvolution a 0 x 0 weight); N = 0 it takes.
+    if shape[1] < 1 or shape[2] < 1 or shape[3] < 1:
+        raise ValueError(f"{op}: {x_name} must have C, H, W >= 1, got shape {tuple(shape)}")
     if skip is not None:
         check_tensor(skip, "skip", op, ndim=4)
         check_same(skip, x, "skip", x_name, op)
@@ -125,18 +126,22 @@ def interpolate_add(
     *,
     size=None,
     scale_factor=None,
-    align_corners: bool = False,
+    align_corners: bool | None = False,
+    recompute_scale_factor: bool | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """FPN decoder step: F.interpolate(x, size | scale_factor, "bilinear", align_corners) + skip.
+    """FPN decoder step: F.interpolate(x, size | scale_factor, "bilinear", align_corners,
+    recompute_scale_factor) + skip.
 
     Same output-size and source-index rules as F.interpolate (scale_factor is used
-    for the index mapping when given, as PyTorch does); `skip` must have the output's
-    shape exactly (no broadcasting).
+    for the index mapping when given, unless recompute_scale_factor, as PyTorch does);
+    `skip` must have the output's shape exactly (no broadcasting).
     """
     op = "interpolate_add"
     in_size, skip_size = _check_inputs(x, skip, "x", op)
-    geometry = interpolate_geometry(in_size, size, scale_factor, align_corners, op)
+    geometry = interpolate_geometry(
+        in_size, size, scale_factor, align_corners, op, recompute_scale_factor
+    )
     if skip_size is not None and skip_size != geometry.out_size:
         raise ValueError(
             f"{op}: skip must have the output's spatial size {geometry.out_size}, got {skip_size}"
@@ -148,5 +153,7 @@ def interpolate_add(
         (0, 0),
         backend,
         op,
-        lambda: interpolate_add_reference(x, skip, size, scale_factor, align_corners),
+        lambda: interpolate_add_reference(
+            x, skip, size, scale_factor, align_corners, recompute_scale_factor
+        ),
     )
