@@ -203,9 +203,19 @@ X = randn(2, 3, 4, 5)
             "skip must have the output's spatial size",
         ),
         (
-            lambda: fcn_fast.interpolate_add(X, size=8, align_corners=None),
+            lambda: fcn_fast.interpolate_add(X, size=8, align_corners=1),
             TypeError,
             "align_corners",
+        ),
+        (
+            lambda: fcn_fast.interpolate_add(X, size=8, recompute_scale_factor=True),
+            ValueError,
+            "recompute_scale_factor is not meaningful with an explicit size",
+        ),
+        (
+            lambda: fcn_fast.interpolate_add(X, scale_factor=2, recompute_scale_factor="yes"),
+            TypeError,
+            "recompute_scale_factor must be a bool or None",
         ),
         (lambda: fcn_fast.interpolate_add(X.int(), size=8), TypeError, "x must be float"),
     ],

@@ -61,15 +61,28 @@ def upsample_geometry(in_size, factor, kernel_size, crop, out_size, op) -> tuple
     return Geometry(out_size, (1.0 / factor, 1.0 / factor), bias, False), kernel_size
 
 
-def interpolate_geometry(in_size, size, scale_factor, align_corners, op) -> Geometry:
-    """F.interpolate(mode="bilinear")'s output size and source-index rules."""
+def interpolate_geometry(
+    in_size, size, scale_factor, align_corners, op, recompute_scale_factor=None
+) -> Geometry:
+    """F.interpolate(mode="bilinear")'s output size and source-index rules (align_corners None
+    is its default, False; recompute_scale_factor True maps indices by the sizes alone)."""
     # Written out per axis, without generators: every call of an op pays for this.
+    if align_corners is None:
+        align_corners = False
     if align_corners is not True and align_corners is not False:
         raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
+    if recompute_scale_factor not in (None, True, False):
+        raise TypeError(
+            f"{op}: recompute_scale_factor must be a bool or None, got {recompute_scale_factor!r}"
+        )
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{op}: give exactly one of size or scale_factor")
     h, w = in_size
     if size is not None:
+        if recompute_scale_factor:
+            raise ValueError(
+                f"{op}: recompute_scale_factor is not meaningful with an explicit size"
+            )
         out_h, out_w = int_pair(size, "size", op, minimum=1)
         fh = fw = None
     else:
@@ -79,13 +92,18 @@ def interpolate_geometry(in_size, size, scale_factor, align_corners, op) -> Geom
             raise ValueError(
                 f"{op}: scale_factor {scale_factor!r} gives an empty output {(out_h, out_w)}"
             )
+        if recompute_scale_factor:
+            fh = fw = None
     if align_corners:
         scale_h = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
         scale_w = (w - 1) / (out_w - 1) if out_w > 1 else 0.0
         return Geometry((out_h, out_w), (scale_h, scale_w), (0.0, 0.0), True)
-    # PyTorch maps indices with the given scale factor when there is one, else in / out.
-    scale_h = 1.0 / fh if fh is not None else h / out_h
-    scale_w = 1.0 / fw if fw is not None else w / out_w
+    # PyTorch maps indices with the given scale factor when there is one, else in / out; but
+    # an axis whose size does not change is copied whatever the factor (its CPU kernels'
+    # rule per axis, e.g. scale_factor 1.4 on 2 columns; its CUDA kernel copies only when
+    # both axes keep their size).
+    scale_h = 1.0 / fh if fh is not None and out_h != h else h / out_h
+    scale_w = 1.0 / fw if fw is not None and out_w != w else w / out_w
     return Geometry(
         (out_h, out_w), (scale_h, scale_w), (0.5 * scale_h - 0.5, 0.5 * scale_w - 0.5), True
     )

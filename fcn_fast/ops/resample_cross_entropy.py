@@ -294,16 +294,20 @@ def interpolate_argmax(
     *,
     size=None,
     scale_factor=None,
-    align_corners: bool = False,
+    align_corners: bool | None = False,
+    recompute_scale_factor: bool | None = None,
     out_dtype: torch.dtype = torch.int64,
     return_confidence: bool = False,
     backend: str = "auto",
 ):
-    """F.interpolate(x, size | scale_factor, mode="bilinear", align_corners).argmax(1), fused;
-    out_dtype and return_confidence as upsample_argmax. Not differentiable."""
+    """F.interpolate(x, size | scale_factor, mode="bilinear", align_corners,
+    recompute_scale_factor).argmax(1), fused; out_dtype and return_confidence as
+    upsample_argmax. Not differentiable."""
     op = "interpolate_argmax"
     _check_x(x, "x", op)
-    geometry = interpolate_geometry(x.shape[2:], size, scale_factor, align_corners, op)
+    geometry = interpolate_geometry(
+        x.shape[2:], size, scale_factor, align_corners, op, recompute_scale_factor
+    )
     return _argmax(
         x,
         geometry,
@@ -311,5 +315,7 @@ def interpolate_argmax(
         return_confidence,
         backend,
         op,
-        lambda: interpolate_add_reference(x, None, size, scale_factor, align_corners),
+        lambda: interpolate_add_reference(
+            x, None, size, scale_factor, align_corners, recompute_scale_factor
+        ),
     )

@@ -70,10 +70,17 @@ def interpolate_add_reference(
     skip: torch.Tensor | None,
     size=None,
     scale_factor=None,
-    align_corners: bool = False,
+    align_corners: bool | None = False,
+    recompute_scale_factor: bool | None = None,
 ) -> torch.Tensor:
-    """F.interpolate(x, size | scale_factor, mode="bilinear", align_corners) + skip."""
+    """F.interpolate(x, size | scale_factor, mode="bilinear", align_corners,
+    recompute_scale_factor) + skip."""
     out = F.interpolate(
-        x, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=align_corners
+        x,
+        size=size,
+        scale_factor=scale_factor,
+        mode="bilinear",
+        align_corners=bool(align_corners),
+        recompute_scale_factor=recompute_scale_factor,
     )
     return out if skip is None else out + skip
