@@ -21,12 +21,14 @@ import ctypes
 import hashlib
 import math
 import os
+import random
 import shutil
 import subprocess
 import tempfile
 
 import pytest
 import torch
+from random_geometry import Resampling, random_class_weights, random_resampling
 
 from fcn_fast.ops._geometry import interpolate_geometry
 from fcn_fast.reference import (
@@ -818,3 +820,406 @@ def test_resample_argmax(emu, dtype, kind, spec, C, layout, uint8, confidence, f
     if confidence:
         close(conf, torch.softmax(z, 1).max(1).values.float(), torch.float32)
         assert_guards(conf, conf_buffer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random geometries: many bands and blocks, strong down- and upsampling (tests/random_geometry.py)
+
+SWEEP_BACKWARD = 2000  # geometries per backward kernel (the silent-failures issue's target)
+SWEEP_FORWARD = 400
+
+
+def _sweep(name, count, seed, run_case):
+    """Runs run_case(rng, case) -> None or a failure description for `count` geometries; fails
+    with the first few descriptions (each names its geometry, so it can be rerun alone)."""
+    rng = random.Random(seed)
+    failures = []
+    for case in range(count):
+        state = rng.getstate()
+        try:
+            problem = run_case(rng, case)
+        except RuntimeError as error:  # the emulation's own errors (bad access, no plan)
+            rng.setstate(state)
+            problem = f"{random_resampling(rng)}: {error}"
+        if problem is not None:
+            failures.append(f"case {case}: {problem}")
+    assert not failures, f"{name}: {len(failures)} of {count} geometries fail:\n" + "\n".join(
+        failures[:5]
+    )
+
+
+def _mismatch(got, expected, dtype):
+    """None when got equals expected to the dtype's tolerance with no NaN of its own, else why."""
+    nans = int((torch.isnan(got) & ~torch.isnan(expected)).sum())
+    if nans:
+        return f"{nans} of {got.numel()} NaN"
+    try:
+        close(got, expected, dtype)
+    except AssertionError as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def _random_layout(rng):
+    return rng.choice(["contiguous", "channels_last", "strided"])
+
+
+def test_random_geometries_resample_skip_backward(emu):
+    def run_case(rng, case):
+        r = random_resampling(rng)
+        N, C = rng.randint(1, 2), rng.randint(1, 3)
+        dtype = torch.float32 if case % 4 == 3 else torch.float64
+        layout, force64 = _random_layout(rng), rng.random() < 0.2
+        (h, w), (H, W) = r.in_size, r.out_size
+        x64 = torch.randn(N, C, h, w, dtype=torch.float64, requires_grad=True)
+        g64 = torch.randn(N, C, H, W, dtype=torch.float64)
+        (expected,) = torch.autograd.grad(r.reference(x64), x64, g64)
+        grad = place(g64.to(dtype), layout)
+        gx, buffer = empty_guarded((N, C, h, w), dtype)
+        emu.call(
+            "emu_resample_skip_backward",
+            dtype_code(dtype),
+            sizes(grad),
+            grad,
+            strides(grad),
+            h,
+            w,
+            gx,
+            strides(gx),
+            r.scale_bias(),
+            Int(r.geometry.clamp),
+            Int(force64),
+            Int(0),
+        )
+        assert_guards(gx, buffer)
+        problem = _mismatch(gx, expected, dtype)
+        return problem and f"{r} N{N} C{C} {layout} {dtype} force64={force64}: {problem}"
+
+    _sweep("resample_skip backward", SWEEP_BACKWARD, 2301, run_case)
+
+
+def test_random_geometries_resample_skip_forward(emu):
+    def run_case(rng, case):
+        r = random_resampling(rng)
+        N, C = rng.randint(1, 2), rng.randint(1, 3)
+        dtype = torch.float32 if case % 4 == 3 else torch.float64
+        layout, misalign = _random_layout(rng), rng.choice([0, 0, 1])
+        (h, w), (H, W) = r.in_size, r.out_size
+        x64 = torch.randn(N, C, h, w, dtype=torch.float64)
+        crop = (rng.randint(0, 3), rng.randint(0, 3))
+        skip64 = torch.randn(N, C, H + crop[0] + rng.randint(0, 2), W + crop[1], dtype=x64.dtype)
+        window = skip64[:, :, crop[0] : crop[0] + H, crop[1] : crop[1] + W]
+        expected = r.reference(x64) + window
+        x, skip = place(x64.to(dtype), layout, misalign), place(skip64.to(dtype), layout, misalign)
+        out_layout = "channels_last" if layout == "channels_last" else "contiguous"
+        out, buffer = empty_guarded((N, C, H, W), dtype, out_layout, misalign)
+        emu.call(
+            "emu_resample_skip",
+            dtype_code(dtype),
+            sizes(x),
+            x,
+            strides(x),
+            skip,
+            strides(skip),
+            sizes(skip),
+            crop[0],
+            crop[1],
+            H,
+            W,
+            out,
+            strides(out),
+            r.scale_bias(),
+            Int(r.geometry.clamp),
+            Int(rng.random() < 0.2),
+            Int(0),
+        )
+        assert_guards(out, buffer)
+        problem = _mismatch(out, expected, dtype)
+        return problem and f"{r} N{N} C{C} {layout} misalign {misalign} {dtype}: {problem}"
+
+    _sweep("resample_skip forward", SWEEP_FORWARD, 2302, run_case)
+
+
+def _random_loss_options(rng, C):
+    reduction = rng.choice(["none", "mean", "sum"])
+    smoothing = rng.choice([0.0, 0.0, 0.1, 0.7])
+    return reduction, smoothing, random_class_weights(rng, C)
+
+
+def emulated_fused_backward(
+    emu, grad, x, t, r, weight, lse, wsum, gx, reduction, smoothing, force64
+):
+    """The CUDA fused backward as resample_cross_entropy_backward_cuda runs it: the fused kernel,
+    or, where its blocks do not fit in shared memory (an upsampling by ~32), the binding's
+    unfused fallback: the resampler forward to the full-resolution logits z, the loss backward
+    on z, the resampler backward. Returns whether the fallback ran."""
+    N, C, (H, W) = x.shape[0], x.shape[1], r.out_size
+    common = (r.scale_bias(), Int(r.geometry.clamp))
+    loss_args = (-100, REDUCTIONS[reduction], float(smoothing), Int(force64))
+    try:
+        emu.call(
+            "emu_resample_cross_entropy_backward",
+            dtype_code(x.dtype),
+            sizes(x),
+            grad,
+            strides(grad) if reduction == "none" else [0, 0, 0],
+            x,
+            strides(x),
+            t,
+            strides(t),
+            H,
+            W,
+            *common,
+            weight,
+            lse,
+            wsum,
+            gx,
+            strides(gx),
+            *loss_args,
+        )
+        return False
+    except RuntimeError as error:
+        if "no block shape fits" not in str(error):
+            raise
+    out_layout = "channels_last" if x.stride(1) == 1 and C > 1 else "contiguous"
+    z, _ = empty_guarded((N, C, H, W), x.dtype, out_layout)
+    emu.call(
+        "emu_resample_skip",
+        dtype_code(x.dtype),
+        sizes(x),
+        x,
+        strides(x),
+        None,
+        [0] * 4,
+        [0] * 4,
+        0,
+        0,
+        H,
+        W,
+        z,
+        strides(z),
+        *common,
+        Int(force64),
+        Int(0),
+    )
+    zf = z.flatten(2)
+    grad_z = torch.empty_like(zf)
+    gf = grad.reshape(N, H * W) if reduction == "none" else grad
+    tf = t.reshape(N, H * W)
+    emu.call(
+        "emu_pixel_cross_entropy_backward",
+        dtype_code(x.dtype),
+        sizes(zf),
+        gf,
+        strides(gf) if reduction == "none" else [0, 0],
+        zf,
+        strides(zf),
+        tf,
+        strides(tf),
+        weight,
+        lse.reshape(N, H * W),
+        wsum,
+        grad_z,
+        strides(grad_z),
+        *loss_args,
+        Int(0),
+    )
+    g4 = grad_z.view(N, C, H, W)
+    emu.call(
+        "emu_resample_skip_backward",
+        dtype_code(x.dtype),
+        sizes(g4),
+        g4,
+        strides(g4),
+        x.shape[2],
+        x.shape[3],
+        gx,
+        strides(gx),
+        *common,
+        Int(force64),
+        Int(0),
+    )
+    return True
+
+
+def test_random_geometries_resample_cross_entropy(emu):
+    """The fused head's forward and backward over random geometries, class counts (class
+    groups in the backward past 32 interleaved classes), weights of any sign, both layouts."""
+
+    def run_case(rng, case):
+        r = random_resampling(rng, most_in=1024, most_out=2048)
+        N, C = rng.randint(1, 2), rng.choice([1, 2, 3, 5, 8, 21, 40])
+        (h, w), (H, W) = r.in_size, r.out_size
+        if C * H * W > 24000:
+            C = 2
+        dtype = torch.float32 if case % 4 == 3 else torch.float64
+        layout, force64 = _random_layout(rng), rng.random() < 0.2
+        reduction, smoothing, weight64 = _random_loss_options(rng, C)
+        x64 = torch.randn(N, C, h, w, dtype=torch.float64) * 2
+        target = torch.randint(0, C, (N, H, W))
+        target[torch.rand(N, H, W) < rng.choice([0.0, 0.2, 0.9])] = -100
+        xr = x64.clone().requires_grad_(True)
+        expected = pixel_cross_entropy_reference(
+            r.reference(xr), target, weight64, -100, reduction, smoothing
+        )
+        grad64 = (
+            torch.rand(N, H, W, dtype=torch.float64)
+            if reduction == "none"
+            else torch.tensor(0.8, dtype=torch.float64)
+        )
+        (expected_grad,) = torch.autograd.grad(expected, xr, grad64)
+        x, t = place(x64.to(dtype), layout), place(target, _random_layout(rng))
+        weight = None if weight64 is None else weight64.to(dtype)
+        loss, _ = empty_guarded((N, H, W) if reduction == "none" else (), dtype)
+        lse, lse_buffer = empty_guarded((N, H, W), dtype)
+        wsum, flags = torch.empty((), dtype=dtype), torch.zeros(2, dtype=torch.int32)
+        described = f"{r} N{N} C{C} {layout} {dtype} {reduction} eps {smoothing} w {weight64}"
+        emu.call(
+            "emu_resample_cross_entropy",
+            dtype_code(dtype),
+            sizes(x),
+            x,
+            strides(x),
+            t,
+            strides(t),
+            H,
+            W,
+            r.scale_bias(),
+            Int(r.geometry.clamp),
+            weight,
+            loss,
+            lse,
+            wsum,
+            flags,
+            -100,
+            REDUCTIONS[reduction],
+            float(smoothing),
+            Int(force64),
+            Int(0),
+        )
+        assert_guards(lse, lse_buffer)
+        problem = _mismatch(loss, expected.detach(), dtype)
+        if problem is not None:
+            return f"{described}: loss {problem}"
+        grad = place(grad64.to(dtype), "strided") if reduction == "none" else grad64.to(dtype)
+        out_layout = "channels_last" if layout == "channels_last" else "contiguous"
+        gx, gx_buffer = empty_guarded((N, C, h, w), dtype, out_layout)
+        emulated_fused_backward(
+            emu, grad, x, t, r, weight, lse, wsum, gx, reduction, smoothing, force64
+        )
+        assert_guards(gx, gx_buffer)
+        problem = _mismatch(gx, expected_grad, dtype)
+        return problem and f"{described}: grad {problem}"
+
+    _sweep("resample_cross_entropy forward + backward", SWEEP_BACKWARD, 2303, run_case)
+
+
+def test_random_geometries_resample_argmax(emu):
+    def run_case(rng, case):
+        r = random_resampling(rng, most_in=1024, most_out=2048)
+        N, C = rng.randint(1, 2), rng.choice([1, 2, 5, 21])
+        (h, w), (H, W) = r.in_size, r.out_size
+        dtype = torch.float32 if case % 4 == 3 else torch.float64
+        layout = _random_layout(rng)
+        x64 = torch.randn(N, C, h, w, dtype=torch.float64)
+        z = r.reference(x64)
+        x = place(x64.to(dtype), layout)
+        labels, buffer = empty_guarded((N, H, W), torch.int64)
+        conf, conf_buffer = empty_guarded((N, H, W), torch.float32)
+        emu.call(
+            "emu_resample_argmax",
+            dtype_code(dtype),
+            sizes(x),
+            x,
+            strides(x),
+            H,
+            W,
+            r.scale_bias(),
+            Int(r.geometry.clamp),
+            labels,
+            Int(False),
+            conf,
+            Int(rng.random() < 0.2),
+            Int(0),
+        )
+        assert_guards(labels, buffer)
+        assert_guards(conf, conf_buffer)
+        # The winner is within rounding of the maximum (exact ties differ by rounding).
+        tol = 1e-9 if dtype == torch.float64 else 1e-4
+        best = z.max(1, keepdim=True).values
+        chosen = z.gather(1, labels.clamp(0, C - 1)[:, None])
+        if not ((labels >= 0) & (labels < C)).all() or not (chosen >= best - tol).all():
+            return f"{r} N{N} C{C} {layout} {dtype}: a label is not a maximum"
+        return _mismatch(conf.double(), torch.softmax(z, 1).max(1).values, torch.float32)
+
+    _sweep("resample_argmax", SWEEP_FORWARD, 2304, run_case)
+
+
+@pytest.mark.parametrize(
+    "x_shape,size", [((1, 2, 512, 40), (7, 40)), ((1, 2, 96, 8), (2, 8))], ids=["512x40", "96x8"]
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_of_bands_no_output_reads_is_zero(emu, x_shape, size, layout):
+    """Downsampling by more than a band: the bands between the rows read get a gradient of 0,
+    not the shared memory's earlier contents (NaN here: 20,480 of 40,960 before the fix)."""
+    r = Resampling.of("interpolate", x_shape[2:], size=size, align_corners=False)
+    x64 = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+    g64 = torch.randn(*x_shape[:2], *size, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(r.reference(x64), x64, g64)
+    grad = place(g64, layout)
+    gx, buffer = empty_guarded(x_shape, torch.float64)
+    emu.call(
+        "emu_resample_skip_backward",
+        dtype_code(torch.float64),
+        sizes(grad),
+        grad,
+        strides(grad),
+        x_shape[2],
+        x_shape[3],
+        gx,
+        strides(gx),
+        r.scale_bias(),
+        Int(True),
+        Int(False),
+        Int(0),
+    )
+    assert not torch.isnan(gx).any()
+    assert (expected == 0).sum() > expected.numel() // 3  # most rows are read by no output
+    close(gx, expected, torch.float64)
+    assert_guards(gx, buffer)
+
+
+@pytest.mark.parametrize(
+    "kind,spec,in_size",
+    [
+        ("interpolate", dict(size=(2, 8), align_corners=False), (96, 8)),  # unread bands
+        ("upsample", dict(factor=32, kernel_size=64, crop=(19, 19), out_size=(97, 101)), (5, 5)),
+        ("upsample", dict(factor=32, kernel_size=63, crop=(18, 18), out_size=(61, 64)), (4, 4)),
+    ],
+    ids=["96x8-to-2x8", "fcn32s", "alexnet"],
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_backward_hard_geometries(emu, kind, spec, in_size, layout):
+    """The fused head's backward where its blocks gather from no output row (768 of 2,304 NaN
+    before the fix) and where they do not fit in shared memory at all (FCN-32s and
+    FCN-AlexNet upsample by 32: the binding's unfused fallback, emulated as it runs)."""
+    C, smoothing, reduction = 3, 0.1, "mean"
+    r = Resampling.of(kind, in_size, **spec)
+    H, W = r.out_size
+    x64 = torch.randn(1, C, *in_size, dtype=torch.float64)
+    target = torch.randint(0, C, (1, H, W))
+    xr = x64.clone().requires_grad_(True)
+    expected = pixel_cross_entropy_reference(r.reference(xr), target, None, -100, reduction, 0.1)
+    (expected_grad,) = torch.autograd.grad(expected, xr)
+    x, t = place(x64, layout), place(target)
+    lse = torch.logsumexp(r.reference(x64), 1).contiguous()
+    wsum = torch.tensor(float(H * W), dtype=torch.float64)
+    gx, buffer = empty_guarded(tuple(x.shape), torch.float64, layout)
+    fallback = emulated_fused_backward(
+        emu, torch.tensor(1.0, dtype=torch.float64), x, t, r, None, lse, wsum, gx, reduction,
+        smoothing, False,
+    )  # fmt: skip
+    assert fallback == (kind == "upsample")
+    assert not torch.isnan(gx).any()
+    close(gx, expected_grad, torch.float64)
+    assert_guards(gx, buffer)

@@ -116,6 +116,16 @@ int64_t resample_cross_entropy_workspace_bytes(DType dtype, const FusedGeometry&
   return tables + 2 * p.grid_x * p.grid_y * acc_size(dtype);
 }
 
+bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, Strides4 x_strides,
+                                          double label_smoothing) {
+  const TableGeometry tg = table_geometry(g, true);
+  const int64_t unused[4] = {0, 0, 0, 0}, unused3[3] = {0, 0, 0};
+  FusedPlan p = plan(g, x_strides, Strides3{0, 0, 0}, nullptr, 4, nullptr, 4, false);
+  plan_fused_backward(p, tg.h, tg.w, static_cast<int>(acc_size(dtype)), label_smoothing > 0.0,
+                      unused, unused3);
+  return p.groups > 0;
+}
+
 cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, const void* x,
                                           Strides4 x_strides, const int64_t* target,
                                           Strides3 target_strides, const void* weight, void* loss,

@@ -42,6 +42,11 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
                                           double label_smoothing, bool force_index64,
                                           cudaStream_t stream);
 
+// Whether the backward's blocks fit in shared memory: false for an upsampling by about 32 or
+// more (FCN-32s), whose block would cover too many output pixels of one input pixel.
+bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, Strides4 x_strides,
+                                          double label_smoothing);
+
 // grad_x (N, C, in_h, in_w) with grad_x_strides = the resampler's adjoint of d loss / d z.
 // grad: accumulation type, (N, out_h, out_w) with grad_strides (0 allowed) for reduction
 // none, else one element.

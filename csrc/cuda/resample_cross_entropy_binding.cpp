@@ -6,7 +6,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../ops/pixel_cross_entropy.h"
 #include "../ops/resample_cross_entropy.h"
+#include "../ops/resample_skip.h"
 #include "cuda_utils.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 #include "resample_cross_entropy.cuh"
@@ -74,6 +76,16 @@ at::Tensor resample_cross_entropy_backward_cuda(const at::Tensor& grad, const at
   if (grad_x.numel() == 0) return grad_x;
   if (g.out_h * g.out_w == 0) return grad_x.zero_();
   const DType dtype = cuda_dtype(x);
+  if (!resample_cross_entropy_backward_fits(dtype, g, strides4(x), options.label_smoothing)) {
+    // The same gradient unfused, through the full-resolution logits (N x C x H x W), with the
+    // resampler's and the loss's own kernels: slower and larger, but correct.
+    const at::Tensor z = resample_skip_cuda(x, std::nullopt, resampling, g.out_h, g.out_w, 0, 0);
+    const int64_t N = g.N, C = g.C, S = g.out_h * g.out_w;
+    const at::Tensor grad_z = pixel_cross_entropy_backward_cuda(
+        options.reduction == kReductionNone ? grad.reshape({N, S}) : grad, z.view({N, C, S}),
+        target.reshape({N, S}), weight, lse.reshape({N, S}), weight_sum, options);
+    return resample_skip_backward_cuda(grad_z.view(z.sizes()), g.in_h, g.in_w, resampling);
+  }
   const auto acc_dtype = accumulation_type(x.scalar_type());
   // The upstream gradient in the accumulation dtype (a GradScaler's 65536 overflows fp16).
   const at::Tensor gradc = grad.to(acc_dtype);  // keeps strides (0 included)

@@ -467,13 +467,19 @@ FCN_HD void backward_columns(const GroupLayout& l, const BackwardBlock& b,
   using acc_t = acc_type<T>;
   const int32_t rows = b.i_hi - b.i_lo, cols = b.j_hi - b.j_lo;
   const int32_t outputs = b.classes * rows * cols;
+  // A band that no output row reads (downsampling by more than the band height) had no
+  // phase-A items, so its accumulators were never zeroed: its gradient is 0, not vsum's
+  // stale contents.
+  const bool gathers = b.ys.begin < b.ys.end;
   T* image = grad_x + static_cast<index_t>(b.n) * gx.n;
   for (int32_t o = thread; o < outputs; o += threads) {
     const int32_t rest = o / cols, j = b.j_lo + (o - rest * cols);
     const int32_t c = rest / rows, i = b.i_lo + (rest - c * rows);
     const acc_t* row = vsum + (i - b.i_lo) * l.smem_row;
-    const acc_t value = column_adjoint(t.cols, t.col_ranges[j], j,
-                                       [&](int32_t X) { return row[backward_column(l, b, X, c)]; });
+    const acc_t value =
+        gathers ? column_adjoint(t.cols, t.col_ranges[j], j,
+                                 [&](int32_t X) { return row[backward_column(l, b, X, c)]; })
+                : acc_t(0);
     store_acc(image + static_cast<index_t>(b.c0 + c) * gx.c + static_cast<index_t>(i) * gx.h +
                   static_cast<index_t>(j) * gx.w,
               value);
