@@ -8,6 +8,8 @@
     python -m fcn_fast.bench readme             the README performance section, from
                                                 benchmarks/results/
     python -m fcn_fast.bench prefer r.json      GPU_PREFERENCE as a GPU run measured it
+    python -m fcn_fast.bench model              predicted GPU times, from the sm_90 machine
+                                                code, without a GPU
 
 Exit status: 0 when every row's numerics passed, 1 when one failed, 2 on bad usage,
 130 when interrupted (the rows measured so far are still printed and written).
@@ -44,6 +46,9 @@ OTHER_COMMANDS = """other commands:
   prefer FILE.json      the GPU_PREFERENCE of fcn_fast/_backend.py that a GPU run
                         measured, and the rows where it is slower than eager or
                         torch.compile
+  model [--json PATH] [--markdown PATH] [--ops ...] [--backends cuda,triton]
+                        predicted GPU times from the kernels' sm_90 machine code,
+                        without a GPU (nvcc, cuobjdump, Triton)
 """
 
 
@@ -251,6 +256,10 @@ def main(argv=None, prog="python -m fcn_fast.bench") -> int:
         return show_main(argv[1:], prog)
     if argv and argv[0] == "prefer":
         return prefer_main(argv[1:], prog)
+    if argv and argv[0] == "model":
+        from fcn_fast.bench import model
+
+        return model.main(argv[1:], prog)
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run_main(argv, prog)
