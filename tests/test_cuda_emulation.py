@@ -715,7 +715,8 @@ def test_resample_cross_entropy(
 
 def test_fused_backward_blocks_fit(emu):
     """The fused backward's blocks for the issue-9 heads: FCN-8s (C21, x8) and DeepLab (C150,
-    x8, interpolate) plan into 46 KB of shared memory, C150 in class groups."""
+    x8, interpolate) plan into an H100 block's share of shared memory (half of 228 KB less the
+    1 KB reserved a block: fused_backward_smem_budget), C150 in class groups."""
     for C, kind, spec in (
         (21, "upsample", dict(factor=8, crop=(31, 31), out=(64, 64))),
         (150, "interpolate", dict(size=(64, 64), align_corners=False)),
@@ -749,7 +750,7 @@ def test_fused_backward_blocks_fit(emu):
             0.0,
             Int(False),
         )
-        assert 0 < chosen[5] <= 46 * 1024, chosen
+        assert 0 < chosen[5] <= 228 * 1024 // 2 - 1024, chosen
         assert 1 <= chosen[0] <= C and (C < 150 or chosen[0] < C), chosen
 
 
@@ -848,13 +849,18 @@ def _sweep(name, count, seed, run_case):
     )
 
 
-def _mismatch(got, expected, dtype):
+def _mismatch(got, expected, dtype, atol=None):
     """None when got equals expected to the dtype's tolerance with no NaN of its own, else why."""
     nans = int((torch.isnan(got) & ~torch.isnan(expected)).sum())
     if nans:
         return f"{nans} of {got.numel()} NaN"
     try:
-        close(got, expected, dtype)
+        if atol is None:
+            close(got, expected, dtype)
+        else:
+            torch.testing.assert_close(
+                got.double(), expected.double(), rtol=2e-5, atol=atol, equal_nan=True
+            )
     except AssertionError as error:
         return str(error).splitlines()[0]
     return None
@@ -1098,7 +1104,10 @@ def test_random_geometries_resample_cross_entropy(emu):
             Int(0),
         )
         assert_guards(lse, lse_buffer)
-        problem = _mismatch(loss, expected.detach(), dtype)
+        # float32 sums of per-pixel losses: each pixel's is exact to ~1e-7 of its logits'
+        # spread, which a sum over many pixels adds up where the total is ~0 (one class).
+        atol = None if dtype == torch.float64 or reduction != "sum" else 1e-6 * N * H * W
+        problem = _mismatch(loss, expected.detach(), dtype, atol)
         if problem is not None:
             return f"{described}: loss {problem}"
         grad = place(grad64.to(dtype), "strided") if reduction == "none" else grad64.to(dtype)

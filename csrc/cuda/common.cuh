@@ -28,6 +28,14 @@ struct ElementOps<__nv_bfloat16> {
   static FCN_HD __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
 };
 
+// A bfloat16 is the top half of a float: element k of a pack is its 32-bit word shifted or
+// masked, one instruction.
+template <int V>
+__device__ __forceinline__ float pack_acc(const Pack<__nv_bfloat16, V>& pack, int k) {
+  const uint32_t word = reinterpret_cast<const uint32_t*>(&pack)[k / 2];
+  return __uint_as_float(k % 2 == 0 ? word << 16 : word & 0xffff0000u);
+}
+
 // Calls f(T{}) with the element type of `dtype`.
 template <typename F>
 cudaError_t dispatch_dtype(DType dtype, F&& f) {

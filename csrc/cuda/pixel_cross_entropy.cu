@@ -15,8 +15,18 @@
 namespace fcn_fast {
 namespace {
 
-template <int P, typename T, typename index_t>
-__global__ void __launch_bounds__(kLossThreads, 2)
+// Blocks of 256 threads per multiprocessor the registers must allow. The class loops keep up
+// to 2 x 4 rows of 16 bytes in flight a thread, so 512 threads already have 64 KB of reads in
+// flight a multiprocessor (32 KB is the target): 2 blocks (128 registers) where the state per
+// thread needs them (the backward's coefficients, 8 pixels of 16 bits), 3 (85) for the float32
+// forward.
+template <typename T>
+constexpr int loss_min_blocks(bool backward) {
+  return !backward && sizeof(T) == 4 ? 3 : 2;
+}
+
+template <int P, typename T, typename index_t, bool SMOOTH>
+__global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
     loss_forward_runs_kernel(LossArgs<acc_type<T>, index_t> a, const T* __restrict__ x,
                              const int64_t* __restrict__ target,
                              const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
@@ -25,7 +35,7 @@ __global__ void __launch_bounds__(kLossThreads, 2)
   acc_t loss = acc_t(0), wsum = acc_t(0);
   for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) {
     const int count = a.S - s0 < P ? a.S - s0 : P;
-    const LossPartial<acc_t> part = loss_forward_pixels<P>(
+    const LossPartial<acc_t> part = loss_forward_pixels<P, SMOOTH>(
         a, x + static_cast<index_t>(n) * a.xn + static_cast<index_t>(s0) * a.xs, a.xc, a.xs,
         a.x_vector, n, s0, count, target, weight, o.lse, o.loss_none, o.error_flag);
     loss += part.loss;
@@ -35,8 +45,8 @@ __global__ void __launch_bounds__(kLossThreads, 2)
                         a.reduction);
 }
 
-template <typename T, typename index_t>
-__global__ void __launch_bounds__(kLossThreads, 2)
+template <typename T, typename index_t, bool SMOOTH>
+__global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
     loss_forward_staged_kernel(LossArgs<acc_type<T>, index_t> a, bool vector,
                                const T* __restrict__ x, const int64_t* __restrict__ target,
                                const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
@@ -53,7 +63,7 @@ __global__ void __launch_bounds__(kLossThreads, 2)
                pixels * a.C, vector, threadIdx.x, kLossThreads);
     __syncthreads();
     const int p = threadIdx.x;
-    const LossPartial<acc_t> part = loss_forward_pixels<1>(
+    const LossPartial<acc_t> part = loss_forward_pixels<1, SMOOTH>(
         a, chunk + p * a.C, index_t(1), static_cast<index_t>(a.C), false, n, s0 + p,
         p < pixels ? 1 : 0, target, weight, o.lse, o.loss_none, o.error_flag);
     loss += part.loss;
@@ -63,8 +73,8 @@ __global__ void __launch_bounds__(kLossThreads, 2)
                         a.reduction);
 }
 
-template <int P, typename T, typename index_t>
-__global__ void __launch_bounds__(kLossThreads, 2)
+template <int P, typename T, typename index_t, bool SMOOTH>
+__global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
     loss_backward_runs_kernel(LossArgs<acc_type<T>, index_t> a,
                               const acc_type<T>* __restrict__ grad,
                               const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
@@ -78,15 +88,15 @@ __global__ void __launch_bounds__(kLossThreads, 2)
   const acc_t wtotal = a.smoothing ? class_weight_total(weight, a.C) : acc_t(0);
   const int count = a.S - s0 < P ? a.S - s0 : P;
   for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) {
-    loss_backward_pixels<P>(
+    loss_backward_pixels<P, SMOOTH>(
         a, x + static_cast<index_t>(n) * a.xn + static_cast<index_t>(s0) * a.xs, a.xc, a.xs,
         a.x_vector, out + static_cast<index_t>(n) * a.on + static_cast<index_t>(s0) * a.os, a.oc,
         a.os, a.out_vector, n, s0, count, grad, scale, target, weight, lse, wtotal);
   }
 }
 
-template <typename T, typename index_t>
-__global__ void __launch_bounds__(kLossThreads, 2)
+template <typename T, typename index_t, bool SMOOTH>
+__global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
     loss_backward_staged_kernel(LossArgs<acc_type<T>, index_t> a, bool vector,
                                 const acc_type<T>* __restrict__ grad,
                                 const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
@@ -107,9 +117,9 @@ __global__ void __launch_bounds__(kLossThreads, 2)
     __syncthreads();
     const int p = threadIdx.x;
     T* pixel = chunk + p * a.C;  // the gradient overwrites the pixel's logits in place
-    loss_backward_pixels<1>(a, pixel, index_t(1), static_cast<index_t>(a.C), false, pixel,
-                            index_t(1), static_cast<index_t>(a.C), false, n, s0 + p,
-                            p < pixels ? 1 : 0, grad, scale, target, weight, lse, wtotal);
+    loss_backward_pixels<1, SMOOTH>(a, pixel, index_t(1), static_cast<index_t>(a.C), false, pixel,
+                                    index_t(1), static_cast<index_t>(a.C), false, n, s0 + p,
+                                    p < pixels ? 1 : 0, grad, scale, target, weight, lse, wtotal);
     __syncthreads();
     copy_chunk(static_cast<const T*>(chunk),
                out + static_cast<index_t>(n) * a.on + static_cast<index_t>(s0) * a.os, pixels * a.C,
@@ -164,15 +174,18 @@ cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const in
       using index_t = decltype(index_tag);
       const auto a =
           narrow_loss_args<acc_t, index_t>(p.args, 0, 0, ignore_index, reduction, label_smoothing);
-      if (a.chunk > 0) {
-        loss_forward_staged_kernel<T, index_t>
-            <<<grid, kLossThreads, p.smem_bytes, stream>>>(a, p.staged_vector, x, target, w, o);
-        return cudaGetLastError();
-      }
-      return with_pixels<T, index_t>(p.P, [&](auto pixels) {
-        loss_forward_runs_kernel<decltype(pixels)::value, T, index_t>
-            <<<grid, kLossThreads, 0, stream>>>(a, x, target, w, o);
-        return cudaGetLastError();
+      return with_flag(a.smoothing, [&](auto smooth) {
+        constexpr bool SMOOTH = decltype(smooth)::value;
+        if (a.chunk > 0) {
+          loss_forward_staged_kernel<T, index_t, SMOOTH>
+              <<<grid, kLossThreads, p.smem_bytes, stream>>>(a, p.staged_vector, x, target, w, o);
+          return cudaGetLastError();
+        }
+        return with_pixels<T, index_t>(p.P, [&](auto pixels) {
+          loss_forward_runs_kernel<decltype(pixels)::value, T, index_t, SMOOTH>
+              <<<grid, kLossThreads, 0, stream>>>(a, x, target, w, o);
+          return cudaGetLastError();
+        });
       });
     });
   });
@@ -200,15 +213,19 @@ cudaError_t launch_pixel_cross_entropy_backward(
       using index_t = decltype(index_tag);
       const auto a = narrow_loss_args<acc_t, index_t>(p.args, gN, gS, ignore_index, reduction,
                                                       label_smoothing);
-      if (a.chunk > 0) {
-        loss_backward_staged_kernel<T, index_t><<<grid, kLossThreads, p.smem_bytes, stream>>>(
-            a, p.staged_vector, gr, wsum, x, target, w, l, out);
-        return cudaGetLastError();
-      }
-      return with_pixels<T, index_t>(p.P, [&](auto pixels) {
-        loss_backward_runs_kernel<decltype(pixels)::value, T, index_t>
-            <<<grid, kLossThreads, 0, stream>>>(a, gr, wsum, x, target, w, l, out);
-        return cudaGetLastError();
+      return with_flag(a.smoothing, [&](auto smooth) {
+        constexpr bool SMOOTH = decltype(smooth)::value;
+        if (a.chunk > 0) {
+          loss_backward_staged_kernel<T, index_t, SMOOTH>
+              <<<grid, kLossThreads, p.smem_bytes, stream>>>(a, p.staged_vector, gr, wsum, x,
+                                                             target, w, l, out);
+          return cudaGetLastError();
+        }
+        return with_pixels<T, index_t>(p.P, [&](auto pixels) {
+          loss_backward_runs_kernel<decltype(pixels)::value, T, index_t, SMOOTH>
+              <<<grid, kLossThreads, 0, stream>>>(a, gr, wsum, x, target, w, l, out);
+          return cudaGetLastError();
+        });
       });
     });
   });

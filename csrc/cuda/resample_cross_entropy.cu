@@ -18,19 +18,36 @@
 namespace fcn_fast {
 namespace {
 
-template <int P, typename T, typename index_t>
+// A thread per coarse pixel of an image, for every image (grid y strides the images).
+template <typename T, typename index_t>
+__global__ void __launch_bounds__(kFusedThreads)
+    coarse_max_kernel(FusedArgs<acc_type<T>, index_t> a, const T* __restrict__ x,
+                      acc_type<T>* __restrict__ cmax) {
+  const int32_t rest = static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x;
+  if (rest >= a.in_h * a.in_w) return;
+  for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) coarse_max_entry(a, x, n, rest, cmax);
+}
+
+// A block per (tile of kFusedThreads fine columns, fine row): the row's threads do the strip
+// that starts there, for every image; a row inside a strip leaves its block idle (its threads
+// only join the reduction).
+template <typename T, typename index_t, int R, bool SMOOTH>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_forward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
-                         const T* __restrict__ x, const int64_t* __restrict__ target,
-                         const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
+                         const T* __restrict__ x, const acc_type<T>* __restrict__ cmax,
+                         const int64_t* __restrict__ target, const acc_type<T>* __restrict__ weight,
+                         LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
-  const int32_t q0 = (static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x) * P;
+  const int32_t X = static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x;
   acc_t loss = acc_t(0), wsum = acc_t(0);
-  for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) {
-    const LossPartial<acc_t> part =
-        fused_forward_pixels<P>(a, t, x, target, weight, o.lse, o.loss_none, o.error_flag, n, q0);
-    loss += part.loss;
-    wsum += part.weight;
+  for (int32_t Y = blockIdx.y; Y < a.out_h; Y += gridDim.y) {
+    if (!starts_strip<R>(t, Y)) continue;
+    for (int32_t n = 0; n < a.N; ++n) {
+      const LossPartial<acc_t> part = fused_forward_strip<R, SMOOTH>(
+          a, t, x, cmax, target, weight, o.lse, o.loss_none, o.error_flag, n, Y, X);
+      loss += part.loss;
+      wsum += part.weight;
+    }
   }
   finish_loss_reduction(loss, wsum, o.partials, o.ticket, o.loss_reduced, o.weight_sum,
                         a.reduction);
@@ -47,7 +64,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   }
 }
 
-template <typename T, typename index_t>
+template <typename T, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_backward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
                           const acc_type<T>* __restrict__ grad,
@@ -68,7 +85,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_backward_stage(a, b, lse, target, weight, grad, scale, wtotal, coefs, threadIdx.x,
                          kFusedThreads);
     __syncthreads();  // phase A reads every pixel's coefficients
-    fused_backward_rows<T>(a, b, t, x, weight, coefs, vsum, threadIdx.x, kFusedThreads);
+    fused_backward_rows<SMOOTH, T>(a, b, t, x, weight, coefs, vsum, threadIdx.x, kFusedThreads);
     __syncthreads();  // phase B reads every item's vertical sums
     backward_columns<T, index_t>(a.layout, b, t, vsum, grad_x, a.grad_x, threadIdx.x,
                                  kFusedThreads);
@@ -76,12 +93,25 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   }
 }
 
-TableGeometry table_geometry(const FusedGeometry& g, bool backward) {
+// fused_backward_smem_budget on the current device.
+int64_t device_smem_budget() {
+  int device = 0, per_sm = 0, per_block = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    return 48 * 1024 - 1024;  // every device's default
+  }
+  return fused_backward_smem_budget(per_sm, per_block);
+}
+
+TableGeometry table_geometry(const FusedGeometry& g, FusedPass pass) {
   return TableGeometry{AxisGeometry{static_cast<int32_t>(g.in_h), static_cast<int32_t>(g.out_h),
                                     g.scale_h, g.bias_h},
                        AxisGeometry{static_cast<int32_t>(g.in_w), static_cast<int32_t>(g.out_w),
                                     g.scale_w, g.bias_w},
-                       g.clamp, backward};
+                       g.clamp, pass == FusedPass::Backward, pass != FusedPass::Argmax};
 }
 
 int64_t tap_bytes(DType dtype) {
@@ -98,6 +128,12 @@ FusedPlan plan(const FusedGeometry& g, Strides4 x_strides, Strides3 target_strid
                     second_size, force_index64);
 }
 
+// The strip rows fused_strip_rows picks: 8 or 2.
+template <typename F>
+cudaError_t with_strip_rows(int rows, F&& f) {
+  return rows == 8 ? f(std::integral_constant<int, 8>{}) : f(std::integral_constant<int, 2>{});
+}
+
 // The plan's pixels per thread: 4, or 1 on the 64-bit index path (compiled for that only).
 template <typename index_t, typename F>
 cudaError_t with_pixels(F&& f) {
@@ -109,20 +145,20 @@ cudaError_t with_pixels(F&& f) {
 int64_t resample_cross_entropy_workspace_bytes(DType dtype, const FusedGeometry& g,
                                                Strides4 x_strides, Strides3 target_strides,
                                                FusedPass pass, bool force_index64) {
-  const int64_t tables =
-      table_layout(table_geometry(g, pass == FusedPass::Backward), tap_bytes(dtype)).bytes;
+  const int64_t tables = table_layout(table_geometry(g, pass), tap_bytes(dtype)).bytes;
   if (pass != FusedPass::Forward) return tables;
-  const FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
-  return tables + 2 * p.grid_x * p.grid_y * acc_size(dtype);
+  FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
+  plan_fused_forward(p);
+  return tables + (2 * p.grid_x * p.grid_y + p.coarse_entries) * acc_size(dtype);
 }
 
 bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, Strides4 x_strides,
                                           double label_smoothing) {
-  const TableGeometry tg = table_geometry(g, true);
+  const TableGeometry tg = table_geometry(g, FusedPass::Backward);
   const int64_t unused[4] = {0, 0, 0, 0}, unused3[3] = {0, 0, 0};
   FusedPlan p = plan(g, x_strides, Strides3{0, 0, 0}, nullptr, 4, nullptr, 4, false);
   plan_fused_backward(p, tg.h, tg.w, static_cast<int>(acc_size(dtype)), label_smoothing > 0.0,
-                      unused, unused3);
+                      unused, unused3, device_smem_budget());
   return p.groups > 0;
 }
 
@@ -133,12 +169,15 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
                                           int64_t ignore_index, int64_t reduction,
                                           double label_smoothing, bool force_index64,
                                           cudaStream_t stream) {
-  const TableGeometry tg = table_geometry(g, false);
+  const TableGeometry tg = table_geometry(g, FusedPass::Forward);
   const int asize = static_cast<int>(acc_size(dtype));
-  const FusedPlan p = plan(g, x_strides, target_strides, lse, asize,
-                           reduction == kReductionNone ? loss : nullptr, asize, force_index64);
+  FusedPlan p = plan(g, x_strides, target_strides, lse, asize,
+                     reduction == kReductionNone ? loss : nullptr, asize, force_index64);
+  plan_fused_forward(p);
   const dim3 grid(static_cast<unsigned int>(p.grid_x), static_cast<unsigned int>(p.grid_y));
-  void* partials = static_cast<char*>(workspace) + table_layout(tg, tap_bytes(dtype)).bytes;
+  // Workspace: the tables, a (loss, weight) partial per block, the coarse maxima.
+  char* partials = static_cast<char*>(workspace) + table_layout(tg, tap_bytes(dtype)).bytes;
+  void* cmax = partials + 2 * p.grid_x * p.grid_y * asize;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_type<T>;
@@ -151,11 +190,24 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
       using index_t = decltype(index_tag);
       const auto a =
           narrow_fused_args<acc_t, index_t>(p.args, ignore_index, reduction, label_smoothing);
-      return with_pixels<index_t>([&](auto pixels) {
-        fused_forward_kernel<decltype(pixels)::value, T, index_t>
-            <<<grid, kFusedThreads, 0, stream>>>(a, t, static_cast<const T*>(x), target,
-                                                 static_cast<const acc_t*>(weight), o);
-        return cudaGetLastError();
+      if (p.coarse_entries > 0) {
+        const int64_t plane = static_cast<int64_t>(g.in_h) * g.in_w;
+        const dim3 coarse_grid(
+            static_cast<unsigned int>((plane + kFusedThreads - 1) / kFusedThreads),
+            grid_dim(g.N, 65535));
+        coarse_max_kernel<T, index_t><<<coarse_grid, kFusedThreads, 0, stream>>>(
+            a, static_cast<const T*>(x), static_cast<acc_t*>(cmax));
+        err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
+      }
+      return with_strip_rows(fused_strip_rows(g.scale_h), [&](auto rows) {
+        return with_flag(a.smoothing, [&](auto smooth) {
+          fused_forward_kernel<T, index_t, decltype(rows)::value, decltype(smooth)::value>
+              <<<grid, kFusedThreads, 0, stream>>>(a, t, static_cast<const T*>(x),
+                                                   static_cast<const acc_t*>(cmax), target,
+                                                   static_cast<const acc_t*>(weight), o);
+          return cudaGetLastError();
+        });
       });
     });
   });
@@ -168,12 +220,12 @@ cudaError_t launch_resample_cross_entropy_backward(
     int64_t ignore_index, int64_t reduction, double label_smoothing, bool force_index64,
     cudaStream_t stream) {
   if (g.N * g.C * g.in_h * g.in_w == 0 || g.out_h * g.out_w == 0) return cudaSuccess;
-  const TableGeometry tg = table_geometry(g, true);
+  const TableGeometry tg = table_geometry(g, FusedPass::Backward);
   const int64_t gxs[4] = {grad_x_strides.n, grad_x_strides.c, grad_x_strides.h, grad_x_strides.w};
   const int64_t gs[3] = {grad_strides.n, grad_strides.h, grad_strides.w};
   FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
   plan_fused_backward(p, tg.h, tg.w, static_cast<int>(acc_size(dtype)), label_smoothing > 0.0, gxs,
-                      gs);
+                      gs, device_smem_budget());
   if (p.groups == 0) return cudaErrorInvalidConfiguration;  // a factor beyond ~1000
   const dim3 grid(static_cast<unsigned int>(p.blocks), grid_dim(p.groups, 65535));
   return dispatch_dtype(dtype, [&](auto tag) {
@@ -186,11 +238,18 @@ cudaError_t launch_resample_cross_entropy_backward(
       using index_t = decltype(index_tag);
       const auto a =
           narrow_fused_args<acc_t, index_t>(p.args, ignore_index, reduction, label_smoothing);
-      fused_backward_kernel<T, index_t><<<grid, kFusedThreads, p.smem_bytes, stream>>>(
-          a, t, static_cast<const acc_t*>(grad), static_cast<const acc_t*>(weight_sum),
-          static_cast<const T*>(x), target, static_cast<const acc_t*>(weight),
-          static_cast<const acc_t*>(lse), static_cast<T*>(grad_x), p.groups);
-      return cudaGetLastError();
+      return with_flag(a.smoothing, [&](auto smooth) {
+        const auto kernel = fused_backward_kernel<T, index_t, decltype(smooth)::value>;
+        // Past 48 KB a block's dynamic shared memory must be opted in to, per kernel.
+        const cudaError_t opt_in = cudaFuncSetAttribute(
+            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes));
+        if (opt_in != cudaSuccess) return opt_in;
+        kernel<<<grid, kFusedThreads, p.smem_bytes, stream>>>(
+            a, t, static_cast<const acc_t*>(grad), static_cast<const acc_t*>(weight_sum),
+            static_cast<const T*>(x), target, static_cast<const acc_t*>(weight),
+            static_cast<const acc_t*>(lse), static_cast<T*>(grad_x), p.groups);
+        return cudaGetLastError();
+      });
     });
   });
 }
@@ -200,7 +259,7 @@ cudaError_t launch_resample_argmax(DType dtype, const FusedGeometry& g, const vo
                                    float* confidence, void* workspace, bool force_index64,
                                    cudaStream_t stream) {
   if (g.N * g.out_h * g.out_w == 0) return cudaSuccess;
-  const TableGeometry tg = table_geometry(g, false);
+  const TableGeometry tg = table_geometry(g, FusedPass::Argmax);
   const FusedPlan p = plan(g, x_strides, Strides3{0, 0, 0}, labels, labels_uint8 ? 1 : 8,
                            confidence, 4, force_index64);
   const dim3 grid(static_cast<unsigned int>(p.grid_x), static_cast<unsigned int>(p.grid_y));

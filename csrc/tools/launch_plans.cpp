@@ -108,9 +108,11 @@ int plan_fused_c(const int64_t* x_sizes, const int64_t* x_strides, const int64_t
   if (pass == 1) {
     const int64_t gxs[4] = {xsz[1] * xsz[2] * xsz[3], xsz[2] * xsz[3], xsz[3], 1};
     const int64_t gs[3] = {0, 0, 0};
-    fcn_fast::plan_fused_backward(p, axis(xsz[2], out_h, scale_bias[0], scale_bias[1]),
-                                  axis(xsz[3], out_w, scale_bias[2], scale_bias[3]), acc_size,
-                                  smoothing != 0, gxs, gs);
+    fcn_fast::plan_fused_backward(
+        p, axis(xsz[2], out_h, scale_bias[0], scale_bias[1]),
+        axis(xsz[3], out_w, scale_bias[2], scale_bias[3]), acc_size, smoothing != 0, gxs, gs,
+        fcn_fast::fused_backward_smem_budget(fcn_fast::kH100SharedPerSM,
+                                             fcn_fast::kH100SharedPerBlockOptIn));
   }
   const int64_t values[] = {p.P,
                             p.index64,

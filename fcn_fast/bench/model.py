@@ -111,9 +111,13 @@ class KernelFacts:
     unit: str  # what an element is counted by in a trip: ex2, store, load
     trip_instructions: int
     trip_elements: float
-    straight_line: int
+    straight_line: int  # a working thread's instructions outside the element loop
+    exit_path: int  # an idle thread's (one that returns at once)
     branches: int  # conditional branches in the trip's body (paths not counted)
     load_bytes_in_flight: int  # per thread, global loads outstanding at once
+    # per thread, the most global load bytes outstanding in a loop before the element loop
+    # (a staging phase, such as the fused backward's per-pixel loads into shared memory)
+    staging_in_flight: int
     widest_load: int
     widest_store: int
 
@@ -149,13 +153,21 @@ def analyse(function: sass.Function, unit: str, element_bytes: int) -> KernelFac
                 continue
             key = (elements, -trip.count)
             if best is None or key > best[0]:
-                best = (key, trip, elements)
+                best = (key, trip, elements, loop)
         if best is not None:
             break
     trip = best[1] if best else sass.Trip([], 0)
     elements = best[2] if best else 0.0
+    # A working thread's code outside the loop: its shortest way around it (the other loops
+    # once); without an element loop (a Triton program per tile), every instruction.
+    around = sass.around_loop(function, best[3]) if best else sass.straight_line(function)
     loads = [i.global_load_bytes for i in function.instrs if i.global_load_bytes]
     stores = [i.global_store_bytes for i in function.instrs if i.global_store_bytes]
+    staging = [
+        sass.trip(function, loop).load_bytes_in_flight()
+        for loop in sass.loops(function)
+        if loop.innermost and best is not None and loop.head < best[3].head
+    ]
     return KernelFacts(
         label=function.label(),
         registers=function.registers,
@@ -164,12 +176,14 @@ def analyse(function: sass.Function, unit: str, element_bytes: int) -> KernelFac
         unit=unit,
         trip_instructions=trip.count,
         trip_elements=elements,
-        straight_line=sass.straight_line(function),
+        straight_line=around,
+        exit_path=sass.exit_path(function),
         branches=trip.branches,
         # Without an element loop (a Triton program per tile) the whole body is one trip.
         load_bytes_in_flight=(
             trip if trip.instrs else sass.Trip(function.instrs, 0)
         ).load_bytes_in_flight(),
+        staging_in_flight=max(staging, default=0),
         widest_load=max(loads, default=0),
         widest_store=max(stores, default=0),
     )
@@ -188,14 +202,30 @@ class Launch:
     exps: int  # MUFU.EX2 executed (the exp unit's work)
     bytes_read: int
     bytes_written: int
+    working_threads: int | None = None  # those that do the work (None: all); the rest return
+    # The bytes are read by a staging loop before the element loop (whose own loads are
+    # cache-resident tables): Little's law with the staging loop's bytes in flight.
+    read_in_staging: bool = False
 
     @property
     def instructions(self) -> float:
-        """Thread-instructions: the element loop's trips, and the straight-line code once per
-        thread (all of a kernel without an element loop, such as Triton's tile kernels)."""
+        """Thread-instructions: the element loop's trips, the code around it once per working
+        thread (all of a kernel without an element loop, such as Triton's tile kernels), and
+        the way out of a thread that returns at once."""
         f = self.facts
         threads = self.blocks * self.threads_per_block
-        return f.per_element * self.elements + f.straight_line * threads
+        working = threads if self.working_threads is None else self.working_threads
+        return (
+            f.per_element * self.elements
+            + f.straight_line * working
+            + f.exit_path * max(threads - working, 0)
+        )
+
+    @property
+    def in_flight_per_thread(self) -> int:
+        """Global load bytes a thread keeps outstanding where the kernel reads its bytes."""
+        f = self.facts
+        return f.staging_in_flight if self.read_in_staging else f.load_bytes_in_flight
 
     def times(self, hw: Hardware) -> dict[str, float]:
         """Seconds under each bound."""
@@ -205,7 +235,7 @@ class Launch:
         resident = occupancy(
             hw, f.registers, self.threads_per_block, f.shared + self.dynamic_shared
         )
-        in_flight = f.load_bytes_in_flight * max(min(resident, threads), 1)
+        in_flight = self.in_flight_per_thread * max(min(resident, threads), 1)
         out = {
             "memory": (self.bytes_read + self.bytes_written) / hw.copy_rate,
             "issue": instructions / hw.issue_rate,
@@ -488,12 +518,14 @@ def cuda_launches(call: OpCall) -> list[Launch]:
         )  # fmt: skip
         P, index64, grid_x, grid_y, threads, smem, chunk = p[:7]
         stem = "loss_backward" if backward else "loss_forward"
+        smooth = "true" if float(a[-2]) > 0 else "false"
         if chunk > 0:
-            kernel = _cuda_kernel(f"{stem}_staged_kernel", tname, _index_name(index64))
+            kernel = _cuda_kernel(f"{stem}_staged_kernel", tname, _index_name(index64), smooth)
         else:
             kernel = _cuda_kernel(
-                f"{stem}_runs_kernel", _vector_name(es, index64, P), tname, _index_name(index64)
-            )
+                f"{stem}_runs_kernel", _vector_name(es, index64, P), tname, _index_name(index64),
+                smooth,
+            )  # fmt: skip
         n = N * C * S
         return [_launch(b, kernel, es, threads, grid_x * grid_y, smem, n, n, read, written)]
     if name in ("resample_cross_entropy", "resample_cross_entropy_backward", "resample_argmax"):
@@ -518,13 +550,30 @@ def cuda_launches(call: OpCall) -> list[Launch]:
         P, index64, grid_x, grid_y, threads, groups, blocks, smem, capacity = p[:9]
         acc = "double" if x.dtype == torch.float64 else "float"
         pairs = N * C * oh * ow
-        tables = _tables_launch(b, acc, oh + ow + (x.shape[2] + x.shape[3] if backward else 0))
+        # Table entries: taps per output row and column, the backward's adjoint ranges per input
+        # row and column, the fused passes' row runs per output row.
+        entries = oh + ow + (x.shape[2] + x.shape[3] if backward else 0)
+        tables = _tables_launch(b, acc, entries + (oh if name != "resample_argmax" else 0))
         pname = str(P if P in (1, 4) else 1)
         if name == "resample_cross_entropy":
-            kernel = _cuda_kernel("fused_forward_kernel", pname, tname, _index_name(index64))
+            # plan_fused_forward: the coarse-max pass (a thread per coarse pixel), then a thread
+            # per fine pixel, those that start a strip of R rows doing the strip's work.
+            rows = 8 if sb[0] <= 1 / 6 else 2
+            smooth = "true" if smoothing > 0 else "false"
+            kernel = _cuda_kernel(
+                "fused_forward_kernel", tname, _index_name(index64), str(rows), smooth
+            )
+            cmax = _cuda_kernel("coarse_max_kernel", tname, _index_name(index64))
+            coarse_blocks = -(-(x.shape[2] * x.shape[3]) // threads) * min(N, 65535)
+            blocks = -(-ow // threads) * min(oh, 65535)  # plan_fused_forward
+            forward = _launch(b, kernel, es, threads, blocks, 0, pairs, pairs, read, written)
+            # Each working thread runs a strip for each image (its code around the class loop
+            # N times): counted as N threads.
+            forward.working_threads = N * ow * _strips(oh, x.shape[2], sb[0], sb[1], clamp, rows)
             return [
                 tables,
-                _launch(b, kernel, es, threads, grid_x * grid_y, 0, pairs, pairs, read, written),
+                _launch(b, cmax, es, threads, coarse_blocks, 0, 0, 0, 0, 0),
+                forward,
             ]
         if name == "resample_argmax":
             label = "unsigned char" if a[8] == torch.uint8 else "long"
@@ -538,13 +587,45 @@ def cuda_launches(call: OpCall) -> list[Launch]:
             return []
         # Each block recomputes the output pixels its band and tile read: at most `capacity`.
         halo = max(1.0, blocks * capacity / (oh * ow))
-        kernel = _cuda_kernel("fused_backward_kernel", tname, _index_name(index64))
+        smooth = "true" if smoothing > 0 else "false"
+        kernel = _cuda_kernel("fused_backward_kernel", tname, _index_name(index64), smooth)
         work = int(pairs * halo)
-        return [
-            tables,
-            _launch(b, kernel, es, threads, blocks * groups, smem, work, work, read, written),
-        ]
+        # Phase P stages each block's region of pixels (target, lse and a per-pixel gradient
+        # where reduction is "none") for each group of classes; the element loop then reads
+        # only the coarse x and the tables, which the caches hold.
+        grad, lse = a[0], a[4]
+        per_pixel = target.element_size() + lse.element_size()
+        per_pixel += grad.element_size() if grad.numel() > 1 else 0
+        staged = groups * blocks * capacity * per_pixel
+        launch = _launch(
+            b, kernel, es, threads, blocks * groups, smem, work, work, staged + _tensor_bytes([x]),
+            written,
+        )  # fmt: skip
+        launch.read_in_staging = True
+        return [tables, launch]
     raise KeyError(f"no CUDA launch model for fcn_fast::{name}")
+
+
+def _strips(out_h, in_h, scale, bias, clamp, rows) -> int:
+    """Strips of the fused forward: runs of output rows reading the same input rows (the
+    tables' row_run_start, in Python), each cut into pieces of `rows`."""
+
+    def taps(Y):
+        s = Y * scale + bias
+        if clamp:
+            i0 = min(int(max(s, 0.0)), in_h - 1)
+            return (i0, min(i0 + 1, in_h - 1))
+        i0 = math.floor(s)
+        return (min(max(i0, 0), in_h - 1), min(max(i0 + 1, 0), in_h - 1), i0 < 0, i0 + 1 >= in_h)
+
+    strips, run = 0, 0
+    for Y in range(out_h):
+        if Y > 0 and taps(Y) == taps(Y - 1):
+            run += 1
+        else:
+            run = 0
+        strips += run % rows == 0
+    return strips
 
 
 # ------------------------------------------------------------------------------- triton launches
@@ -808,7 +889,7 @@ class Row:
             bound=out["h100"]["bound"],
             registers=main.facts.registers,
             warps_per_sm=main.resident_warps(H100),
-            bytes_in_flight_per_sm=main.facts.load_bytes_in_flight * main.resident_warps(H100) * 32,
+            bytes_in_flight_per_sm=main.in_flight_per_thread * main.resident_warps(H100) * 32,
         )
         for launch in self.launches:
             f = launch.facts
@@ -831,8 +912,8 @@ class Row:
                     "instructions_per_element": round(launch.instructions / launch.elements, 2),
                     "elements": launch.elements,
                     "exps": launch.exps,
-                    "load_bytes_in_flight_per_thread": f.load_bytes_in_flight,
-                    "bytes_in_flight_per_sm": f.load_bytes_in_flight
+                    "load_bytes_in_flight_per_thread": launch.in_flight_per_thread,
+                    "bytes_in_flight_per_sm": launch.in_flight_per_thread
                     * launch.resident_warps(H100)
                     * 32,
                     "widest_load_bytes": f.widest_load,
@@ -891,7 +972,7 @@ def _torch_argmax(case, calls) -> list[Launch]:
     if case.op not in ARGMAX_OPS:
         return []
     z = calls[-1].outputs[0]
-    facts = KernelFacts("torch argmax", 0, 0, 0, "", 0, 0.0, 0, 0, 0, 0, 0)
+    facts = KernelFacts("torch argmax", 0, 0, 0, "", 0, 0.0, 0, 0, 0, 0, 0, 0)
     labels = z.numel() // z.shape[1] * 8
     return [Launch("torch", facts, 256, 0, 0, 0, 0, z.numel() * z.element_size(), labels)]
 
@@ -966,7 +1047,7 @@ def checks(rows: list[Row], hw: Hardware = H100) -> list[Check]:
                 out.append(
                     Check(key, f"{name}: % of copy", 100 * moved / hw.copy_rate / t, 85, True, auto)
                 )
-                in_flight = launch.facts.load_bytes_in_flight * launch.resident_warps(hw) * 32
+                in_flight = launch.in_flight_per_thread * launch.resident_warps(hw) * 32
                 out.append(
                     Check(key, f"{name}: KB in flight per SM", in_flight / 1024, 32, True, auto)
                 )

@@ -200,7 +200,9 @@ def disassemble(cubin: str) -> list[Function]:
     resources = parse_resource_usage(usage.stdout)
     for f in functions:
         r = resources.get(f.mangled, {})
-        f.registers, f.shared, f.local = r.get("REG", 0), r.get("SHARED", 0), r.get("LOCAL", 0)
+        # Spilled registers live in the stack frame (STACK), local arrays in LOCAL.
+        f.registers, f.shared = r.get("REG", 0), r.get("SHARED", 0)
+        f.local = r.get("LOCAL", 0) + r.get("STACK", 0)
     demangle(functions)
     return functions
 
@@ -371,8 +373,54 @@ def trip(function: Function, loop: Loop) -> Trip:
 
 
 def straight_line(function: Function) -> int:
-    """Instructions outside every loop (run about once per thread)."""
+    """Instructions outside every loop (an upper bound of what a thread runs once)."""
     inside = set()
     for loop in loops(function):
         inside.update(range(loop.head, loop.back + 1))
     return sum(1 for k in range(len(function.instrs)) if k not in inside)
+
+
+def shortest_path(function: Function, start: int, stop) -> int:
+    """Instructions on the shortest path from instruction `start` to one where stop(index) holds
+    (inclusive), along forward branches and fall-throughs (each loop's body once: its back edge
+    is never taken). Returns a large number when no instruction satisfies stop."""
+    instrs = function.instrs
+    index = {instr.addr: k for k, instr in enumerate(instrs)}
+    inf = 1 << 30
+    best = [inf] * (len(instrs) + 1)
+    for k in range(len(instrs) - 1, start - 1, -1):
+        if stop(k):
+            best[k] = 1
+            continue
+        instr = instrs[k]
+        options = []
+        unconditional = instr.pred in ("", "@PT") and instr.base in ("BRA", "EXIT", "RET")
+        if not unconditional and k + 1 < len(instrs):  # a predicated branch may fall through
+            options.append(k + 1)
+        target = instr.target
+        if target is not None and target > instr.addr and target in index:
+            options.append(index[target])
+        if (
+            instr.base == "BRA"
+            and target is not None
+            and target <= instr.addr
+            and k + 1 < len(instrs)
+        ):
+            options.append(k + 1)  # a back edge: leave the loop instead
+        values = [best[o] for o in options if best[o] < inf]
+        if values:
+            best[k] = 1 + min(values)
+    return best[start]
+
+
+def exit_path(function: Function) -> int:
+    """Instructions a thread that returns at once runs: the shortest path to an EXIT."""
+    return shortest_path(function, 0, lambda k: function.instrs[k].base == "EXIT")
+
+
+def around_loop(function: Function, loop: Loop) -> int:
+    """Instructions a thread runs outside `loop` on the shortest way through it: from the entry
+    to the loop's head, and from the instruction after its back edge to an EXIT."""
+    before = shortest_path(function, 0, lambda k: k == loop.head) - 1
+    after = shortest_path(function, loop.back + 1, lambda k: function.instrs[k].base == "EXIT")
+    return before + after

@@ -79,14 +79,14 @@ std::vector<unsigned char> build_tables(const TableGeometry& g, ResampleTables<a
 }
 
 TableGeometry table_geometry(const int64_t* sizes_in_out, const double* scale_bias, int clamp,
-                             bool backward) {
+                             bool backward, bool runs = false) {
   // sizes_in_out: in_h, in_w, out_h, out_w
   return TableGeometry{
       AxisGeometry{static_cast<int32_t>(sizes_in_out[0]), static_cast<int32_t>(sizes_in_out[2]),
                    scale_bias[0], scale_bias[1]},
       AxisGeometry{static_cast<int32_t>(sizes_in_out[1]), static_cast<int32_t>(sizes_in_out[3]),
                    scale_bias[2], scale_bias[3]},
-      clamp != 0, backward};
+      clamp != 0, backward, runs};
 }
 
 template <typename F>
@@ -320,9 +320,11 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
                            chunk, np * a.C, plan.staged_vector, t, kLossThreads);
               }
               for (int t = 0; t < kLossThreads; ++t) {
-                const LossPartial<T> part = loss_forward_pixels<1>(
-                    a, chunk + t * a.C, index_t(1), static_cast<index_t>(a.C), false, n, s0 + t,
-                    t < np ? 1 : 0, target, w, static_cast<T*>(lse), loss_none, flags);
+                const LossPartial<T> part = with_flag(a.smoothing, [&](auto smooth) {
+                  return loss_forward_pixels<1, decltype(smooth)::value>(
+                      a, chunk + t * a.C, index_t(1), static_cast<index_t>(a.C), false, n, s0 + t,
+                      t < np ? 1 : 0, target, w, static_cast<T*>(lse), loss_none, flags);
+                });
                 l[t] += part.loss;
                 wt[t] += part.weight;
               }
@@ -336,10 +338,12 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
                 for (int32_t n = static_cast<int32_t>(by); n < a.N;
                      n += static_cast<int32_t>(plan.grid_y)) {
                   const int count = a.S - s0 < P ? a.S - s0 : P;
-                  const LossPartial<T> part = loss_forward_pixels<P>(
-                      a, x + static_cast<index_t>(n) * a.xn + static_cast<index_t>(s0) * a.xs, a.xc,
-                      a.xs, a.x_vector, n, s0, count, target, w, static_cast<T*>(lse), loss_none,
-                      flags);
+                  const LossPartial<T> part = with_flag(a.smoothing, [&](auto smooth) {
+                    return loss_forward_pixels<P, decltype(smooth)::value>(
+                        a, x + static_cast<index_t>(n) * a.xn + static_cast<index_t>(s0) * a.xs,
+                        a.xc, a.xs, a.x_vector, n, s0, count, target, w, static_cast<T*>(lse),
+                        loss_none, flags);
+                  });
                   l[t] += part.loss;
                   wt[t] += part.weight;
                 }
@@ -404,10 +408,12 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
               }
               for (int t = 0; t < kLossThreads; ++t) {
                 T* pixel = chunk + t * a.C;
-                loss_backward_pixels<1>(a, pixel, index_t(1), static_cast<index_t>(a.C), false,
-                                        pixel, index_t(1), static_cast<index_t>(a.C), false, n,
-                                        s0 + t, t < np ? 1 : 0, g, scale, target, w,
-                                        static_cast<const T*>(lse), wtotal);
+                with_flag(a.smoothing, [&](auto smooth) {
+                  loss_backward_pixels<1, decltype(smooth)::value>(
+                      a, pixel, index_t(1), static_cast<index_t>(a.C), false, pixel, index_t(1),
+                      static_cast<index_t>(a.C), false, n, s0 + t, t < np ? 1 : 0, g, scale, target,
+                      w, static_cast<const T*>(lse), wtotal);
+                });
               }
               for (int t = 0; t < kLossThreads; ++t) {
                 copy_chunk(static_cast<const T*>(chunk),
@@ -425,12 +431,14 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
                 const int count = a.S - s0 < P ? a.S - s0 : P;
                 for (int32_t n = static_cast<int32_t>(by); n < a.N;
                      n += static_cast<int32_t>(plan.grid_y)) {
-                  loss_backward_pixels<P>(
-                      a, x + static_cast<index_t>(n) * a.xn + static_cast<index_t>(s0) * a.xs, a.xc,
-                      a.xs, a.x_vector,
-                      o + static_cast<index_t>(n) * a.on + static_cast<index_t>(s0) * a.os, a.oc,
-                      a.os, a.out_vector, n, s0, count, g, scale, target, w,
-                      static_cast<const T*>(lse), wtotal);
+                  with_flag(a.smoothing, [&](auto smooth) {
+                    loss_backward_pixels<P, decltype(smooth)::value>(
+                        a, x + static_cast<index_t>(n) * a.xn + static_cast<index_t>(s0) * a.xs,
+                        a.xc, a.xs, a.x_vector,
+                        o + static_cast<index_t>(n) * a.on + static_cast<index_t>(s0) * a.os, a.oc,
+                        a.os, a.out_vector, n, s0, count, g, scale, target, w,
+                        static_cast<const T*>(lse), wtotal);
+                  });
                 }
               }
             });
@@ -454,11 +462,12 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {ts[0], ts[1], ts[2]};
     const int64_t io[4] = {x_sizes[2], x_sizes[3], out_h, out_w};
-    const TableGeometry tg = table_geometry(io, scale_bias, clamp, false);
+    const TableGeometry tg = table_geometry(io, scale_bias, clamp, false, true);
     const int esize = dtype == 0 ? 4 : 8;
-    const FusedPlan plan =
+    FusedPlan plan =
         plan_fused(x4, xs4, ts3, out_h, out_w, lse, esize,
                    reduction == kReductionNone ? loss : nullptr, esize, force64 != 0, pixels);
+    plan_fused_forward(plan);
     chosen[0] = plan.P;
     chosen[1] = plan.index64;
     chosen[2] = plan.args.pixel_vector;
@@ -470,28 +479,44 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
       const auto a =
           narrow_fused_args<T, index_t>(plan.args, ignore_index, reduction, label_smoothing);
       T* loss_none = reduction == kReductionNone ? static_cast<T*>(loss) : nullptr;
+      // coarse_max_kernel, then fused_forward_kernel
+      std::vector<T> cmax(static_cast<size_t>(plan.coarse_entries) + 1,
+                          std::numeric_limits<T>::quiet_NaN());
+      for (int32_t n = 0; n < a.N; ++n) {
+        for (int32_t rest = 0; rest < a.in_h * a.in_w; ++rest) {
+          coarse_max_entry(a, static_cast<const T*>(x), n, rest, cmax.data());
+        }
+      }
       GridReduction<T> sums;
       std::vector<T> l(kFusedThreads), wt(kFusedThreads);
-      with_vector(plan.P, [&](auto width) {
-        constexpr int P = decltype(width)::value;
-        for (int64_t by = 0; by < plan.grid_y; ++by) {
-          for (int64_t bx = 0; bx < plan.grid_x; ++bx) {
-            for (int th = 0; th < kFusedThreads; ++th) {
-              const int32_t q0 = (static_cast<int32_t>(bx) * kFusedThreads + th) * P;
-              l[th] = wt[th] = T(0);
-              for (int32_t n = static_cast<int32_t>(by); n < a.N;
-                   n += static_cast<int32_t>(plan.grid_y)) {
-                const LossPartial<T> part = fused_forward_pixels<P>(
-                    a, t, static_cast<const T*>(x), target, static_cast<const T*>(weight),
-                    static_cast<T*>(lse), loss_none, flags, n, q0);
+      const bool eight = fused_strip_rows(scale_bias[0]) == 8;
+      for (int64_t by = 0; by < plan.grid_y; ++by) {
+        for (int64_t bx = 0; bx < plan.grid_x; ++bx) {
+          for (int th = 0; th < kFusedThreads; ++th) {
+            const int32_t X = static_cast<int32_t>(bx) * kFusedThreads + th;
+            l[th] = wt[th] = T(0);
+            for (int32_t Y = static_cast<int32_t>(by); Y < a.out_h;
+                 Y += static_cast<int32_t>(plan.grid_y)) {
+              if (eight ? !starts_strip<8>(t, Y) : !starts_strip<2>(t, Y)) continue;
+              for (int32_t n = 0; n < a.N; ++n) {
+                const auto strip = [&](auto rows, auto smooth) {
+                  return fused_forward_strip<decltype(rows)::value, decltype(smooth)::value>(
+                      a, t, static_cast<const T*>(x), cmax.data(), target,
+                      static_cast<const T*>(weight), static_cast<T*>(lse), loss_none, flags, n, Y,
+                      X);
+                };
+                const LossPartial<T> part = with_flag(a.smoothing, [&](auto smooth) {
+                  return eight ? strip(std::integral_constant<int, 8>{}, smooth)
+                               : strip(std::integral_constant<int, 2>{}, smooth);
+                });
                 l[th] += part.loss;
                 wt[th] += part.weight;
               }
             }
-            sums.block(l, wt);
           }
+          sums.block(l, wt);
         }
-      });
+      }
       sums.finish(kFusedThreads, reduction, static_cast<T*>(loss), static_cast<T*>(weight_sum));
     });
   });
@@ -511,13 +536,14 @@ int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const
     const int64_t gxs4[4] = {gxs[0], gxs[1], gxs[2], gxs[3]};
     const int64_t gs3[3] = {gstrides[0], gstrides[1], gstrides[2]};
     const int64_t io[4] = {x_sizes[2], x_sizes[3], out_h, out_w};
-    const TableGeometry tg = table_geometry(io, scale_bias, clamp, true);
+    const TableGeometry tg = table_geometry(io, scale_bias, clamp, true, true);
     const int esize = dtype == 0 ? 4 : 8;
     FusedPlan plan =
         plan_fused(x4, xs4, ts3, out_h, out_w, nullptr, esize, nullptr, esize, force64 != 0, 0);
     const int64_t no_strides[3] = {0, 0, 0};
     plan_fused_backward(plan, tg.h, tg.w, esize, label_smoothing > 0.0, gxs4,
-                        reduction == kReductionNone ? gs3 : no_strides);
+                        reduction == kReductionNone ? gs3 : no_strides,
+                        fused_backward_smem_budget(kH100SharedPerSM, kH100SharedPerBlockOptIn));
     chosen[0] = plan.args.layout.Cg;
     chosen[1] = plan.index64;
     chosen[2] = plan.args.layout.interleaved;
@@ -553,8 +579,11 @@ int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const
                                  coefs, th, kFusedThreads);
           }
           for (int th = 0; th < kFusedThreads; ++th) {
-            fused_backward_rows<T>(a, b, t, static_cast<const T*>(x), w, coefs, vsum, th,
-                                   kFusedThreads);
+            with_flag(a.smoothing, [&](auto smooth) {
+              fused_backward_rows<decltype(smooth)::value, T>(a, b, t, static_cast<const T*>(x), w,
+                                                              coefs, vsum, th, kFusedThreads);
+              return 0;
+            });
           }
           for (int th = 0; th < kFusedThreads; ++th) {
             backward_columns<T, index_t>(a.layout, b, t, vsum, static_cast<T*>(grad_x), a.grad_x,

@@ -86,6 +86,14 @@ FCN_HD void store_pack(T* p, const Pack<T, V>& pack) {
   *reinterpret_cast<Pack<T, V>*>(p) = pack;
 }
 
+// Element k of a pack as the accumulation type (csrc/cuda/common.cuh overloads it for
+// bfloat16: one shift or mask of the 32-bit word that holds the element, not an extract and a
+// shift).
+template <typename T, int V>
+FCN_HD acc_type<T> pack_acc(const Pack<T, V>& pack, int k) {
+  return ElementOps<T>::to_acc(pack.v[k]);
+}
+
 // V elements starting at p as accumulators. vector: one aligned access (the caller has
 // checked alignment); else `count` (<= V) scalar reads at p[k * stride], the rest 0.
 template <int V, typename T, typename index_t>

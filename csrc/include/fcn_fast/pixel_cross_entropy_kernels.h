@@ -17,12 +17,76 @@
 // sync): deterministic.
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "fcn_fast/element_access.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 
 namespace fcn_fast {
 
 constexpr int kLossThreads = 256;
+
+// The GPU kernels take their exps in base 2: exp(x - m) = 2^(x log2e - m log2e), one FFMA with
+// m log2e kept per pixel and one MUFU.EX2 (ex2.approx.ftz.f32: relative error below 2^-22,
+// far inside float's 1e-5; a result below 2^-126 flushes to 0, nothing in a sum whose largest
+// term is 1). Where precise expf would cost ~10 instructions. Host code (the CPU emulation of
+// the kernels) takes exp2f; double, exp2.
+template <typename T>
+FCN_HD constexpr T log2e() {
+  return static_cast<T>(1.4426950408889634);
+}
+FCN_HD float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+FCN_HD double fast_exp2(double x) { return exp2(x); }
+
+// The softmax statistics of one pixel, K classes at a time (the kernels load K class rows,
+// then do their arithmetic): one max over the chunk, one rescale of the running sum per chunk,
+// one FFMA + EX2 + FADD per logit. No branch per logit: a logit whose exp would be -inf - -inf
+// (every logit so far -inf) is shifted by 0 instead of the -inf max, so -inf logits add 0 and
+// the loss stays finite, as in PyTorch; a NaN or +inf logit makes the sum NaN. SMOOTH also
+// keeps swx = sum w (x - m), relative to the max (terms of one sign: no cancellation).
+template <typename T, bool SMOOTH>
+struct ChunkLse {
+  T m = neg_inf<T>();  // max so far (NaN logits skipped: they poison s instead)
+  T s = T(0);          // sum 2^((x - m) log2e)
+  T swx = T(0);        // SMOOTH: sum w (x - m)
+  T wsum = T(0);       // SMOOTH: sum w
+
+  // The shift that exps are taken against: m, or 0 while every logit is -inf.
+  static FCN_HD T safe(T m) { return m == neg_inf<T>() ? T(0) : m; }
+
+  // classes < K: only the first `classes` are logits (the rest, padding, are -inf).
+  template <int K>
+  FCN_HD void add(const T (&x)[K], const T (&w)[K], int classes = K) {
+    T cm = x[0];
+#pragma unroll
+    for (int k = 1; k < K; ++k) cm = fmax(cm, x[k]);
+    const T m_new = fmax(m, cm);
+    const T shift = safe(m_new), shift2 = shift * log2e<T>();
+    // The old m, not safe(m): while it is -inf the factor is 2^-inf = 0 (s is 0 anyway),
+    // where a shift of 0 could overflow to inf and make 0 * inf.
+    s *= fast_exp2(fcn_fma(m, log2e<T>(), -shift2));
+    if (SMOOTH) {
+      if (wsum != T(0)) swx = fcn_fma(wsum, m - shift, swx);
+    }
+    m = m_new;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      s += fast_exp2(fcn_fma(x[k], log2e<T>(), -shift2));
+      if (SMOOTH && k < classes) {
+        swx = fcn_fma(w[k], x[k] - shift, swx);
+        wsum += w[k];
+      }
+    }
+  }
+};
 
 template <typename acc_t, typename index_t>
 struct LossArgs {
@@ -59,13 +123,14 @@ FCN_HD bool counted_target(const Args& a, int64_t tv) {
   return tv != a.ignore_index && tv >= 0 && tv < a.C;
 }
 
-// One pixel's step after its class loop st: lse_out, and for a counted target tv its loss
-// (added to part); target_logit(tv) reads the target's logit. A target outside [0, C) that is
-// not ignore_index sets *error_flag (every writer stores the same value: no atomic needed).
-template <typename Args, typename acc_t, typename TargetLogit>
-FCN_HD void finish_pixel_loss(const Args& a, const OnlineLse<acc_t>& st, int64_t tv,
-                              const acc_t* weight, TargetLogit target_logit, acc_t& lse_out,
-                              acc_t& loss_out, LossPartial<acc_t>& part, int* error_flag) {
+// One pixel's step after its class loop st (ChunkLse or OnlineLse): lse_out, and for a counted
+// target tv its loss (added to part); target_logit(tv) reads the target's logit. A target outside
+// [0, C) that is not ignore_index sets *error_flag (every writer stores the same value: no atomic
+// needed).
+template <typename Args, typename State, typename acc_t, typename TargetLogit>
+FCN_HD void finish_pixel_loss(const Args& a, const State& st, int64_t tv, const acc_t* weight,
+                              TargetLogit target_logit, acc_t& lse_out, acc_t& loss_out,
+                              LossPartial<acc_t>& part, int* error_flag) {
   const acc_t logs = fcn_log(st.s);
   lse_out = st.m + logs;
   if (!counted_target(a, tv)) {
@@ -91,11 +156,117 @@ FCN_HD GradCoef<acc_t> pixel_grad_coef(const Args& a, int64_t tv, const acc_t* w
                    weight == nullptr ? acc_t(1) : weight[tv], wtotal, a.eps, a.eps_over_c);
 }
 
+// Classes per step of the pixel loops: K class rows of the thread's P pixels are loaded before
+// any arithmetic on them, and the next K while these are computed, so up to 2 K loads of 16
+// bytes are in flight a thread (32 KB or more a multiprocessor at 512 threads). The last C % K
+// classes take one masked step. The element loads (a row's last pixels, misaligned tensors)
+// take one class a step: fewer registers for a path the fast one's occupancy should not pay
+// for; so do the smoothing sums of 8 pixels of 16 bits, 2 in the forward and 1 in the backward
+// (they would spill at 4 and 2).
+template <bool VECTOR, bool SMOOTH, bool BACKWARD, typename T>
+FCN_HD constexpr int loss_class_step() {
+  return !VECTOR ? 1 : (SMOOTH && sizeof(T) == 2 ? (BACKWARD ? 1 : 2) : 4);
+}
+
+// K class rows of a thread's P pixels as loaded. VECTOR: each row one aligned 16-byte pack,
+// kept in the element type until used (a bf16 pack is 4 registers, not 8 floats); else
+// element loads of the first `count` pixels, converted at once. Rows past `classes` (the
+// last step's padding) read as -inf: they add nothing.
+template <int K, int P, bool VECTOR, typename T>
+struct ClassRows;
+
+template <int K, int P, typename T>
+struct ClassRows<K, P, true, T> {
+  Pack<T, P> row[K];
+
+  template <typename index_t>
+  FCN_HD void load(const T* px, index_t sc, index_t, int, int classes) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k < classes) row[k] = load_pack<P>(px + static_cast<index_t>(k) * sc);
+    }
+  }
+  FCN_HD acc_type<T> at(int k, int p, int classes) const {
+    return k < classes ? pack_acc(row[k], p) : neg_inf<acc_type<T>>();
+  }
+};
+
+template <int K, int P, typename T>
+struct ClassRows<K, P, false, T> {
+  acc_type<T> row[K][P];
+
+  template <typename index_t>
+  FCN_HD void load(const T* px, index_t sc, index_t ss, int count, int classes) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k < classes) load_run<P>(px + static_cast<index_t>(k) * sc, ss, count, false, row[k]);
+    }
+  }
+  FCN_HD acc_type<T> at(int k, int p, int classes) const {
+    return k < classes ? row[k][p] : neg_inf<acc_type<T>>();
+  }
+};
+
+// Runs step(rows, c0, classes) over classes 0 .. C - 1, K at a time: the next K rows are loaded
+// before a step's arithmetic, into two buffers used in turn (no register copies, no branch per
+// step; a last full step reloads its own rows, from L1). The last C % K classes take one
+// masked step.
+template <int K, int P, bool VECTOR, typename T, typename index_t, typename Step>
+FCN_HD void for_class_steps(int32_t C, const T* px, index_t sc, index_t ss, int count,
+                            Step&& step) {
+  const int32_t full = C / K * K;
+  ClassRows<K, P, VECTOR, T> a, b;
+  int32_t c0 = 0;
+  if (full > 0) a.load(px, sc, ss, count, K);
+  for (; c0 + 2 * K <= full; c0 += 2 * K) {
+    b.load(px + static_cast<index_t>(c0 + K) * sc, sc, ss, count, K);
+    step(a, c0, K);
+    const int32_t c_next = c0 + 2 * K < full ? c0 + 2 * K : c0;
+    a.load(px + static_cast<index_t>(c_next) * sc, sc, ss, count, K);
+    step(b, c0 + K, K);
+  }
+  if (c0 < full) step(a, c0, K);
+  if (full < C) {
+    a.load(px + static_cast<index_t>(full) * sc, sc, ss, count, C - full);
+    step(a, full, C - full);
+  }
+}
+
+// The class weights of classes c0 .. c0 + K - 1 for the smoothing sums (0 past C).
+template <int K, typename acc_t>
+FCN_HD void class_weights(const acc_t* weight, int32_t c0, int classes, acc_t (&w)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    w[k] = k < classes ? (weight == nullptr ? acc_t(1) : weight[c0 + k]) : acc_t(0);
+  }
+}
+
+// The softmax statistics of P pixels over all classes (pixel_cross_entropy_math.h's ChunkLse).
+template <int P, bool SMOOTH, bool VECTOR, typename T, typename index_t>
+FCN_HD void pixels_lse(int32_t C, const T* px, index_t sc, index_t ss, int count,
+                       const acc_type<T>* weight, ChunkLse<acc_type<T>, SMOOTH> (&st)[P]) {
+  using acc_t = acc_type<T>;
+  constexpr int K = loss_class_step<VECTOR, SMOOTH, false, T>();
+  acc_t w[K];
+  for_class_steps<K, P, VECTOR>(
+      C, px, sc, ss, count, [&](const ClassRows<K, P, VECTOR, T>& rows, int32_t c0, int classes) {
+        if (SMOOTH) class_weights<K>(weight, c0, classes, w);
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          acc_t x[K];
+#pragma unroll
+          for (int k = 0; k < K; ++k) x[k] = rows.at(k, p, classes);
+          st[p].add(x, w, classes);
+        }
+      });
+}
+
 // Loss of P pixels s0 .. s0 + count - 1 of image n, whose logits start at px (class c of
 // pixel p at px[c * sc + p * ss]; in global memory or a staged chunk). Writes lse and, for
 // reduction none, the loss; flags a target outside [0, C) that is not ignore_index; returns
-// the sums of loss and target weight over the valid pixels.
-template <int P, typename T, typename index_t>
+// the sums of loss and target weight over the valid pixels. SMOOTH: label smoothing's sums
+// (a.smoothing); vector: the P pixels are one aligned 16-byte run in every class row.
+template <int P, bool SMOOTH, typename T, typename index_t>
 FCN_HD LossPartial<acc_type<T>> loss_forward_pixels(const LossArgs<acc_type<T>, index_t>& a,
                                                     const T* px, index_t sc, index_t ss,
                                                     bool vector, int32_t n, int32_t s0, int count,
@@ -105,14 +276,13 @@ FCN_HD LossPartial<acc_type<T>> loss_forward_pixels(const LossArgs<acc_type<T>, 
   using acc_t = acc_type<T>;
   LossPartial<acc_t> part{acc_t(0), acc_t(0)};
   if (count <= 0) return part;
-  OnlineLse<acc_t> st[P];
-#pragma unroll 4
-  for (int32_t c = 0; c < a.C; ++c) {
-    acc_t v[P];
-    load_run<P>(px + static_cast<index_t>(c) * sc, ss, count, vector, v);
-    const acc_t wc = (a.smoothing && weight != nullptr) ? weight[c] : acc_t(1);
-#pragma unroll
-    for (int p = 0; p < P; ++p) st[p].add(v[p], wc, a.smoothing);
+  ChunkLse<acc_t, SMOOTH> st[P];
+  // One loop per way of loading, each without a branch per class (only a thread at the end of
+  // an image row, or a misaligned tensor, takes the element loads).
+  if (P > 1 && vector && count == P) {
+    pixels_lse<P, SMOOTH, true>(a.C, px, sc, ss, count, weight, st);
+  } else {
+    pixels_lse<P, SMOOTH, false>(a.C, px, sc, ss, count, weight, st);
   }
   acc_t lse_out[P], loss_out[P];
 #pragma unroll
@@ -143,10 +313,39 @@ FCN_HD acc_t reduced_grad_scale(int32_t reduction, const acc_t* grad, const acc_
   return reduction == kReductionMean ? grad[0] / weight_sum[0] : grad[0];
 }
 
+// The gradient of every class of P pixels but their targets': p[c] * a - d * w[c], with
+// p = 2^(x log2e - lse2) (lse2 = lse log2e per pixel).
+template <int P, bool SMOOTH, bool VECTOR, typename T, typename index_t>
+FCN_HD void pixels_grad(int32_t C, const T* px, index_t sc, index_t ss, T* po, index_t oc,
+                        index_t os, int count, const acc_type<T>* weight,
+                        const acc_type<T> (&lse2)[P], const GradCoef<acc_type<T>> (&coef)[P]) {
+  using acc_t = acc_type<T>;
+  constexpr int K = loss_class_step<VECTOR, SMOOTH, true, T>();
+  acc_t w[K];
+  for_class_steps<K, P, VECTOR>(
+      C, px, sc, ss, count, [&](const ClassRows<K, P, VECTOR, T>& rows, int32_t c0, int classes) {
+        if (SMOOTH) class_weights<K>(weight, c0, classes, w);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          if (k >= classes) break;
+          acc_t g[P];
+#pragma unroll
+          for (int p = 0; p < P; ++p) {
+            const acc_t prob = fast_exp2(fcn_fma(rows.at(k, p, K), log2e<acc_t>(), -lse2[p]));
+            g[p] = SMOOTH ? fcn_fma(prob, coef[p].a, -coef[p].d * w[k]) : prob * coef[p].a;
+          }
+          store_run<P>(po + static_cast<index_t>(c0 + k) * oc, os, count, VECTOR, g);
+        }
+      });
+}
+
 // d loss / d logits of P pixels: grad_logits[c * oc + p * os] from po, logits as in
 // loss_forward_pixels; the softmax is recomputed from the saved lse. wtotal: the class
-// weight total (smoothing only); scale: reduced_grad_scale.
-template <int P, typename T, typename index_t>
+// weight total (smoothing only); scale: reduced_grad_scale. Every class is written as
+// p * a - d * w[c], then each pixel's target element again, less b (the same thread's later
+// store: program order), instead of a compare and select per element. The target's value is
+// computed before the class loop (the staged kernel writes the gradient over the logits).
+template <int P, bool SMOOTH, typename T, typename index_t>
 FCN_HD void loss_backward_pixels(const LossArgs<acc_type<T>, index_t>& a, const T* px, index_t sc,
                                  index_t ss, bool vector_in, T* po, index_t oc, index_t os,
                                  bool vector_out, int32_t n, int32_t s0, int count,
@@ -157,30 +356,37 @@ FCN_HD void loss_backward_pixels(const LossArgs<acc_type<T>, index_t>& a, const 
   if (count <= 0) return;
   GradCoef<acc_t> coef[P];
   int32_t tc[P];
-  acc_t l[P];
+  acc_t lse2[P], target_grad[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     coef[p] = GradCoef<acc_t>{acc_t(0), acc_t(0), acc_t(0)};
     tc[p] = -1;
-    l[p] = acc_t(0);
+    lse2[p] = acc_t(0);
+    target_grad[p] = acc_t(0);
     if (p >= count) continue;
     const index_t s = s0 + p;
-    l[p] = lse[static_cast<index_t>(n) * a.S + s];
+    // A pixel whose logits are all -inf has lse -inf: its exps are taken against 0 (each 0,
+    // not -inf - -inf), as the forward's.
+    lse2[p] = ChunkLse<acc_t, false>::safe(lse[static_cast<index_t>(n) * a.S + s]) * log2e<acc_t>();
     const int64_t tv = target[static_cast<index_t>(n) * a.tn + s * a.ts];
     coef[p] = pixel_grad_coef(a, tv, weight, scale, wtotal,
                               [&] { return grad[static_cast<index_t>(n) * a.gn + s * a.gs]; });
-    tc[p] = counted_target(a, tv) ? static_cast<int32_t>(tv) : -1;
+    if (!counted_target(a, tv)) continue;
+    tc[p] = static_cast<int32_t>(tv);
+    const acc_t xt = load_acc(px + static_cast<index_t>(tv) * sc + static_cast<index_t>(p) * ss);
+    const acc_t wt = SMOOTH && weight != nullptr ? weight[tv] : acc_t(1);
+    target_grad[p] = grad_element(fast_exp2(fcn_fma(xt, log2e<acc_t>(), -lse2[p])), coef[p],
+                                  SMOOTH ? wt : acc_t(0), true);
   }
-#pragma unroll 4
-  for (int32_t c = 0; c < a.C; ++c) {
-    acc_t v[P], g[P];
-    load_run<P>(px + static_cast<index_t>(c) * sc, ss, count, vector_in, v);
-    const acc_t wc = (a.smoothing && weight != nullptr) ? weight[c] : acc_t(1);
+  if (P > 1 && vector_in && vector_out && count == P) {
+    pixels_grad<P, SMOOTH, true>(a.C, px, sc, ss, po, oc, os, count, weight, lse2, coef);
+  } else {
+    pixels_grad<P, SMOOTH, false>(a.C, px, sc, ss, po, oc, os, count, weight, lse2, coef);
+  }
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      g[p] = grad_element(fcn_exp(shifted_logit(v[p], l[p])), coef[p], wc, c == tc[p]);
-    }
-    store_run<P>(po + static_cast<index_t>(c) * oc, os, count, vector_out, g);
+  for (int p = 0; p < P; ++p) {
+    if (p >= count || tc[p] < 0) continue;
+    store_acc(po + static_cast<index_t>(tc[p]) * oc + static_cast<index_t>(p) * os, target_grad[p]);
   }
 }
 
@@ -220,6 +426,13 @@ acc_t block_sum_in_gpu_order(acc_t* values, int32_t threads) {
 }
 
 // ---- Host-side plan (shared by the launchers and the CPU emulation) ----
+
+// Calls f(std::true_type) or f(std::false_type): a runtime flag as the template argument of a
+// kernel, so that each kernel's code holds one path (smoothing or not).
+template <typename F>
+auto with_flag(bool flag, F&& f) {
+  return flag ? f(std::true_type{}) : f(std::false_type{});
+}
 
 struct LossPlan {
   int P;  // pixels per thread on the pixel-run path (1 on the staged path)

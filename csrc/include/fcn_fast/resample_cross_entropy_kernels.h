@@ -144,6 +144,191 @@ FCN_HD LossPartial<acc_type<T>> fused_forward_pixels(const FusedArgs<acc_type<T>
   return part;
 }
 
+// ---- Forward in column strips: the loss of up to R fine rows of one fine column ----
+//
+// Rows that read the same two coarse rows form runs (an upsampling by f has runs of about f
+// rows; the tables give each row its run's first row). A strip is R consecutive rows of one
+// run (a run is cut into strips from its start); a thread owns one strip of one fine column
+// X of image n and walks the classes: per class one pair of horizontal blends of the two
+// coarse rows (2 or 4 loads of the small coarse x, L1 hits), and per (pixel, class) the
+// vertical blend, one FFMA + EX2 for the exp and one FADD. The exps are taken against a bound
+// M of each pixel's logits instead of their running max (no rescale, no max per logit): z is a
+// convex combination of its taps (with a tap outside the input, of its taps and 0), so M = the
+// largest coarse logit over classes at those taps (the coarse-max pass), and 0 too where a tap
+// is outside. If M exceeds the true max by so much that the sum may have lost terms to
+// underflow (s < 2^-60: the gap is then over 41), the pixel is done again with the online
+// softmax. The launch has a thread per fine pixel; those whose row starts no strip return.
+
+// The coarse-max pass, entry (n, rest = i * in_w + j) at cmax[n * in_h * in_w + rest]: max
+// over classes of x[n, :, i, j] (NaN skipped: a NaN logit poisons the sum instead).
+template <typename T, typename index_t>
+FCN_HD void coarse_max_entry(const FusedArgs<acc_type<T>, index_t>& a, const T* x, int32_t n,
+                             int32_t rest, acc_type<T>* cmax) {
+  using acc_t = acc_type<T>;
+  const int32_t i = rest / a.in_w, j = rest - i * a.in_w;
+  const T* p = x + static_cast<index_t>(n) * a.x.n + static_cast<index_t>(i) * a.x.h +
+               static_cast<index_t>(j) * a.x.w;
+  acc_t m = neg_inf<acc_t>();
+  for (int32_t c = 0; c < a.C; ++c) m = fmax(m, load_acc(p + static_cast<index_t>(c) * a.x.c));
+  cmax[static_cast<int64_t>(n) * a.in_h * a.in_w + rest] = m;
+}
+
+// The bound M of one fine pixel: the coarse maxima at its taps (skipped taps excluded; 0 joins
+// when one is skipped).
+template <typename acc_t>
+FCN_HD acc_t logit_bound(const acc_t* cm, int32_t in_w, const TapEntry<acc_t>& ty,
+                         const TapEntry<acc_t>& tx) {
+  acc_t m = neg_inf<acc_t>();
+  const bool y0 = !tap_skipped(ty.w0), y1 = !tap_skipped(ty.w1);
+  const bool x0 = !tap_skipped(tx.w0), x1 = !tap_skipped(tx.w1);
+  const acc_t* r0 = cm + ty.i0 * in_w;
+  const acc_t* r1 = cm + ty.i1 * in_w;
+  if (y0 && x0) m = fmax(m, r0[tx.i0]);
+  if (y0 && x1) m = fmax(m, r0[tx.i1]);
+  if (y1 && x0) m = fmax(m, r1[tx.i0]);
+  if (y1 && x1) m = fmax(m, r1[tx.i1]);
+  return y0 && y1 && x0 && x1 ? m : fmax(m, acc_t(0));
+}
+
+// Rows per strip: 8 where runs are long (upsampling by 6 or more), else 2; the host picks.
+inline int fused_strip_rows(double scale_h) { return scale_h <= 1.0 / 6.0 ? 8 : 2; }
+
+// The blends of a strip. SAFE: a tap is outside the input, so each blend is tap_blend (a
+// skipped tap never multiplied). Else h = w0 u + w1 v (FMUL + FFMA) horizontally, and
+// vertically z = h0 + w1 (h1 - h0): one FFMA per (pixel, class), the difference taken once per
+// class (w0 = 1 - w1 up to the tables' rounding: a few ulp of z). The forward and the backward
+// form z alike.
+template <bool SAFE>
+struct StripBlend {
+  template <typename acc_t>
+  static FCN_HD acc_t row(const TapEntry<acc_t>& tx, acc_t u, acc_t v) {
+    return SAFE ? tap_blend(tx.w0, u, tx.w1, v) : fcn_fma(tx.w1, v, tx.w0 * u);
+  }
+  // d: h1 - h0 (unused when SAFE).
+  template <typename acc_t>
+  static FCN_HD acc_t column(const TapEntry<acc_t>& ty, acc_t h0, acc_t h1, acc_t d) {
+    return SAFE ? tap_blend(ty.w0, h0, ty.w1, h1) : fcn_fma(ty.w1, d, h0);
+  }
+};
+
+// The class loop of a strip (R rows sharing their two coarse rows), in base 2: with
+// m2 = M log2e per row, the exps' sums s = sum 2^(z log2e - m2) and for smoothing
+// swx2 = sum w (z log2e - m2) = log2e sum w (z - M) (one FFMA per term, the exp's argument).
+template <int R, bool SAFE, bool SMOOTH, typename T, typename index_t>
+FCN_HD void strip_sums(int32_t C, const T* p0, const T* p1, index_t plane, index_t dx,
+                       const acc_type<T>* weight, const TapEntry<acc_type<T>>& tx,
+                       const TapEntry<acc_type<T>> (&ty)[R], const acc_type<T> (&m2)[R],
+                       acc_type<T> (&s)[R], acc_type<T> (&swx2)[R]) {
+  using acc_t = acc_type<T>;
+  using Blend = StripBlend<SAFE>;
+  for (int32_t c = 0; c < C; ++c, p0 += plane, p1 += plane) {
+    const acc_t h0 = Blend::row(tx, load_acc(p0), load_acc(p0 + dx));
+    const acc_t h1 = Blend::row(tx, load_acc(p1), load_acc(p1 + dx));
+    const acc_t d = h1 - h0;
+    const acc_t wc = SMOOTH && weight != nullptr ? weight[c] : acc_t(1);
+#pragma unroll
+    for (int y = 0; y < R; ++y) {
+      const acc_t e = fcn_fma(Blend::column(ty[y], h0, h1, d), log2e<acc_t>(), -m2[y]);
+      s[y] += fast_exp2(e);
+      if (SMOOTH) swx2[y] = fcn_fma(wc, e, swx2[y]);
+    }
+  }
+}
+
+// z of one fine pixel for the class plane at p0 / p1 (the strip's expression).
+template <bool SAFE, typename T, typename index_t>
+FCN_HD acc_type<T> strip_logit(const T* p0, const T* p1, index_t dx,
+                               const TapEntry<acc_type<T>>& ty, const TapEntry<acc_type<T>>& tx) {
+  using Blend = StripBlend<SAFE>;
+  const acc_type<T> h0 = Blend::row(tx, load_acc(p0), load_acc(p0 + dx));
+  const acc_type<T> h1 = Blend::row(tx, load_acc(p1), load_acc(p1 + dx));
+  return Blend::column(ty, h0, h1, h1 - h0);
+}
+
+// Whether fine row Y starts a strip (the first row of a run, or R rows into one).
+template <int R, typename acc_t>
+FCN_HD bool starts_strip(const ResampleTables<acc_t>& t, int32_t Y) {
+  return (Y - t.row_runs[Y].begin) % R == 0;
+}
+
+// The loss of the strip starting at fine row Y (starts_strip), column X of image n.
+template <int R, bool SMOOTH, typename T, typename index_t>
+FCN_HD LossPartial<acc_type<T>> fused_forward_strip(
+    const FusedArgs<acc_type<T>, index_t>& a, const ResampleTables<acc_type<T>>& t, const T* x,
+    const acc_type<T>* cmax, const int64_t* target, const acc_type<T>* weight, acc_type<T>* lse,
+    acc_type<T>* loss_none, int* error_flag, int32_t n, int32_t Y, int32_t X) {
+  using acc_t = acc_type<T>;
+  LossPartial<acc_t> part{acc_t(0), acc_t(0)};
+  if (Y >= a.out_h || X >= a.out_w) return part;
+  const int32_t run_end = t.row_runs[Y].end;
+  const int rows = run_end - Y < R ? run_end - Y : R;
+  const TapEntry<acc_t> tx = t.cols[X];
+  TapEntry<acc_t> ty[R];
+  acc_t m2[R], s[R], swx2[R];
+  bool safe = tap_skipped(tx.w0) || tap_skipped(tx.w1);
+  const acc_t* cm = cmax + static_cast<int64_t>(n) * a.in_h * a.in_w;
+  // The strip's rows read the same taps (only their weights differ): one bound for all.
+  ty[0] = t.rows[Y];
+  const acc_t bound2 =
+      ChunkLse<acc_t, false>::safe(logit_bound(cm, a.in_w, ty[0], tx)) * log2e<acc_t>();
+#pragma unroll
+  for (int y = 0; y < R; ++y) {
+    ty[y] = t.rows[Y + (y < rows ? y : rows - 1)];  // rows past the strip repeat its last
+    m2[y] = bound2;
+    s[y] = acc_t(0);
+    swx2[y] = acc_t(0);
+  }
+  safe = safe || tap_skipped(ty[0].w0) || tap_skipped(ty[0].w1);  // the run's rows skip alike
+  const T* image = x + static_cast<index_t>(n) * a.x.n;
+  const T* p0 =
+      image + static_cast<index_t>(ty[0].i0) * a.x.h + static_cast<index_t>(tx.i0) * a.x.w;
+  const T* p1 =
+      image + static_cast<index_t>(ty[0].i1) * a.x.h + static_cast<index_t>(tx.i0) * a.x.w;
+  const index_t dx = static_cast<index_t>(tx.i1 - tx.i0) * a.x.w;
+  const auto logit = [&](const T* q0, const T* q1, const TapEntry<acc_t>& row_taps) {
+    return safe ? strip_logit<true>(q0, q1, dx, row_taps, tx)
+                : strip_logit<false>(q0, q1, dx, row_taps, tx);
+  };
+  if (safe) {
+    strip_sums<R, true, SMOOTH>(a.C, p0, p1, a.x.c, dx, weight, tx, ty, m2, s, swx2);
+  } else {
+    strip_sums<R, false, SMOOTH>(a.C, p0, p1, a.x.c, dx, weight, tx, ty, m2, s, swx2);
+  }
+  const acc_t wtotal = SMOOTH ? class_weight_total(weight, a.C) : acc_t(0);
+  constexpr acc_t ln2 = static_cast<acc_t>(0.6931471805599453);
+#pragma unroll
+  for (int y = 0; y < R; ++y) {
+    if (y >= rows) continue;
+    ChunkLse<acc_t, SMOOTH> st;  // m, s and swx against the bound (its rounding: m2 ln 2)
+    st.m = m2[y] * ln2;
+    st.s = s[y];
+    st.swx = swx2[y] * ln2;
+    st.wsum = wtotal;
+    if (st.s < acc_t(8.67361737988403547e-19)) {  // 2^-60: the bound was too loose
+      st = ChunkLse<acc_t, SMOOTH>();
+      for (int32_t c = 0; c < a.C; ++c) {
+        const index_t plane = static_cast<index_t>(c) * a.x.c;
+        const acc_t z[1] = {logit(p0 + plane, p1 + plane, ty[y])};
+        const acc_t w[1] = {SMOOTH && weight != nullptr ? weight[c] : acc_t(1)};
+        st.add(z, w);
+      }
+    }
+    const int32_t Yy = Y + y;
+    const int64_t tv = target[static_cast<index_t>(n) * a.tn + static_cast<index_t>(Yy) * a.th +
+                              static_cast<index_t>(X) * a.tw];
+    const auto target_logit = [&](int64_t tc) {
+      const index_t plane = static_cast<index_t>(tc) * a.x.c;
+      return logit(p0 + plane, p1 + plane, ty[y]);
+    };
+    acc_t lse_out = acc_t(0), loss_out = acc_t(0);
+    finish_pixel_loss(a, st, tv, weight, target_logit, lse_out, loss_out, part, error_flag);
+    const index_t at = static_cast<index_t>(n) * a.pixels + static_cast<index_t>(Yy) * a.out_w + X;
+    lse[at] = lse_out;
+    if (loss_none != nullptr) loss_none[at] = loss_out;
+  }
+  return part;
+}
+
 // ---- Argmax: labels (and the winner's softmax probability) of P fine pixels ----
 
 // torch.argmax over classes: the first NaN wins; otherwise the largest, ties to the lowest
@@ -247,75 +432,182 @@ FCN_HD int64_t fused_backward_vsum_offset(int32_t capacity, bool smoothing) {
   return (bytes + 15) / 16 * 16;
 }
 
-// Phase P, pixel `thread` of `threads` onwards.
+// Pixels per thread whose loads phase P issues together: one pixel's 12-20 bytes a thread
+// would leave 6-10 KB in flight per SM, and phase P would wait a DRAM latency per pixel.
+constexpr int kFusedStagePixels = 4;
+
+// Phase P, pixel `thread` of `threads` onwards: the loads of kFusedStagePixels pixels first,
+// then their coefficients into shared memory.
 template <typename acc_t, typename index_t>
 FCN_HD void fused_backward_stage(const FusedArgs<acc_t, index_t>& a, const BackwardBlock& b,
                                  const acc_t* lse, const int64_t* target, const acc_t* weight,
                                  const acc_t* grad, acc_t scale, acc_t wtotal,
                                  const PixelCoefs<acc_t>& s, int32_t thread, int32_t threads) {
+  constexpr int U = kFusedStagePixels;
   const int32_t nx = b.xs.end - b.xs.begin, count = (b.ys.end - b.ys.begin) * nx;
-  for (int32_t k = thread; k < count; k += threads) {
-    const int32_t yy = k / nx;
-    const int32_t Y = b.ys.begin + yy, X = b.xs.begin + (k - yy * nx);
-    const int64_t tv = target[static_cast<index_t>(b.n) * a.tn + static_cast<index_t>(Y) * a.th +
-                              static_cast<index_t>(X) * a.tw];
-    const GradCoef<acc_t> coef = pixel_grad_coef(a, tv, weight, scale, wtotal, [&] {
-      return grad[static_cast<index_t>(b.n) * a.gn + static_cast<index_t>(Y) * a.gh +
-                  static_cast<index_t>(X) * a.gw];
-    });
-    s.lse[k] = lse[static_cast<index_t>(b.n) * a.pixels + static_cast<index_t>(Y) * a.out_w + X];
-    s.a[k] = coef.a;
-    if (a.smoothing) {
-      s.b[k] = coef.b;
-      s.d[k] = coef.d;
+  const bool per_pixel_grad = a.reduction == kReductionNone;
+  for (int32_t k0 = thread; k0 < count; k0 += threads * U) {
+    int64_t tv[U];
+    acc_t l[U], g[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int32_t k = k0 + u * threads;
+      tv[u] = a.ignore_index;  // a pixel past the region: ignored, never stored
+      l[u] = g[u] = acc_t(0);
+      if (k < count) {
+        const int32_t yy = k / nx;
+        const index_t Y = b.ys.begin + yy, X = b.xs.begin + (k - yy * nx), n = b.n;
+        tv[u] = target[n * a.tn + Y * a.th + X * a.tw];
+        l[u] = lse[n * a.pixels + Y * a.out_w + X];
+        if (per_pixel_grad) g[u] = grad[n * a.gn + Y * a.gh + X * a.gw];
+      }
     }
-    s.target[k] = counted_target(a, tv) ? static_cast<int32_t>(tv) : -1;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int32_t k = k0 + u * threads;
+      if (k >= count) break;
+      const GradCoef<acc_t> coef =
+          pixel_grad_coef(a, tv[u], weight, scale, wtotal, [&] { return g[u]; });
+      // lse in base 2 as the exps use it (a pixel of -inf logits: 0, as the forward's shift).
+      s.lse[k] = ChunkLse<acc_t, false>::safe(l[u]) * log2e<acc_t>();
+      s.a[k] = coef.a;
+      if (a.smoothing) {
+        s.b[k] = coef.b;
+        s.d[k] = coef.d;
+      }
+      s.target[k] = counted_target(a, tv[u]) ? static_cast<int32_t>(tv[u]) : -1;
+    }
   }
 }
 
-// Phase A, item (one fine column of one class) `thread` of `threads` onwards.
-template <typename T, typename index_t>
+// Classes per phase-A item: an item walks one fine column for kFusedItemClasses classes at
+// once, so a row's staged coefficients, tap weights and loop overhead serve 4 classes.
+constexpr int kFusedItemClasses = 4;
+
+// Phase A items of a block: (fine column of the region, group of kFusedItemClasses classes),
+// column fastest.
+FCN_HD int32_t fused_backward_items(const BackwardBlock& b) {
+  if (b.xs.end <= b.xs.begin || b.ys.end <= b.ys.begin) return 0;
+  const int32_t groups = (b.classes + kFusedItemClasses - 1) / kFusedItemClasses;
+  return groups * (b.xs.end - b.xs.begin);
+}
+
+// Phase A, item `thread` of `threads` onwards: for each of the item's classes, z is recomputed
+// at every fine row of the block's region with the forward's expression, turned into
+// d loss / d z and streamed into the vertical adjoint (two accumulators, input rows r and
+// r + 1, handed to the block's shared sums as rows finish). Rows are walked a run at a time
+// (the tables' row runs: rows that read the same two input rows): per run and class the two
+// horizontal blends; per (row, class) one FFMA for z, FFMA + EX2 for p, the gradient, and two
+// FFMAs into the accumulators.
+template <bool SMOOTH, typename T, typename index_t>
 FCN_HD void fused_backward_rows(const FusedArgs<acc_type<T>, index_t>& a, const BackwardBlock& b,
                                 const ResampleTables<acc_type<T>>& t, const T* x,
                                 const acc_type<T>* weight, const PixelCoefs<acc_type<T>>& s,
                                 acc_type<T>* vsum, int32_t thread, int32_t threads) {
   using acc_t = acc_type<T>;
-  const int32_t items = backward_items(a.layout, b, 1);
+  constexpr int G = kFusedItemClasses;
+  const int32_t items = fused_backward_items(b);
   const int32_t nx = b.xs.end - b.xs.begin;
   const T* image = x + static_cast<index_t>(b.n) * a.x.n;
   for (int32_t item = thread; item < items; item += threads) {
-    int32_t X[1], c[1], column;
-    const int count = backward_item<1>(a.layout, b, a.out_w, item, X, c, &column);
-    zero_item_columns<acc_t, 1>(vsum, a.layout, b, column);
-    if (count == 0) continue;
-    const int32_t cls = b.c0 + c[0];
-    const TapEntry<acc_t> tx = t.cols[X[0]];
-    const index_t plane = static_cast<index_t>(cls) * a.x.c;
-    const index_t col0 = static_cast<index_t>(tx.i0) * a.x.w + plane;
-    const index_t col1 = static_cast<index_t>(tx.i1) * a.x.w + plane;
-    const acc_t wc = (a.smoothing && weight != nullptr) ? weight[cls] : acc_t(1);
-    const auto fill = [&](int32_t row, acc_t(&h)[1]) {
-      const T* r = image + static_cast<index_t>(row) * a.x.h;
-      h[0] = tap_blend(tx.w0, load_acc(r + col0), tx.w1, load_acc(r + col1));
-    };
-    const auto flush = [&](int32_t row, const acc_t(&acc)[1]) {
-      flush_item_row<acc_t, 1>(vsum, a.layout, b, column, row, acc);
-    };
-    RowPair<acc_t, 1> pair;
-    RollingRows<acc_t, 1> rolling;
-    int32_t k = X[0] - b.xs.begin;
-    for (int32_t Y = b.ys.begin; Y < b.ys.end; ++Y, k += nx) {
-      const TapEntry<acc_t> ty = t.rows[Y];
-      pair.update(tap_row(ty.i0, ty.w0), tap_row(ty.i1, ty.w1), fill);
-      const acc_t z = tap_blend(ty.w0, pair.h0[0], ty.w1, pair.h1[0]);
-      // Without smoothing b == a and d == 0 (grad_coef leaves a = b + 0 exactly).
-      const acc_t ak = s.a[k];
-      const GradCoef<acc_t> coef{ak, a.smoothing ? s.b[k] : ak, a.smoothing ? s.d[k] : acc_t(0)};
-      acc_t g[1];
-      g[0] = grad_element(fcn_exp(shifted_logit(z, s.lse[k])), coef, wc, cls == s.target[k]);
-      rolling.add(ty, g, flush);
+    const int32_t group = item / nx, k0 = item - group * nx, X = b.xs.begin + k0;
+    const int32_t c0 = group * G;  // within the block's classes
+    const int here = b.classes - c0 < G ? b.classes - c0 : G;
+    int32_t column[G];
+    acc_t wc[G];
+    const T* plane[G];
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      const int32_t c = c0 + (j < here ? j : 0);  // past the block's classes: class c0 again
+      column[j] = backward_column(a.layout, b, X, c);
+      wc[j] = SMOOTH && weight != nullptr ? weight[b.c0 + c] : acc_t(1);
+      plane[j] = image + static_cast<index_t>(b.c0 + c) * a.x.c;
+      if (j < here) zero_item_columns<acc_t, 1>(vsum, a.layout, b, column[j]);
     }
-    rolling.finish(flush);
+    const TapEntry<acc_t> tx = t.cols[X];
+    const index_t cx0 = static_cast<index_t>(tx.i0) * a.x.w,
+                  cx1 = static_cast<index_t>(tx.i1) * a.x.w;
+    acc_t v0[G], v1[G];
+    int32_t r = -1;  // the input row of v0 (v1: r + 1)
+    const auto flush = [&](int32_t row, const acc_t(&v)[G]) {
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        const acc_t value[1] = {v[j]};
+        if (j < here) flush_item_row<acc_t, 1>(vsum, a.layout, b, column[j], row, value);
+      }
+    };
+    for (int32_t Y = b.ys.begin; Y < b.ys.end;) {
+      const int32_t end = t.row_runs[Y].end < b.ys.end ? t.row_runs[Y].end : b.ys.end;
+      const TapEntry<acc_t> ty = t.rows[Y];
+      // Roll the accumulators to input row ty.i0.
+      if (r < 0) {
+#pragma unroll
+        for (int j = 0; j < G; ++j) v0[j] = v1[j] = acc_t(0);
+      } else if (ty.i0 != r) {
+        flush(r, v0);
+        if (ty.i0 == r + 1) {
+#pragma unroll
+          for (int j = 0; j < G; ++j) v0[j] = v1[j];
+        } else {
+          flush(r + 1, v1);
+#pragma unroll
+          for (int j = 0; j < G; ++j) v0[j] = acc_t(0);
+        }
+#pragma unroll
+        for (int j = 0; j < G; ++j) v1[j] = acc_t(0);
+      }
+      r = ty.i0;
+      acc_t h0[G], h1[G], dh[G];
+      const index_t ry0 = static_cast<index_t>(ty.i0) * a.x.h,
+                    ry1 = static_cast<index_t>(ty.i1) * a.x.h;
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        h0[j] =
+            tap_blend(tx.w0, load_acc(plane[j] + ry0 + cx0), tx.w1, load_acc(plane[j] + ry0 + cx1));
+        h1[j] =
+            tap_blend(tx.w0, load_acc(plane[j] + ry1 + cx0), tx.w1, load_acc(plane[j] + ry1 + cx1));
+        dh[j] = h1[j] - h0[j];
+      }
+      // The run's rows. SAFE: a tap is outside the input (the zero boundary's first or last
+      // rows or columns): the blend skips it (StripBlend<true>), and a skipped vertical tap
+      // accumulates nothing. Decided per run, so the per-(row, class) code has no branch.
+      const auto rows = [&](auto safe_tag) {
+        constexpr bool SAFE = decltype(safe_tag)::value;
+        int32_t k = (Y - b.ys.begin) * nx + k0;
+        for (int32_t Yr = Y; Yr < end; ++Yr, k += nx) {
+          const TapEntry<acc_t> tr = t.rows[Yr];
+          const acc_t l2 = s.lse[k], ak = s.a[k];
+          const acc_t bk = SMOOTH ? s.b[k] : ak, dk = SMOOTH ? s.d[k] : acc_t(0);
+          const int32_t tk = s.target[k];
+#pragma unroll
+          for (int j = 0; j < G; ++j) {
+            const acc_t z = StripBlend<SAFE>::column(tr, h0[j], h1[j], dh[j]);
+            const acc_t p = fast_exp2(fcn_fma(z, log2e<acc_t>(), -l2));
+            acc_t g = SMOOTH ? fcn_fma(p, ak, -dk * wc[j]) : p * ak;
+            g = tk == b.c0 + c0 + j ? g - bk : g;
+            if (!SAFE || !tap_skipped(tr.w0)) v0[j] = fcn_fma(tr.w0, g, v0[j]);
+            if (!SAFE || !tap_skipped(tr.w1)) v1[j] = fcn_fma(tr.w1, g, v1[j]);
+          }
+        }
+      };
+      if (tap_skipped(tx.w0) || tap_skipped(tx.w1) || tap_skipped(ty.w0) || tap_skipped(ty.w1)) {
+        rows(std::true_type{});
+      } else {
+        rows(std::false_type{});
+      }
+      if (ty.i1 == ty.i0) {  // the clamp boundary's last rows read one input row twice
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+          v0[j] += v1[j];
+          v1[j] = acc_t(0);
+        }
+      }
+      Y = end;
+    }
+    if (r >= 0) {
+      flush(r, v0);
+      flush(r + 1, v1);
+    }
   }
 }
 
@@ -328,9 +620,20 @@ struct FusedPlan {
   int64_t grid_x, grid_y;  // forward / argmax: (runs of P pixels per image / threads, images)
   int32_t groups, blocks;  // backward
   int64_t smem_bytes;      // backward
+  int64_t coarse_entries;  // forward: the coarse-max pass's entries (N * in_h * in_w)
 };
 
-constexpr int64_t kFusedSmemBudget = 46 * 1024;
+// Shared bytes a fused backward block may use: half a multiprocessor's (two blocks resident,
+// as the launch bounds ask) less the 1 KB the runtime reserves per block, at most what one
+// block may opt in to. A larger block recomputes fewer halo rows and columns: on an H100
+// (228 KB a multiprocessor) 113 KB, where the default 48 KB recomputed twice the region.
+inline int64_t fused_backward_smem_budget(int64_t shared_per_sm, int64_t shared_per_block_optin) {
+  const int64_t half = shared_per_sm / 2 - 1024;
+  return half < shared_per_block_optin ? half : shared_per_block_optin;
+}
+
+// The H100's (and H200's) shared memory: the emulation and the static model plan with it.
+constexpr int64_t kH100SharedPerSM = 228 * 1024, kH100SharedPerBlockOptIn = 227 * 1024;
 
 // x (N, C, in_h, in_w) strides xs; target strides ts (N, H, W); out_h, out_w; pixel_out and
 // second_out (or nullptr): the contiguous per-pixel outputs (lse and loss, or labels and
@@ -369,12 +672,23 @@ inline FusedPlan plan_fused(const int64_t (&x_sizes)[4], const int64_t (&xs)[4],
   return p;
 }
 
+// The forward's launch (fused_forward_kernel): a block per (tile of kFusedThreads fine
+// columns, fine row; rows past 65535 strided), each thread its column's strip starting in the
+// row, for every image; and the coarse-max pass's entries, one per coarse pixel.
+inline void plan_fused_forward(FusedPlan& p) {
+  const FusedArgs<double, int64_t>& a = p.args;
+  p.grid_x = (static_cast<int64_t>(a.out_w) + kFusedThreads - 1) / kFusedThreads;
+  p.grid_x = p.grid_x < 1 ? 1 : p.grid_x;
+  p.grid_y = a.out_h < 1 ? 1 : (a.out_h < 65535 ? a.out_h : 65535);
+  p.coarse_entries = static_cast<int64_t>(a.N) * a.in_h * a.in_w;
+}
+
 // The backward's blocks: classes per block, band rows and tile columns chosen so that the
 // staged pixels and the accumulators fit, the fine region each block recomputes (halos
 // included) is smallest, and per-pixel data is not re-staged for too many class groups.
 inline void plan_fused_backward(FusedPlan& p, const AxisGeometry& h, const AxisGeometry& w,
                                 int acc_size, bool smoothing, const int64_t (&gxs)[4],
-                                const int64_t (&gs)[3]) {
+                                const int64_t (&gs)[3], int64_t smem_budget) {
   FusedArgs<double, int64_t>& a = p.args;
   a.grad_x = Strides<int64_t>{gxs[0], gxs[1], gxs[2], gxs[3]};
   a.gn = gs[0];
@@ -387,8 +701,8 @@ inline void plan_fused_backward(FusedPlan& p, const AxisGeometry& h, const AxisG
   BackwardShape best{};
   double best_cost = -1.0;
   for (int32_t Cg = a.C;; Cg = (Cg + 1) / 2) {
-    const BackwardShape shape = choose_backward_shape(
-        h, w, interleaved, Cg, 1, acc_size, kFusedSmemBudget - 64, pixel_bytes, 0x7fffffff);
+    const BackwardShape shape = choose_backward_shape(h, w, interleaved, Cg, 1, acc_size,
+                                                      smem_budget - 64, pixel_bytes, 0x7fffffff);
     if (shape.layout.Cg > 0) {
       // Per class: the recomputed region; per group: staging (~4 class-steps per pixel).
       const int32_t groups_per_n = (a.C + Cg - 1) / Cg;

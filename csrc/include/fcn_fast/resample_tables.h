@@ -44,10 +44,12 @@ struct AxisGeometry {
 struct TableGeometry {
   AxisGeometry h, w;
   bool clamp;
-  bool with_ranges;  // the backward kernels also need the adjoint ranges
+  bool with_ranges;        // the backward kernels also need the adjoint ranges
+  bool with_runs = false;  // the fused forward and backward also need the row runs
 
   FCN_HD int32_t entries() const {
-    return h.out_size + w.out_size + (with_ranges ? h.in_size + w.in_size : 0);
+    return h.out_size + w.out_size + (with_ranges ? h.in_size + w.in_size : 0) +
+           (with_runs ? h.out_size : 0);
   }
 };
 
@@ -57,6 +59,7 @@ struct ResampleTables {
   TapEntry<acc_t>* cols;     // out_w entries
   AdjointRange* row_ranges;  // in_h entries (backward only)
   AdjointRange* col_ranges;  // in_w entries (backward only)
+  AdjointRange* row_runs;    // out_h entries (fused heads only): row_run
 };
 
 FCN_HD int32_t clamp_index(int64_t i, int32_t size) {
@@ -103,7 +106,30 @@ FCN_HD AdjointRange make_adjoint_range(int32_t in_index, const AxisGeometry& axi
   return r;
 }
 
-// Entry k of the tables, k < geometry.entries(): rows, then columns, then the ranges.
+// The same two input rows, both read or both skipped alike.
+template <typename acc_t>
+FCN_HD bool same_taps(const TapEntry<acc_t>& a, const TapEntry<acc_t>& b) {
+  return a.i0 == b.i0 && a.i1 == b.i1 && tap_skipped(a.w0) == tap_skipped(b.w0) &&
+         tap_skipped(a.w1) == tap_skipped(b.w1);
+}
+
+// The run of output rows [begin, end) that read the same input rows as row Y (an upsampling
+// by f has runs of about f rows; fp64 inside make_tap_entry: table kernel only).
+template <typename acc_t>
+FCN_HD AdjointRange row_run(int32_t Y, const AxisGeometry& axis, bool clamp) {
+  const TapEntry<acc_t> e = make_tap_entry<acc_t>(Y, axis, clamp);
+  AdjointRange run{Y, Y + 1};
+  while (run.begin > 0 && same_taps(make_tap_entry<acc_t>(run.begin - 1, axis, clamp), e)) {
+    --run.begin;
+  }
+  while (run.end < axis.out_size && same_taps(make_tap_entry<acc_t>(run.end, axis, clamp), e)) {
+    ++run.end;
+  }
+  return run;
+}
+
+// Entry k of the tables, k < geometry.entries(): rows, then columns, then the ranges, then
+// the runs.
 template <typename acc_t>
 FCN_HD void build_table_entry(const TableGeometry& g, int32_t k, const ResampleTables<acc_t>& t) {
   if (k < g.h.out_size) {
@@ -116,17 +142,24 @@ FCN_HD void build_table_entry(const TableGeometry& g, int32_t k, const ResampleT
     return;
   }
   k -= g.w.out_size;
-  if (k < g.h.in_size) {
-    t.row_ranges[k] = make_adjoint_range<acc_t>(k, g.h, g.clamp);
-    return;
+  if (g.with_ranges) {
+    if (k < g.h.in_size) {
+      t.row_ranges[k] = make_adjoint_range<acc_t>(k, g.h, g.clamp);
+      return;
+    }
+    k -= g.h.in_size;
+    if (k < g.w.in_size) {
+      t.col_ranges[k] = make_adjoint_range<acc_t>(k, g.w, g.clamp);
+      return;
+    }
+    k -= g.w.in_size;
   }
-  k -= g.h.in_size;
-  t.col_ranges[k] = make_adjoint_range<acc_t>(k, g.w, g.clamp);
+  t.row_runs[k] = row_run<acc_t>(k, g.h, g.clamp);
 }
 
 // Byte layout of the tables inside one workspace buffer (16-byte aligned pieces).
 struct TableLayout {
-  int64_t rows, cols, row_ranges, col_ranges, bytes;
+  int64_t rows, cols, row_ranges, col_ranges, row_runs, bytes;
 };
 
 inline int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
@@ -138,7 +171,8 @@ inline TableLayout table_layout(const TableGeometry& g, int64_t tap_bytes) {
   l.row_ranges = l.cols + align16(g.w.out_size * tap_bytes);
   const int64_t range_bytes = static_cast<int64_t>(sizeof(AdjointRange));
   l.col_ranges = l.row_ranges + (g.with_ranges ? align16(g.h.in_size * range_bytes) : 0);
-  l.bytes = l.col_ranges + (g.with_ranges ? align16(g.w.in_size * range_bytes) : 0);
+  l.row_runs = l.col_ranges + (g.with_ranges ? align16(g.w.in_size * range_bytes) : 0);
+  l.bytes = l.row_runs + (g.with_runs ? align16(g.h.out_size * range_bytes) : 0);
   return l;
 }
 
@@ -150,7 +184,8 @@ ResampleTables<acc_t> bind_tables(void* base, const TableGeometry& g) {
       reinterpret_cast<TapEntry<acc_t>*>(b + l.rows),
       reinterpret_cast<TapEntry<acc_t>*>(b + l.cols),
       g.with_ranges ? reinterpret_cast<AdjointRange*>(b + l.row_ranges) : nullptr,
-      g.with_ranges ? reinterpret_cast<AdjointRange*>(b + l.col_ranges) : nullptr};
+      g.with_ranges ? reinterpret_cast<AdjointRange*>(b + l.col_ranges) : nullptr,
+      g.with_runs ? reinterpret_cast<AdjointRange*>(b + l.row_runs) : nullptr};
 }
 
 // w0 * a + w1 * b where a skipped tap contributes exactly 0 (it is not multiplied: a tap
