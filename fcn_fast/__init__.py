@@ -3,6 +3,7 @@
 Importing never fails because a backend is missing; see available_backends().
 """
 
+import fcn_fast._decompositions  # noqa: F401  (ATen forms of the ops, for torch.onnx.export)
 import fcn_fast.triton  # noqa: F401  (registers the Triton kernels; imports no Triton)
 from fcn_fast import nn
 from fcn_fast._backend import BackendUnavailableError, available_backends
