@@ -123,25 +123,31 @@ def _resample_argmax(x, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, d
 
 def cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing):
     """(loss, per-pixel log-sum-exp, weight sum) as the kernels return them, in the
-    accumulation dtype: F.cross_entropy and what it sums over."""
+    accumulation dtype: docs/design.md 2.3's formula, written out (the exporter's own
+    translation of F.cross_entropy weights the smoothing term differently from PyTorch)."""
     logits = logits.to(accumulation_dtype(logits.dtype))
-    if weight is not None:
-        weight = weight.to(logits.dtype)
-    loss = F.cross_entropy(
-        logits,
-        target,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=_REDUCTIONS[reduction],
-        label_smoothing=label_smoothing,
-    )
     lse = torch.logsumexp(logits, 1)
+    neg_log_p = lse.unsqueeze(1) - logits
     counted = target != ignore_index
+    safe = torch.where(counted, target, 0)
+    picked = neg_log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
     if weight is None:
-        weight_sum = counted.sum().to(logits.dtype)
+        w_target = torch.ones_like(picked)
+        smooth = neg_log_p.sum(1)
     else:
-        picked = weight[torch.where(counted, target, 0)]
-        weight_sum = torch.where(counted, picked, 0).sum()
+        weight = weight.to(logits.dtype)
+        w_target = weight[safe]
+        shape = [1, -1] + [1] * (logits.dim() - 2)
+        smooth = (neg_log_p * weight.view(shape)).sum(1)
+    loss = (1 - label_smoothing) * w_target * picked
+    if label_smoothing:
+        loss = loss + label_smoothing / logits.shape[1] * smooth
+    loss = torch.where(counted, loss, 0)
+    weight_sum = torch.where(counted, w_target, 0).sum()
+    if _REDUCTIONS[reduction] == "mean":
+        return loss.sum() / weight_sum, lse, weight_sum
+    if _REDUCTIONS[reduction] == "sum":
+        return loss.sum(), lse, weight_sum
     return loss, lse, weight_sum
 
 

@@ -179,8 +179,11 @@ ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double b
 // kernel's later steps, csrc/cpu/resample_cross_entropy.cpp). GPU backends keep two passes.
 bool one_pass(const at::Tensor& x, const at::Tensor& target, int64_t reduction,
               c10::string_view backend) {
-  return backend == "cpu" && reduction != kReductionNone &&
-         x.size(1) * x.size(2) * x.size(3) <= target.size(1) * target.size(2);
+  if (backend != "cpu" || reduction == kReductionNone) return false;
+  // Symbolic sizes (torch.export / torch.compile tracing dynamic shapes): decided without a
+  // guard, two passes where the sizes do not settle it (tracing runs no kernel).
+  const c10::SymInt low = x.sym_size(1) * x.sym_size(2) * x.sym_size(3);
+  return low.sym_le(target.sym_size(1) * target.sym_size(2)).guard_or_false(__FILE__, __LINE__);
 }
 
 class ResampleCrossEntropyFunction
