@@ -315,3 +315,68 @@ def test_compiled_outputs_keep_the_kernels_strides_with_dynamic_shapes():
         got, want = compiled(x, skip), module(x, skip)
         assert got.stride() == want.stride()
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# --- fcn-fast export / fcn-fast predict --onnx, from a training checkpoint.
+
+
+def test_cli_export_and_predict_onnx_write_the_pytorch_pngs(tmp_path):
+    pytest.importorskip("PIL", reason="Pillow reads and writes the images")
+    from PIL import Image
+    from train_helpers import TINY_DATA, tiny_train_args
+
+    from fcn_fast.__main__ import main as fcn_fast_main
+    from fcn_fast.train import checkpoint as train_checkpoint
+    from fcn_fast.train.synthetic import make_synthetic
+
+    data = make_synthetic(tmp_path / "data", **{**TINY_DATA, "size": 37})
+    run = tmp_path / "run"
+    assert fcn_fast_main(["train", *tiny_train_args(data, run, "--iters", "2")]) == 0
+    checkpoint = str(run / "checkpoint.pt")
+    # Random score layers (two steps leave them near their zero start): many classes to label.
+    state = train_checkpoint.load(checkpoint)
+    for key, value in state["model"].items():
+        if key.startswith("score"):
+            value.normal_(0, 0.5)
+    train_checkpoint.save(checkpoint, state)
+    images = [str(data / "JPEGImages" / f"val_0000{i}.jpg") for i in range(2)]
+    assert (
+        fcn_fast_main(
+            ["predict", *images, "--checkpoint", checkpoint, "--out", str(tmp_path / "pt")]
+        )
+        == 0
+    )
+
+    def pngs(folder):
+        return [
+            np.asarray(Image.open(tmp_path / folder / f"val_0000{i}{suffix}.png"))
+            for i in range(2)
+            for suffix in ("", "_overlay")
+        ]
+
+    want = pngs("pt")
+    assert len(np.unique(want[0])) > 1  # a trained net: more than one class in the picture
+    for name, flags in (("labels", ["--labels", "--dynamic"]), ("logits", ["--size", "37", "37"])):
+        onnx_path = tmp_path / f"{name}.onnx"
+        assert (
+            fcn_fast_main(["export", "--checkpoint", checkpoint, "--out", str(onnx_path), *flags])
+            == 0
+        )
+        out = tmp_path / name
+        assert fcn_fast_main(["predict", *images, "--onnx", str(onnx_path), "--out", str(out)]) == 0
+        for got, expected in zip(pngs(name), want, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    # A static graph refuses another size with a message that says how to export one that takes it.
+    other = tmp_path / "other.png"
+    Image.fromarray(np.zeros((40, 37, 3), np.uint8)).save(other)
+    code = fcn_fast_main(
+        [
+            "predict",
+            str(other),
+            "--onnx",
+            str(tmp_path / "logits.onnx"),
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert code == 1
