@@ -262,6 +262,23 @@ def test_op_exports_round_trips_and_runs_in_onnxruntime(case):
             assert_close_relative(got[0], want[0])
 
 
+class InterpolateToSkip(nn.Module):
+    """An FPN step whose output size is the skip's: the scale is a function of two dynamic
+    sizes (torch.export would bake the traced value into the op's float arguments)."""
+
+    def forward(self, x, skip):
+        return fcn_fast.interpolate_add(x, skip, size=skip.shape[-2:])
+
+
+def test_interpolate_with_sizes_of_dynamic_inputs_stays_exact_at_every_size():
+    module = InterpolateToSkip()
+    args = (torch.randn(2, 3, 5, 6), torch.randn(2, 3, 11, 13))
+    program = onnx_export(module, args, dynamic_shapes=(NHW, NHW))
+    assert "Resize" in op_types(program)
+    for inputs in (args, (torch.randn(1, 3, 7, 4), torch.randn(1, 3, 19, 9))):
+        assert_close_relative(run_onnx(program, *inputs)[0], module(*inputs), rel=1e-6)
+
+
 def _tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 

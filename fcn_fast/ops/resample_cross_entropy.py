@@ -20,6 +20,7 @@ import torch
 
 from fcn_fast import _backend
 from fcn_fast._common import accumulation_dtype, output_memory_format, target_error
+from fcn_fast._decompositions import cross_entropy
 from fcn_fast.ops._checks import (
     REDUCTIONS,
     check_float,
@@ -138,6 +139,16 @@ def _loss(
     check_target(target, expected, lambda: f"logits upsampled to {geometry.out_size}", x, op)
     check_loss_options(weight, x.shape[1], x, ignore_index, reduction, label_smoothing, op)
     backend = _backend.resolve_backend(backend, op, x.device)
+    if geometry.traced:  # plain PyTorch, and the loss as the op's ONNX form writes it out
+        loss, _, _ = cross_entropy(
+            reference_logits(),
+            target,
+            kernel_weight(weight, x.dtype),
+            ignore_index,
+            REDUCTIONS[reduction],
+            float(label_smoothing),
+        )
+        return as_loss_dtype(loss, x)
     try:  # an out-of-range target: one exception type on every backend (target_error)
         if backend == "reference":
             logits = reference_logits()
@@ -166,7 +177,7 @@ def _argmax(x, geometry: Geometry, out_dtype, return_confidence, backend, op, re
     if not isinstance(return_confidence, bool):
         raise TypeError(f"{op}: return_confidence must be a bool, got {return_confidence!r}")
     backend = _backend.resolve_backend(backend, op, x.device)
-    if backend == "reference":
+    if backend == "reference" or geometry.traced:
         with torch.no_grad():
             return argmax_reference(reference_logits(), out_dtype, return_confidence)
     labels, confidence = _resample_argmax(
