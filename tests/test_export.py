@@ -397,3 +397,16 @@ def test_cli_export_and_predict_onnx_write_the_pytorch_pngs(tmp_path):
         ]
     )
     assert code == 1
+
+
+def test_deploy_api_exports_predict_labels_for_onnxruntime(tmp_path):
+    """README Deploy's Python lines: export_onnx(labels=True), then OnnxSegmenter."""
+    from fcn_fast.deploy import OnnxSegmenter, export_onnx
+
+    model = tiny(FCN8s)
+    export_onnx(model, tmp_path / "fcn8s.onnx", torch.randn(2, 3, 64, 64), labels=True)
+    images = torch.randn(1, 3, 61, 83)
+    labels = OnnxSegmenter(tmp_path / "fcn8s.onnx")(images.numpy())
+    assert labels.dtype == np.uint8
+    with torch.no_grad():
+        assert_labels_equal_except_ties(labels, model.predict(images), model(images))
