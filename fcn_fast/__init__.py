@@ -3,9 +3,11 @@
 Importing never fails because a backend is missing; see available_backends().
 """
 
+import fcn_fast._decompositions  # noqa: F401  (ATen forms of the ops, for torch.onnx.export)
 import fcn_fast.triton  # noqa: F401  (registers the Triton kernels; imports no Triton)
 from fcn_fast import nn
 from fcn_fast._backend import BackendUnavailableError, available_backends
+from fcn_fast._common import TargetOutOfRangeError
 from fcn_fast.models import (
     FCN8s,
     FCN8sAtOnce,
@@ -34,6 +36,7 @@ __all__ = [
     "FCN32s",
     "FCNAlexNet",
     "FCNGoogLeNet",
+    "TargetOutOfRangeError",
     "available_backends",
     "interpolate_add",
     "interpolate_argmax",

@@ -3,7 +3,7 @@
 fcn-fast bench [...]     the benchmark report (same as python -m fcn_fast.bench)
 fcn-fast backends        which backends run on this machine, and why the others don't
 fcn-fast table1 [...]    the FCN paper's Table 1 on this machine
-fcn-fast train / eval / predict / make-synthetic   (fcn_fast.train.cli)
+fcn-fast train / eval / predict / export / make-synthetic   (fcn_fast.train.cli)
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ commands:
   table1 [...]  the FCN paper's Table 1 on this machine (fcn-fast table1 --help)
   train [...]   train an FCN (single process, or every process under torchrun)
   eval [...]    the four FCN metrics and per-class IU of a checkpoint on a split
-  predict [...] label PNGs (VOC palette) and colour overlays for images
+  predict [...] label PNGs (VOC palette) and colour overlays for images (PyTorch or --onnx)
+  export [...]  a checkpoint to ONNX, for onnxruntime / TensorRT (fcn-fast export --help)
   make-synthetic DIR [...]  write a procedurally drawn dataset in the VOC layout
 """
 
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
         from fcn_fast.bench.cli import main as bench_main
 
         return bench_main(rest, prog="fcn-fast bench")
-    if command in ("train", "eval", "predict", "make-synthetic"):
+    if command in ("train", "eval", "predict", "export", "make-synthetic"):
         from fcn_fast.train.cli import main as train_cli_main
 
         return train_cli_main(command, rest)

@@ -75,6 +75,14 @@ struct ArgFrom<int64_t> {
   }
 };
 
+// The output sizes are SymInts in the schemas (for traced dynamic shapes); here they are ints.
+template <>
+struct ArgFrom<c10::SymInt> {
+  static c10::SymInt get(const char* op, Py_ssize_t i, PyObject* obj) {
+    return c10::SymInt(ArgFrom<int64_t>::get(op, i, obj));
+  }
+};
+
 template <>
 struct ArgFrom<bool> {
   static bool get(const char* op, Py_ssize_t i, PyObject* obj) {

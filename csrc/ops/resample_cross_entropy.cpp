@@ -160,9 +160,9 @@ LossAndGradOutputs call_resample_cross_entropy_with_grad(
 }
 
 ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double bias_h,
-                                   double scale_w, double bias_w, bool clamp, int64_t out_h,
-                                   int64_t out_w, at::ScalarType out_dtype, bool return_confidence,
-                                   c10::string_view backend) {
+                                   double scale_w, double bias_w, bool clamp, c10::SymInt out_h,
+                                   c10::SymInt out_w, at::ScalarType out_dtype,
+                                   bool return_confidence, c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::resample_argmax", "")
                              .typed<ResampleArgmaxSignature>();
@@ -179,8 +179,11 @@ ArgmaxOutputs call_resample_argmax(const at::Tensor& x, double scale_h, double b
 // kernel's later steps, csrc/cpu/resample_cross_entropy.cpp). GPU backends keep two passes.
 bool one_pass(const at::Tensor& x, const at::Tensor& target, int64_t reduction,
               c10::string_view backend) {
-  return backend == "cpu" && reduction != kReductionNone &&
-         x.size(1) * x.size(2) * x.size(3) <= target.size(1) * target.size(2);
+  if (backend != "cpu" || reduction == kReductionNone) return false;
+  // Symbolic sizes (torch.export / torch.compile tracing dynamic shapes): decided without a
+  // guard, two passes where the sizes do not settle it (tracing runs no kernel).
+  const c10::SymInt low = x.sym_size(1) * x.sym_size(2) * x.sym_size(3);
+  return low.sym_le(target.sym_size(1) * target.sym_size(2)).guard_or_false(__FILE__, __LINE__);
 }
 
 class ResampleCrossEntropyFunction
@@ -314,8 +317,8 @@ at::Tensor resample_cross_entropy_backward_autograd(
 // Labels are not differentiable, and the confidence is not differentiated (it is returned
 // detached): the argmax runs below autograd.
 ArgmaxOutputs resample_argmax_autograd(const at::Tensor& x, double scale_h, double bias_h,
-                                       double scale_w, double bias_w, bool clamp, int64_t out_h,
-                                       int64_t out_w, at::ScalarType out_dtype,
+                                       double scale_w, double bias_w, bool clamp, c10::SymInt out_h,
+                                       c10::SymInt out_w, at::ScalarType out_dtype,
                                        bool return_confidence, c10::string_view backend) {
   at::AutoDispatchBelowADInplaceOrView guard;
   return call_resample_argmax(x, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w, out_dtype,
@@ -340,7 +343,7 @@ TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
       "int reduction, float label_smoothing) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "resample_argmax(Tensor x, float scale_h, float bias_h, float scale_w, float bias_w, "
-      "bool clamp, int out_h, int out_w, ScalarType out_dtype, bool return_confidence, "
+      "bool clamp, SymInt out_h, SymInt out_w, ScalarType out_dtype, bool return_confidence, "
       "str backend) -> (Tensor, Tensor)");
   // Implemented in Python (fcn_fast/triton/__init__.py); called by the three ops above.
   m.def(

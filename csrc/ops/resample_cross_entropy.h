@@ -49,7 +49,7 @@ using ResampleCrossEntropySignature = LossOutputs(const at::Tensor& x, const at:
                                                   c10::string_view backend);
 using ResampleArgmaxSignature = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor& x, double scale_h, double bias_h, double scale_w, double bias_w, bool clamp,
-    int64_t out_h, int64_t out_w, at::ScalarType out_dtype, bool return_confidence,
+    c10::SymInt out_h, c10::SymInt out_w, at::ScalarType out_dtype, bool return_confidence,
     c10::string_view backend);
 
 LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& target,

@@ -73,7 +73,7 @@ at::Tensor resample_skip_backward_kernel(const at::Tensor& grad_out, int64_t in_
 
 at::Tensor call_resample_skip(const at::Tensor& x, const std::optional<at::Tensor>& skip,
                               double scale_h, double bias_h, double scale_w, double bias_w,
-                              bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                              bool clamp, c10::SymInt out_h, c10::SymInt out_w, int64_t skip_y,
                               int64_t skip_x, c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::resample_skip", "")
@@ -82,12 +82,16 @@ at::Tensor call_resample_skip(const at::Tensor& x, const std::optional<at::Tenso
                  backend);
 }
 
-at::Tensor call_resample_skip_backward(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                       double scale_h, double bias_h, double scale_w, double bias_w,
-                                       bool clamp, c10::string_view backend) {
+using BackwardSymSignature = at::Tensor(const at::Tensor&, c10::SymInt, c10::SymInt, double, double,
+                                        double, double, bool, c10::string_view);
+
+at::Tensor call_resample_skip_backward(const at::Tensor& grad_out, c10::SymInt in_h,
+                                       c10::SymInt in_w, double scale_h, double bias_h,
+                                       double scale_w, double bias_w, bool clamp,
+                                       c10::string_view backend) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fcn_fast::resample_skip_backward", "")
-                             .typed<decltype(resample_skip_backward_kernel)>();
+                             .typed<BackwardSymSignature>();
   return op.call(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w, clamp, backend);
 }
 
@@ -97,22 +101,24 @@ class ResampleSkipFunction : public torch::autograd::Function<ResampleSkipFuncti
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
                                const std::optional<at::Tensor>& skip, double scale_h, double bias_h,
-                               double scale_w, double bias_w, bool clamp, int64_t out_h,
-                               int64_t out_w, int64_t skip_y, int64_t skip_x,
+                               double scale_w, double bias_w, bool clamp, c10::SymInt out_h,
+                               c10::SymInt out_w, int64_t skip_y, int64_t skip_x,
                                c10::string_view backend) {
-    ctx->saved_data["in_h"] = x.size(2);
-    ctx->saved_data["in_w"] = x.size(3);
+    // Sizes as SymInts: symbolic when torch.export / torch.compile trace dynamic shapes.
+    ctx->saved_data["in_h"] = x.sym_size(2);
+    ctx->saved_data["in_w"] = x.sym_size(3);
     ctx->saved_data["scale_bias"] = std::vector<double>{scale_h, bias_h, scale_w, bias_w};
     ctx->saved_data["clamp"] = clamp;
     ctx->saved_data["backend"] = std::string(backend);
     if (skip.has_value()) {
       // Pads (left, right, top, bottom) that put grad_out into skip's shape.
-      ctx->saved_data["skip_pad"] = std::vector<int64_t>{skip_x, skip->size(3) - skip_x - out_w,
-                                                         skip_y, skip->size(2) - skip_y - out_h};
+      ctx->saved_data["skip_pad"] =
+          std::vector<c10::SymInt>{c10::SymInt(skip_x), skip->sym_size(3) - skip_x - out_w,
+                                   c10::SymInt(skip_y), skip->sym_size(2) - skip_y - out_h};
     }
     at::AutoDispatchBelowADInplaceOrView guard;
-    return {call_resample_skip(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, out_h, out_w,
-                               skip_y, skip_x, backend)};
+    return {call_resample_skip(x, skip, scale_h, bias_h, scale_w, bias_w, clamp, std::move(out_h),
+                               std::move(out_w), skip_y, skip_x, backend)};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -120,14 +126,16 @@ class ResampleSkipFunction : public torch::autograd::Function<ResampleSkipFuncti
     const std::vector<double> p = ctx->saved_data["scale_bias"].toDoubleVector();
     at::Tensor grad_x, grad_skip;
     if (ctx->needs_input_grad(0)) {
-      grad_x = call_resample_skip_backward(
-          grad_out, ctx->saved_data["in_h"].toInt(), ctx->saved_data["in_w"].toInt(), p[0], p[1],
-          p[2], p[3], ctx->saved_data["clamp"].toBool(), ctx->saved_data["backend"].toStringRef());
+      grad_x = call_resample_skip_backward(grad_out, ctx->saved_data["in_h"].toSymInt(),
+                                           ctx->saved_data["in_w"].toSymInt(), p[0], p[1], p[2],
+                                           p[3], ctx->saved_data["clamp"].toBool(),
+                                           ctx->saved_data["backend"].toStringRef());
     }
     if (ctx->saved_data.count("skip_pad") != 0 && ctx->needs_input_grad(1)) {
-      const std::vector<int64_t> pad = ctx->saved_data["skip_pad"].toIntVector();
-      const bool whole = std::all_of(pad.begin(), pad.end(), [](int64_t v) { return v == 0; });
-      grad_skip = whole ? grad_out : at::constant_pad_nd(grad_out, pad);
+      const std::vector<c10::SymInt> pad = ctx->saved_data["skip_pad"].toSymIntVector();
+      const bool whole =
+          std::all_of(pad.begin(), pad.end(), [](const c10::SymInt& v) { return v == 0; });
+      grad_skip = whole ? grad_out : at::constant_pad_nd_symint(grad_out, pad);
     }
     // One gradient per forward argument: x, skip, then ten non-tensor arguments.
     variable_list result(12);
@@ -139,7 +147,7 @@ class ResampleSkipFunction : public torch::autograd::Function<ResampleSkipFuncti
 
 at::Tensor resample_skip_autograd(const at::Tensor& x, const std::optional<at::Tensor>& skip,
                                   double scale_h, double bias_h, double scale_w, double bias_w,
-                                  bool clamp, int64_t out_h, int64_t out_w, int64_t skip_y,
+                                  bool clamp, c10::SymInt out_h, c10::SymInt out_w, int64_t skip_y,
                                   int64_t skip_x, c10::string_view backend) {
   const bool skip_grad = skip.has_value() && skip->requires_grad();
   if (!(at::GradMode::is_enabled() && (x.requires_grad() || skip_grad))) {  // no graph to record
@@ -155,8 +163,8 @@ at::Tensor resample_skip_autograd(const at::Tensor& x, const std::optional<at::T
 class ResampleSkipBackwardFunction
     : public torch::autograd::Function<ResampleSkipBackwardFunction> {
  public:
-  static variable_list forward(AutogradContext*, const at::Tensor& grad_out, int64_t in_h,
-                               int64_t in_w, double scale_h, double bias_h, double scale_w,
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_out, c10::SymInt in_h,
+                               c10::SymInt in_w, double scale_h, double bias_h, double scale_w,
                                double bias_w, bool clamp, c10::string_view backend) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return {call_resample_skip_backward(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w,
@@ -169,9 +177,10 @@ class ResampleSkipBackwardFunction
   }
 };
 
-at::Tensor resample_skip_backward_autograd(const at::Tensor& grad_out, int64_t in_h, int64_t in_w,
-                                           double scale_h, double bias_h, double scale_w,
-                                           double bias_w, bool clamp, c10::string_view backend) {
+at::Tensor resample_skip_backward_autograd(const at::Tensor& grad_out, c10::SymInt in_h,
+                                           c10::SymInt in_w, double scale_h, double bias_h,
+                                           double scale_w, double bias_w, bool clamp,
+                                           c10::string_view backend) {
   if (!at::GradMode::is_enabled()) {  // a backward pass without create_graph: nothing to record
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_resample_skip_backward(grad_out, in_h, in_w, scale_h, bias_h, scale_w, bias_w,
@@ -186,10 +195,11 @@ at::Tensor resample_skip_backward_autograd(const at::Tensor& grad_out, int64_t i
 TORCH_LIBRARY_FRAGMENT(fcn_fast, m) {
   m.def(
       "resample_skip(Tensor x, Tensor? skip, float scale_h, float bias_h, float scale_w, "
-      "float bias_w, bool clamp, int out_h, int out_w, int skip_y, int skip_x, str backend) "
+      "float bias_w, bool clamp, SymInt out_h, SymInt out_w, int skip_y, int skip_x, str backend) "
       "-> Tensor");
   m.def(
-      "resample_skip_backward(Tensor grad_out, int in_h, int in_w, float scale_h, float bias_h, "
+      "resample_skip_backward(Tensor grad_out, SymInt in_h, SymInt in_w, float scale_h, float "
+      "bias_h, "
       "float scale_w, float bias_w, bool clamp, str backend) -> Tensor");
   // Implemented in Python (fcn_fast/triton/__init__.py); called by the two ops above.
   m.def(

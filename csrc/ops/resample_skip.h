@@ -17,11 +17,13 @@
 namespace fcn_fast {
 
 // The public op fcn_fast::resample_skip (schema: resample_skip.cpp) as C++ calls it through
-// the dispatcher.
+// the dispatcher. The output size is a SymInt, so that torch.export and torch.compile trace it
+// with dynamic shapes (the Autograd kernel takes SymInts; the kernels below it, concrete ints).
 using ResampleSkipSignature = at::Tensor(const at::Tensor& x, const std::optional<at::Tensor>& skip,
                                          double scale_h, double bias_h, double scale_w,
-                                         double bias_w, bool clamp, int64_t out_h, int64_t out_w,
-                                         int64_t skip_y, int64_t skip_x, c10::string_view backend);
+                                         double bias_w, bool clamp, c10::SymInt out_h,
+                                         c10::SymInt out_w, int64_t skip_y, int64_t skip_x,
+                                         c10::string_view backend);
 
 at::Tensor resample_skip_cpu(const at::Tensor& x, const std::optional<at::Tensor>& skip,
                              const Resampling& resampling, int64_t out_h, int64_t out_w,

@@ -47,7 +47,10 @@ def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
         if type(y) is int and type(x) is int and y >= minimum and x >= minimum:
             return value
     pair = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+    # torch.SymInt: a size traced with dynamic shapes (torch.export, torch.compile).
+    if len(pair) != 2 or not all(
+        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in pair
+    ):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")

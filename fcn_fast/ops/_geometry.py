@@ -19,6 +19,10 @@ class Geometry(NamedTuple):
     scale: tuple[float, float]  # (h, w)
     bias: tuple[float, float]
     clamp: bool  # F.interpolate's boundary; else taps outside the input count as zero
+    # The index scale is a function of sizes that torch.export / torch.compile trace as
+    # symbolic: the op's float arguments would bake in the traced sizes' value, so the front
+    # doors run plain PyTorch (F.interpolate) instead, which stays exact at every size.
+    traced: bool = False
 
     def resampler_args(self) -> tuple:
         """The op arguments (scale_h, bias_h, scale_w, bias_w, clamp)."""
@@ -97,7 +101,9 @@ def interpolate_geometry(
     if align_corners:
         scale_h = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
         scale_w = (w - 1) / (out_w - 1) if out_w > 1 else 0.0
-        return Geometry((out_h, out_w), (scale_h, scale_w), (0.0, 0.0), True)
+        return Geometry(
+            (out_h, out_w), (scale_h, scale_w), (0.0, 0.0), True, _symbolic(scale_h, scale_w)
+        )
     # PyTorch maps indices with the given scale factor when there is one, else in / out; but
     # an axis whose size does not change is copied whatever the factor (its CPU kernels'
     # rule per axis, e.g. scale_factor 1.4 on 2 columns; its CUDA kernel copies only when
@@ -105,8 +111,16 @@ def interpolate_geometry(
     scale_h = 1.0 / fh if fh is not None and out_h != h else h / out_h
     scale_w = 1.0 / fw if fw is not None and out_w != w else w / out_w
     return Geometry(
-        (out_h, out_w), (scale_h, scale_w), (0.5 * scale_h - 0.5, 0.5 * scale_w - 0.5), True
+        (out_h, out_w),
+        (scale_h, scale_w),
+        (0.5 * scale_h - 0.5, 0.5 * scale_w - 0.5),
+        True,
+        _symbolic(scale_h, scale_w),
     )
+
+
+def _symbolic(*values) -> bool:
+    return type(values[0]) is not float or type(values[1]) is not float
 
 
 def _scale_pair(scale_factor, op) -> tuple[float, float]:

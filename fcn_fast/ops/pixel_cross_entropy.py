@@ -12,14 +12,13 @@ The extension's op fcn_fast::pixel_cross_entropy runs it: csrc/ops/pixel_cross_e
 holds its autograd and picks the kernel by backend (csrc/cpu/, csrc/cuda/,
 fcn_fast/triton/pixel_cross_entropy.py).
 
-Targets outside [0, C) that are not ignore_index:
-* cpu: ValueError from the forward.
-* cuda / triton: checked on the device without a host sync. The kernel sets an
-  error flag and the op then calls torch._assert_async on it: the error surfaces
-  as a RuntimeError ("device-side assert triggered") at the next synchronising
-  call, as PyTorch's own nll_loss does. Under TRITON_INTERPRET=1 (CPU tensors) the
-  flag is read at once and raises ValueError.
-* reference: whatever F.cross_entropy raises.
+Targets outside [0, C) that are not ignore_index raise fcn_fast.TargetOutOfRangeError, both
+an IndexError (what PyTorch raises) and a ValueError, naming the value, on cpu (from the
+forward), reference (F.cross_entropy's IndexError) and triton under TRITON_INTERPRET=1 (CPU
+tensors: the kernel's flag is read at once). cuda / triton on a GPU check on the device
+without a host sync: the kernel sets an error flag and the op calls torch._assert_async on
+it, so the error surfaces as a RuntimeError ("device-side assert triggered") at the next
+synchronising call, as PyTorch's own nll_loss does.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from fcn_fast import _backend
-from fcn_fast._common import LOW_PRECISION, accumulation_dtype
+from fcn_fast._common import LOW_PRECISION, accumulation_dtype, target_error
 from fcn_fast.ops._checks import (
     REDUCTIONS,
     check_float,
@@ -126,17 +125,20 @@ def pixel_cross_entropy(
     """
     _check(logits, target, weight, ignore_index, reduction, label_smoothing)
     backend = _backend.resolve_backend(backend, _OP, logits.device)
-    if backend == "reference":
-        return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
-    loss, _, _ = _pixel_cross_entropy(
-        logits,
-        target,
-        kernel_weight(weight, logits.dtype),
-        ignore_index,
-        REDUCTIONS[reduction],
-        float(label_smoothing),
-        backend,
-    )
+    try:  # an out-of-range target: one exception type on every backend (target_error)
+        if backend == "reference":
+            return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
+        loss, _, _ = _pixel_cross_entropy(
+            logits,
+            target,
+            kernel_weight(weight, logits.dtype),
+            ignore_index,
+            REDUCTIONS[reduction],
+            float(label_smoothing),
+            backend,
+        )
+    except (IndexError, ValueError) as error:
+        raise target_error(error, _OP) from None
     return as_loss_dtype(loss, logits)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from fcn_fast import _backend
-from fcn_fast._common import accumulation_dtype, output_memory_format
+from fcn_fast._common import accumulation_dtype, output_memory_format, target_error
+from fcn_fast._decompositions import cross_entropy
 from fcn_fast.ops._checks import (
     REDUCTIONS,
     check_float,
@@ -138,19 +139,32 @@ def _loss(
     check_target(target, expected, lambda: f"logits upsampled to {geometry.out_size}", x, op)
     check_loss_options(weight, x.shape[1], x, ignore_index, reduction, label_smoothing, op)
     backend = _backend.resolve_backend(backend, op, x.device)
-    if backend == "reference":
-        logits = reference_logits()
-        return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
-    loss, _, _ = _resample_cross_entropy(
-        x,
-        target,
-        kernel_weight(weight, x.dtype),
-        *geometry.resampler_args(),
-        ignore_index,
-        REDUCTIONS[reduction],
-        float(label_smoothing),
-        backend,
-    )
+    if geometry.traced:  # plain PyTorch, and the loss as the op's ONNX form writes it out
+        loss, _, _ = cross_entropy(
+            reference_logits(),
+            target,
+            kernel_weight(weight, x.dtype),
+            ignore_index,
+            REDUCTIONS[reduction],
+            float(label_smoothing),
+        )
+        return as_loss_dtype(loss, x)
+    try:  # an out-of-range target: one exception type on every backend (target_error)
+        if backend == "reference":
+            logits = reference_logits()
+            return reference_loss(logits, target, weight, ignore_index, reduction, label_smoothing)
+        loss, _, _ = _resample_cross_entropy(
+            x,
+            target,
+            kernel_weight(weight, x.dtype),
+            *geometry.resampler_args(),
+            ignore_index,
+            REDUCTIONS[reduction],
+            float(label_smoothing),
+            backend,
+        )
+    except (IndexError, ValueError) as error:
+        raise target_error(error, op) from None
     return as_loss_dtype(loss, x)
 
 
@@ -163,7 +177,7 @@ def _argmax(x, geometry: Geometry, out_dtype, return_confidence, backend, op, re
     if not isinstance(return_confidence, bool):
         raise TypeError(f"{op}: return_confidence must be a bool, got {return_confidence!r}")
     backend = _backend.resolve_backend(backend, op, x.device)
-    if backend == "reference":
+    if backend == "reference" or geometry.traced:
         with torch.no_grad():
             return argmax_reference(reference_logits(), out_dtype, return_confidence)
     labels, confidence = _resample_argmax(

@@ -64,7 +64,7 @@ def _check_inputs(x, skip, x_name, op):
 def _run(x, skip, geometry, skip_crop, backend, op, reference):
     """The resampler on the kernel `backend` picks, or plain PyTorch for "reference"."""
     backend = _backend.resolve_backend(backend, op, x.device)
-    if backend == "reference":
+    if backend == "reference" or geometry.traced:
         return reference()
     return _resample_skip(
         x, skip, *geometry.resampler_args(), *geometry.out_size, *skip_crop, backend

@@ -1,4 +1,4 @@
-"""Command lines of `fcn-fast train`, `eval`, `predict` and `make-synthetic`."""
+"""Command lines of `fcn-fast train`, `eval`, `predict`, `export` and `make-synthetic`."""
 
 from __future__ import annotations
 
@@ -179,13 +179,16 @@ def predict_main(argv, prog="fcn-fast predict") -> int:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Segment images: OUT/<name>.png (class indices, VOC palette) and "
-        "OUT/<name>_overlay.png (the colours over the image).",
+        "OUT/<name>_overlay.png (the colours over the image), with a checkpoint in PyTorch "
+        "or with an exported ONNX graph (fcn-fast export) in onnxruntime.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True, help="fcn-fast training checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="fcn-fast training checkpoint")
+    source.add_argument("--onnx", help="ONNX graph written by fcn-fast export (onnxruntime, CPU)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--backend", help="override the run's kernel backend")
-    p.add_argument("--device", help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--backend", help="override the run's kernel backend (--checkpoint)")
+    p.add_argument("--device", help="torch device (--checkpoint; default cuda if available)")
     args = p.parse_args(argv)
 
     import torch
@@ -196,27 +199,84 @@ def predict_main(argv, prog="fcn-fast predict") -> int:
     from fcn_fast.train.report import overlay
 
     paths = [Path(i) for i in args.images]
-    for path in paths:
+    for path in [*paths, *([Path(args.onnx)] if args.onnx else [])]:
         if not path.is_file():
-            raise FileNotFoundError(f"{prog}: {path}: no such image")
+            raise FileNotFoundError(f"{prog}: {path}: no such file")
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         raise ValueError(f"{prog}: two images share a name, their outputs would collide")
-    model, config, device, _ = _checkpoint_model(args.checkpoint, args.backend, args.device)
+    if args.onnx:
+        from fcn_fast.deploy import OnnxSegmenter
+
+        segmenter = OnnxSegmenter(args.onnx)
+
+        def predict(image):  # the graph holds the input normalisation (fcn-fast export)
+            return segmenter(image.transpose(2, 0, 1)[None].copy())[0]
+
+    else:
+        model, config, device, _ = _checkpoint_model(args.checkpoint, args.backend, args.device)
+
+        def predict(image):
+            x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+            with torch.no_grad(), _autocast(device, config["amp"]):
+                labels = model.predict(_to_input(x, config, device), out_dtype=torch.uint8)
+            return labels[0].cpu().numpy()
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
     for path in paths:
         image = read_image(path)
-        x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
-        with torch.no_grad(), _autocast(device, config["amp"]):
-            labels = model.predict(_to_input(x, config, device), out_dtype=torch.uint8)
-        labels = labels[0].cpu().numpy()
+        labels = predict(image)
         png = Image.fromarray(labels)
         png.putpalette(palette)
         png.save(out / f"{path.stem}.png")
         Image.fromarray(overlay(image, labels)).save(out / f"{path.stem}_overlay.png")
         print(f"{path} -> {out / path.stem}.png, {path.stem}_overlay.png")
+    return 0
+
+
+def export_main(argv, prog="fcn-fast export") -> int:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Export a checkpoint to ONNX (standard ops, opset 18 by default): uint8 "
+        "RGB images (N, 3, H, W) in, with the run's input normalisation inside the graph; "
+        "float32 logits (N, C, H, W) out, or uint8 labels (N, H, W) with --labels. "
+        "fcn-fast predict --onnx runs it in onnxruntime.",
+    )
+    p.add_argument("--checkpoint", required=True, help="fcn-fast training checkpoint")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--labels", action="store_true", help="output the argmax labels (uint8)")
+    p.add_argument(
+        "--dynamic", action="store_true", help="dynamic batch, height and width (else --size)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(500, 500),
+        metavar=("H", "W"),
+        help="the input size a static graph takes, and the traced example's (default 500 500)",
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or 18; default 18)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from fcn_fast.deploy import ImageSegmenter, export_onnx
+    from fcn_fast.train.data import NORMALIZATIONS
+
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{prog}: {args.checkpoint}: no such file")
+    # Exported in fp32 on the CPU: the ONNX graph holds standard ops, whatever kernel ran.
+    model, config, _, _ = _checkpoint_model(args.checkpoint, "auto", "cpu")
+    model = model.to(memory_format=torch.contiguous_format)
+    segmenter = ImageSegmenter(model, NORMALIZATIONS[config["input_norm"]], labels=args.labels)
+    example = torch.randint(0, 256, (1, 3, *args.size), dtype=torch.uint8)
+    export_onnx(segmenter, args.out, example, dynamic=args.dynamic, opset=args.opset)
+    kind = "labels (N, H, W) uint8" if args.labels else f"logits (N, {config['n_class']}, H, W)"
+    shape = "N, 3, H, W" if args.dynamic else f"N = 1, 3, {args.size[0]}, {args.size[1]}"
+    print(f"{args.out}: uint8 RGB images ({shape}) -> {kind}, opset {args.opset}")
     return 0
 
 
@@ -244,6 +304,7 @@ COMMANDS = {
     "train": train_main,
     "eval": eval_main,
     "predict": predict_main,
+    "export": export_main,
     "make-synthetic": make_synthetic_main,
 }
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fcn_fast._common import accumulation_dtype
+from fcn_fast._common import TargetOutOfRangeError, accumulation_dtype
 from fcn_fast.triton._launch import (
     device_guard,
     exact,
@@ -543,18 +543,22 @@ def _forward(logits, target, weight, ignore_index, reduction, label_smoothing):
     finish_kernel[(1,)](
         parts, grid[0], loss, weight_sum, ok, REDUCTION=reduction, BLOCK=1024, num_warps=4
     )
-    check_targets(ok, C, ignore_index)
+    check_targets(ok, C, ignore_index, target)
     return loss, lse, weight_sum
 
 
-def check_targets(ok: torch.Tensor, C: int, ignore_index: int) -> None:
+def check_targets(ok: torch.Tensor, C: int, ignore_index: int, target: torch.Tensor) -> None:
     msg = (
         f"pixel_cross_entropy: target contains a value outside [0, C) = [0, {C}) "
         f"that is not ignore_index ({ignore_index})"
     )
     if ok.device.type == "cpu":  # the interpreter: no device to sync with
-        if not bool(ok):
-            raise ValueError(msg)
+        if not bool(ok):  # the first bad value, named as the CPU kernels name it
+            bad = target[(target != ignore_index) & ((target < 0) | (target >= C))]
+            raise TargetOutOfRangeError(
+                f"pixel_cross_entropy: target contains {int(bad[0])}, outside [0, C) = "
+                f"[0, {C}) and not ignore_index ({ignore_index})"
+            )
     elif ok.device.type == "cuda":
         torch._assert_async(ok, msg)  # no host sync: fails at a later sync
 

@@ -528,7 +528,7 @@ def _forward(
     finish_kernel[(1,)](
         parts, grid, loss, weight_sum, ok, REDUCTION=reduction, BLOCK=1024, num_warps=4
     )
-    check_targets(ok, C, ignore_index)
+    check_targets(ok, C, ignore_index, target)
     return loss, lse, weight_sum
 
 
