@@ -158,7 +158,7 @@ def _resample_cases():
                 rs.resample_skip_triton(_meta(16, 21, 132, 132), None, *up, 1024, 1024, 0, 0),
                 rs.resample_skip_backward_triton(_meta(16, 21, 1024, 1024), 132, 132, *up),
             ),
-            {"vec_stores": ["_fwd_planes_kernel"], "vec_loads": ["_bwd_kernel"]},
+            {"vec_stores": ["_fwd_rows_kernel"], "vec_loads": ["_bwd_kernel"]},
         ),
         (
             "upsample large bfloat16",
@@ -166,7 +166,7 @@ def _resample_cases():
             lambda: rs.resample_skip_triton(
                 _meta(16, 21, 132, 132, dtype="bfloat16"), None, *up, 1024, 1024, 0, 0
             ),
-            {"vec_stores": ["_fwd_planes_kernel"]},
+            {"vec_stores": ["_fwd_rows_kernel"]},
         ),
         (
             "interpolate large + skip float32",
@@ -174,7 +174,7 @@ def _resample_cases():
             lambda: rs.resample_skip_triton(
                 _meta(16, 21, 128, 128), _meta(16, 21, 1024, 1024), *interp, 1024, 1024, 0, 0
             ),
-            {"vec_stores": ["_fwd_planes_kernel"], "vec_loads": ["_fwd_planes_kernel"]},
+            {"vec_stores": ["_fwd_rows_kernel"], "vec_loads": ["_fwd_rows_kernel"]},
         ),
     ]
     odd = (1 / 3, 2 / 3 - 1.0, 1 / 3, 1.0 - 1.0, False)  # taps outside x: masked variant

@@ -6,11 +6,14 @@ block choice does not reach at test sizes, against the autograd adjoint of plain
 in float64.
 """
 
+import random
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from backends import backend_device
+from random_geometry import random_resampling
 
 from fcn_fast.reference.resample_skip import bilinear_weight
 
@@ -70,3 +73,25 @@ def test_forward_zero_boundary_masks_outside_taps():
     out = triton_rs.resample_skip_triton(x, None, 0.5, -0.75, 0.5, -0.75, False, 8, 8, 0, 0)
     assert not out.isnan().any()
     assert out.isinf().all()
+
+
+def test_forward_row_walk_random_geometries():
+    """The NCHW forward walks bands of rows keeping two blended input rows: random geometries
+    (strong down- and upsampling: i0 jumps and long runs; both boundaries; bands of 16+ rows
+    that start mid-run; trips of rows past a band's end) with a skip window, non-contiguous
+    x, in float64 against PyTorch."""
+    device = backend_device("triton")
+    rng = random.Random(2411)
+    for case in range(60):
+        r = random_resampling(rng, most_in=600, most_out=3000, longest=120)
+        (h, w), (H, W) = r.in_size, r.out_size
+        N, C = rng.randint(1, 2), rng.randint(1, 3)
+        x = torch.randn(N, C, w, h, dtype=torch.float64).transpose(2, 3)  # strided
+        sy, sx = rng.randint(0, 3), rng.randint(0, 3)
+        skip = torch.randn(N, C, H + sy + rng.randint(0, 2), W + sx + 1, dtype=torch.float64)
+        expected = r.reference(x) + skip[:, :, sy : sy + H, sx : sx + W]
+        g = r.geometry
+        got = triton_rs.resample_skip_triton(
+            x.to(device), skip.to(device), *r.scale_bias(), g.clamp, H, W, sy, sx
+        )
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12, msg=f"{case} {r}")

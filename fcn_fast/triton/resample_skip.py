@@ -7,10 +7,12 @@ kernels below touch every element with float32 (float64 for float64 data) and in
 offsets (an INT64 variant for tensors beyond 2^31 elements), and no integer division
 per element.
 
-Forward, NCHW output (_fwd_planes_kernel): a program owns a BLOCK_H x BLOCK_W tile of one
-(n, c) plane: 4 gathers of x (L1/L2 hits: x is 1/f^2 of the output), the skip window, and
-full-row stores that the compiler emits as 16-byte vectors (out_w is passed as a multiple
-of VEC, so every row start is provably aligned). Channels_last output (_fwd_pixels_kernel):
+Forward, NCHW output (_fwd_rows_kernel): a program walks a band of output rows of one
+(n, c) plane down a tile of columns, keeping the two input rows its rows read blended
+horizontally in registers (i0 never decreases: a row of x is gathered once per band, 2
+gathers per column), so an output row costs its vertical blend, the skip and full-row
+stores that the compiler emits as 16-byte vectors (out_w is passed as a multiple of VEC, so
+every row start is provably aligned). Channels_last output (_fwd_pixels_kernel):
 a program owns BLOCK_P pixels of one output row times BLOCK_C classes, so stores and the
 gathers of a channels_last x run along the contiguous class axis.
 
@@ -44,9 +46,14 @@ from fcn_fast.triton._launch import (
 )
 from fcn_fast.triton._taps import tap_tables, taps_in_range
 
-# Elements per forward program (16 per thread at 4 warps: four 16-byte stores for fp32).
+# Elements per channels_last forward program (16 per thread at 4 warps: four 16-byte stores
+# for fp32).
 _TILE = 2048
 _NUM_WARPS = 4
+# NCHW forward: programs to aim for (~8 a multiprocessor on 132 SMs, 4 waves of tails), and
+# the fewest rows a program's band has.
+_FILL_PROGRAMS = 4096
+_MIN_BAND = 16
 # Backward: persistent programs per SM, and the largest phase-2 tile (CB * BI * BJ).
 _BWD_PROGRAMS_PER_SM = 4
 _BWD_TILE = 2048
@@ -141,7 +148,25 @@ def blend(
 
 
 @triton.jit
-def _fwd_planes_kernel(
+def _tap_row(x_c, row, c0, c1, k0x, k1x, w0x, w1x, in_h, xs_h, acc_ty: tl.constexpr,
+             TAP_MASK: tl.constexpr, IDX: tl.constexpr):  # fmt: skip
+    """Input row `row` of the x plane at x_c blended horizontally at a row of output columns:
+    2 gathers per column (L1/L2 hits: x is 1/f^2 of the output). Under TAP_MASK a tap
+    outside x is a masked load of 0, not a multiplication by its 0 weight."""
+    r = row.to(IDX) * xs_h
+    if TAP_MASK:
+        # A vector mask: the interpreter rejects one broadcast from a scalar test.
+        row_ok = tap_ok(row + tl.zeros(k0x.shape, tl.int32), in_h)
+        xa = tl.load(x_c + r + c0, mask=row_ok & k0x, other=0.0).to(acc_ty)
+        xb = tl.load(x_c + r + c1, mask=row_ok & k1x, other=0.0).to(acc_ty)
+    else:
+        xa = tl.load(x_c + r + c0).to(acc_ty)
+        xb = tl.load(x_c + r + c1).to(acc_ty)
+    return w0x * xa + w1x * xb
+
+
+@triton.jit
+def _fwd_rows_kernel(
     x_ptr,
     skip_ptr,
     out_ptr,
@@ -153,7 +178,8 @@ def _fwd_planes_kernel(
     out_h,
     out_w_v,
     tiles_w,
-    tiles_per_plane,
+    bands,
+    band_h,
     xs_n,
     xs_c,
     xs_h,
@@ -167,57 +193,94 @@ def _fwd_planes_kernel(
     CLAMP: tl.constexpr,
     HAS_SKIP: tl.constexpr,
     TAP_MASK: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN_W: tl.constexpr,
     IDX: tl.constexpr,
     VEC: tl.constexpr,
     SKIP_ALIGN: tl.constexpr,
     ROWS: tl.constexpr,
-    BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
+    """A program walks a band of band_h output rows of one (n, c) plane down a tile of
+    BLOCK_W columns. The two input rows its rows read stay blended horizontally in registers
+    (h0, h1) and change only when i0 does (i0 never decreases): an output row costs its
+    vertical blend, the skip and the store, ~3 operations an element."""
     # out_w as a multiple of VEC: the compiler then knows every output row starts on a
-    # 16-byte boundary and that the row mask is constant over each vector.
+    # 16-byte boundary and that the column mask is constant over each vector.
     out_w = out_w_v * VEC
     acc_ty = wtab_ptr.dtype.element_ty
     pid = tl.program_id(0)
-    plane = pid // tiles_per_plane  # int32, once per program
-    tile = pid - plane * tiles_per_plane
-    ty = tile // tiles_w
-    tx = tile - ty * tiles_w
+    per_plane = bands * tiles_w
+    plane = pid // per_plane  # int32, once per program
+    tile = pid - plane * per_plane
+    band = tile // tiles_w
+    tx = tile - band * tiles_w
     n = plane // C
     c = plane - n * C
-    rows = ty * BLOCK_H + tl.arange(0, BLOCK_H)
-    oy = rows[:, None]
-    ox = tx * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x = tile_taps(
-        itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP
-    )
-    r_base = tl.load(itab_ptr + ty * BLOCK_H)  # i0 of the tile's first row, its smallest
+    ox = tx * BLOCK_W + tl.arange(0, BLOCK_W)
+    rx = tl.minimum(ox, out_w - 1)  # columns past the edge take the last one's taps
+    i0x = tl.load(itab_ptr + out_h + rx)
+    w0x = tl.load(wtab_ptr + 2 * out_h + rx)
+    w1x = tl.load(wtab_ptr + 2 * out_h + out_w + rx)
+    i1x = tl.minimum(i0x + 1, in_w - 1) if CLAMP else i0x + 1
+    c0 = i0x.to(IDX) * xs_w
+    c1 = i1x.to(IDX) * xs_w
+    k0x = tap_ok(i0x, in_w)
+    k1x = tap_ok(i1x, in_w)
     x_c = x_ptr + n.to(IDX) * xs_n + c.to(IDX) * xs_c
-    v = blend(
-        x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
-        acc_ty, ROWS, TAP_MASK, IDX,
+    y_begin = band * band_h
+    y_end = tl.minimum(y_begin + band_h, out_h)
+    cached = tl.load(itab_ptr + y_begin)  # the input row h0 holds; h1 holds the next
+    h0 = _tap_row(x_c, cached, c0, c1, k0x, k1x, w0x, w1x, in_h, xs_h, acc_ty, TAP_MASK, IDX)
+    h1 = _tap_row(
+        x_c, tl.minimum(cached + 1, in_h - 1) if CLAMP else cached + 1,
+        c0, c1, k0x, k1x, w0x, w1x, in_h, xs_h, acc_ty, TAP_MASK, IDX,
     )  # fmt: skip
-
-    m_out = (oy < out_h) & (ox < out_w)
-    if HAS_SKIP:
-        s_row = (
-            n.to(IDX) * ss_n
-            + c.to(IDX) * ss_c
-            + (rows + skip_y).to(IDX) * ss_h
-            + skip_x.to(IDX) * ss_w
-        )
-        s_row = tl.multiple_of(s_row, SKIP_ALIGN)
-        s_ptr = skip_ptr + s_row[:, None] + ox.to(IDX) * ss_w
-        if EVEN:
-            v += tl.load(s_ptr).to(acc_ty)
-        else:
-            v += tl.load(s_ptr, mask=m_out, other=0.0).to(acc_ty)
-    o_ptr = out_ptr + (plane.to(IDX) * out_h + oy) * out_w + ox
-    if EVEN:
-        tl.store(o_ptr, v.to(out_ptr.dtype.element_ty))
-    else:
-        tl.store(o_ptr, v.to(out_ptr.dtype.element_ty), mask=m_out)
+    m_col = ox < out_w
+    # ROWS rows a trip, their skip loads issued first (Little's law: a thread's one 16-byte
+    # load a row would leave too few bytes in flight). Past the band's end a trip redoes its
+    # last row: the same value stored again.
+    for y in range(y_begin, y_end, ROWS):
+        skips = ()
+        if HAS_SKIP:
+            for k in tl.static_range(ROWS):
+                yk = tl.minimum(y + k, y_end - 1)
+                s_row = (
+                    n.to(IDX) * ss_n
+                    + c.to(IDX) * ss_c
+                    + (yk + skip_y).to(IDX) * ss_h
+                    + skip_x.to(IDX) * ss_w
+                )
+                s_row = tl.multiple_of(s_row, SKIP_ALIGN)
+                s_ptr = skip_ptr + s_row + ox.to(IDX) * ss_w
+                if EVEN_W:
+                    skips = skips + (tl.load(s_ptr).to(acc_ty),)
+                else:
+                    skips = skips + (tl.load(s_ptr, mask=m_col, other=0.0).to(acc_ty),)
+        for k in tl.static_range(ROWS):
+            yk = tl.minimum(y + k, y_end - 1)
+            i0 = tl.load(itab_ptr + yk)
+            w0y = tl.load(wtab_ptr + yk)
+            w1y = tl.load(wtab_ptr + out_h + yk)
+            if i0 != cached:
+                if i0 == cached + 1:
+                    h0 = h1
+                else:
+                    h0 = _tap_row(
+                        x_c, i0, c0, c1, k0x, k1x, w0x, w1x, in_h, xs_h, acc_ty, TAP_MASK, IDX
+                    )
+                h1 = _tap_row(
+                    x_c, tl.minimum(i0 + 1, in_h - 1) if CLAMP else i0 + 1,
+                    c0, c1, k0x, k1x, w0x, w1x, in_h, xs_h, acc_ty, TAP_MASK, IDX,
+                )  # fmt: skip
+                cached = i0
+            v = w0y * h0 + w1y * h1
+            if HAS_SKIP:
+                v += skips[k]
+            o_ptr = out_ptr + (plane.to(IDX) * out_h + yk) * out_w + ox
+            if EVEN_W:
+                tl.store(o_ptr, v.to(out_ptr.dtype.element_ty))
+            else:
+                tl.store(o_ptr, v.to(out_ptr.dtype.element_ty), mask=m_col)
 
 
 @triton.jit
@@ -255,7 +318,7 @@ def _fwd_pixels_kernel(
     BLOCK_C: tl.constexpr,
 ):
     # Channels_last output: out[n, y, x, c] at ((n * out_h + y) * out_w + x) * C + c.
-    C = C_v * VEC  # a multiple of VEC, so pixel rows start aligned (see _fwd_planes_kernel)
+    C = C_v * VEC  # a multiple of VEC, so pixel rows start aligned (see _fwd_rows_kernel)
     acc_ty = wtab_ptr.dtype.element_ty
     pid = tl.program_id(0)
     rest = pid // c_blocks
@@ -647,24 +710,25 @@ def _forward(x, skip, out, scale_h, bias_h, scale_w, bias_w, clamp, skip_y, skip
         )  # fmt: skip
     else:
         vec = pow2_divisor(vec_max, out_w)
-        block_w = min(pow2(out_w), 256)
-        block_h = max(1, min(pow2(out_h), _TILE // block_w))
-        rows = separable_rows(scale_h, min(block_h, SEPARABLE_BLOCK_H), x.device)
-        if rows:
-            block_h = min(block_h, SEPARABLE_BLOCK_H)
+        # One 16-byte vector a thread a row; rows a trip: 32 bytes of skip in flight a thread.
+        block_w = min(pow2(out_w), vec * 32 * _NUM_WARPS)
         tiles_w = triton.cdiv(out_w, block_w)
-        tiles_per_plane = triton.cdiv(out_h, block_h) * tiles_w
+        # Bands of rows: about _FILL_PROGRAMS programs, each band long enough that loading
+        # its first two input rows is a small part of its work.
+        planes = N * C * tiles_w
+        band_h = min(out_h, max(_MIN_BAND, triton.cdiv(planes * out_h, _FILL_PROGRAMS)))
+        bands = triton.cdiv(out_h, band_h)
         skip_align = (
             pow2_divisor(vec, ss[0], ss[1], ss[2], skip_x) if has_skip and ss[3] == 1 else 1
         )
-        grid = (N * C * tiles_per_plane,)
-        _fwd_planes_kernel[grid](
+        grid = (N * C * bands * tiles_w,)
+        _fwd_rows_kernel[grid](
             x, skip_arg, out, tables.itab, tables.wtab,
-            C, in_h, in_w, out_h, out_w // vec, tiles_w, tiles_per_plane,
+            C, in_h, in_w, out_h, out_w // vec, tiles_w, bands, band_h,
             *x.stride(), *ss, skip_y, skip_x,
-            EVEN=out_h % block_h == 0 and out_w % block_w == 0,
-            VEC=vec, SKIP_ALIGN=skip_align, ROWS=rows,
-            BLOCK_H=block_h, BLOCK_W=block_w, **common,
+            EVEN_W=out_w % block_w == 0, VEC=vec, SKIP_ALIGN=skip_align,
+            ROWS=(4 if x.element_size() == 2 else 2) if has_skip else 1, BLOCK_W=block_w,
+            **common,
         )  # fmt: skip
 
 
