@@ -460,7 +460,7 @@ def interpolate_add_case(
     def nbytes(es):
         big = n * c * out_h * out_w
         fwd = es * (n * c * h * w + (big if skip else 0) + big)
-        bwd = es * (big + n * c * h * w + (big if skip else 0))
+        bwd = es * (big + n * c * h * w)  # the skip's gradient is grad_out itself: no copy
         return fwd, bwd
 
     shape = f"N{n} C{c} {h}x{w} → {out_h}x{out_w}" + (" +skip" if skip else "")

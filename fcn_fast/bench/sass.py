@@ -423,4 +423,7 @@ def around_loop(function: Function, loop: Loop) -> int:
     to the loop's head, and from the instruction after its back edge to an EXIT."""
     before = shortest_path(function, 0, lambda k: k == loop.head) - 1
     after = shortest_path(function, loop.back + 1, lambda k: function.instrs[k].base == "EXIT")
+    exits_inside = any(i.base == "EXIT" for i in function.instrs[loop.head : loop.back + 1])
+    if exits_inside:  # the loop's last trip returns from inside it (Triton's loops do)
+        after = min(after, 1)
     return before + after
