@@ -34,12 +34,12 @@ NVCC = shutil.which("nvcc") or (
 
 TABLE_KERNELS = {"resample_tables_kernel"}
 # Forward kernels and the template argument that is the per-thread vector width (elements).
-# Not the fused head's forward: a thread per fine column, so a warp's 4-byte stores of lse and
-# loss fill whole 128-byte lines, and a pixel's store is 1 instruction of its C-class loop.
+# Not the fused heads' forward and argmax: a thread per fine column, so a warp's stores of lse
+# and loss (labels, confidence) fill whole lines, and a pixel's store is 1 instruction of its
+# C-class loop.
 FORWARD_KERNELS = {
     "resample_skip_forward_kernel": 0,
     "loss_forward_runs_kernel": 0,
-    "fused_argmax_kernel": 0,
 }
 ELEMENT_BYTES = {"float": 4, "double": 8, "__half": 2, "__nv_bfloat16": 2}
 FP64_OPCODES = {"DADD", "DMUL", "DFMA", "DSETP", "DSET", "DMNMX", "DMMA"}

@@ -53,14 +53,19 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
                         a.reduction);
 }
 
-template <int P, typename T, typename label_t, typename index_t>
+// As the forward: a block per (tile of fine columns, fine row), each thread the strip that
+// starts there, for every image.
+template <typename T, typename label_t, typename index_t, int R, bool CONF>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_argmax_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
-                        const T* __restrict__ x, label_t* __restrict__ labels,
-                        float* __restrict__ confidence) {
-  const int32_t q0 = (static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x) * P;
-  for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) {
-    fused_argmax_pixels<P>(a, t, x, labels, confidence, n, q0);
+                        const T* __restrict__ x, const acc_type<T>* __restrict__ cmax,
+                        label_t* __restrict__ labels, float* __restrict__ confidence) {
+  const int32_t X = static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x;
+  for (int32_t Y = blockIdx.y; Y < a.out_h; Y += gridDim.y) {
+    if (!starts_strip<R>(t, Y)) continue;
+    for (int32_t n = 0; n < a.N; ++n) {
+      fused_argmax_strip<R, CONF>(a, t, x, cmax, labels, confidence, n, Y, X);
+    }
   }
 }
 
@@ -111,7 +116,7 @@ TableGeometry table_geometry(const FusedGeometry& g, FusedPass pass) {
                                     g.scale_h, g.bias_h},
                        AxisGeometry{static_cast<int32_t>(g.in_w), static_cast<int32_t>(g.out_w),
                                     g.scale_w, g.bias_w},
-                       g.clamp, pass == FusedPass::Backward, pass != FusedPass::Argmax};
+                       g.clamp, pass == FusedPass::Backward, true};
 }
 
 int64_t tap_bytes(DType dtype) {
@@ -134,10 +139,17 @@ cudaError_t with_strip_rows(int rows, F&& f) {
   return rows == 8 ? f(std::integral_constant<int, 8>{}) : f(std::integral_constant<int, 2>{});
 }
 
-// The plan's pixels per thread: 4, or 1 on the 64-bit index path (compiled for that only).
-template <typename index_t, typename F>
-cudaError_t with_pixels(F&& f) {
-  return f(std::integral_constant<int, sizeof(index_t) == 8 ? 1 : 4>{});
+// The coarse-max pass: a thread per coarse pixel of an image, grid y striding the images.
+template <typename T, typename index_t>
+cudaError_t launch_coarse_max(const FusedArgs<acc_type<T>, index_t>& a, const FusedGeometry& g,
+                              const void* x, acc_type<T>* cmax, cudaStream_t stream) {
+  const int64_t plane = static_cast<int64_t>(g.in_h) * g.in_w;
+  if (plane == 0 || g.N == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned int>((plane + kFusedThreads - 1) / kFusedThreads),
+                  grid_dim(g.N, 65535));
+  coarse_max_kernel<T, index_t>
+      <<<grid, kFusedThreads, 0, stream>>>(a, static_cast<const T*>(x), cmax);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -146,10 +158,13 @@ int64_t resample_cross_entropy_workspace_bytes(DType dtype, const FusedGeometry&
                                                Strides4 x_strides, Strides3 target_strides,
                                                FusedPass pass, bool force_index64) {
   const int64_t tables = table_layout(table_geometry(g, pass), tap_bytes(dtype)).bytes;
-  if (pass != FusedPass::Forward) return tables;
+  if (pass == FusedPass::Backward) return tables;
   FusedPlan p = plan(g, x_strides, target_strides, nullptr, 4, nullptr, 4, force_index64);
   plan_fused_forward(p);
-  return tables + (2 * p.grid_x * p.grid_y + p.coarse_entries) * acc_size(dtype);
+  // The forward: the tables, a (loss, weight) partial per block, the coarse maxima; the
+  // argmax: the tables and the coarse maxima (for the confidence).
+  const int64_t partials = pass == FusedPass::Forward ? 2 * p.grid_x * p.grid_y : 0;
+  return tables + (partials + p.coarse_entries) * acc_size(dtype);
 }
 
 bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, Strides4 x_strides,
@@ -190,16 +205,8 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
       using index_t = decltype(index_tag);
       const auto a =
           narrow_fused_args<acc_t, index_t>(p.args, ignore_index, reduction, label_smoothing);
-      if (p.coarse_entries > 0) {
-        const int64_t plane = static_cast<int64_t>(g.in_h) * g.in_w;
-        const dim3 coarse_grid(
-            static_cast<unsigned int>((plane + kFusedThreads - 1) / kFusedThreads),
-            grid_dim(g.N, 65535));
-        coarse_max_kernel<T, index_t><<<coarse_grid, kFusedThreads, 0, stream>>>(
-            a, static_cast<const T*>(x), static_cast<acc_t*>(cmax));
-        err = cudaGetLastError();
-        if (err != cudaSuccess) return err;
-      }
+      err = launch_coarse_max<T>(a, g, x, static_cast<acc_t*>(cmax), stream);
+      if (err != cudaSuccess) return err;
       return with_strip_rows(fused_strip_rows(g.scale_h), [&](auto rows) {
         return with_flag(a.smoothing, [&](auto smooth) {
           fused_forward_kernel<T, index_t, decltype(rows)::value, decltype(smooth)::value>
@@ -260,9 +267,11 @@ cudaError_t launch_resample_argmax(DType dtype, const FusedGeometry& g, const vo
                                    cudaStream_t stream) {
   if (g.N * g.out_h * g.out_w == 0) return cudaSuccess;
   const TableGeometry tg = table_geometry(g, FusedPass::Argmax);
-  const FusedPlan p = plan(g, x_strides, Strides3{0, 0, 0}, labels, labels_uint8 ? 1 : 8,
-                           confidence, 4, force_index64);
+  FusedPlan p = plan(g, x_strides, Strides3{0, 0, 0}, labels, labels_uint8 ? 1 : 8, confidence, 4,
+                     force_index64);
+  plan_fused_forward(p);
   const dim3 grid(static_cast<unsigned int>(p.grid_x), static_cast<unsigned int>(p.grid_y));
+  void* cmax = static_cast<char*>(workspace) + table_layout(tg, tap_bytes(dtype)).bytes;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_type<T>;
@@ -272,16 +281,25 @@ cudaError_t launch_resample_argmax(DType dtype, const FusedGeometry& g, const vo
     return dispatch_index(p.index64, [&](auto index_tag) {
       using index_t = decltype(index_tag);
       const auto a = narrow_fused_args<acc_t, index_t>(p.args, 0, 0, 0.0);
-      return with_pixels<index_t>([&](auto pixels) {
-        constexpr int P = decltype(pixels)::value;
-        if (labels_uint8) {
-          fused_argmax_kernel<P, T, uint8_t, index_t><<<grid, kFusedThreads, 0, stream>>>(
-              a, t, static_cast<const T*>(x), static_cast<uint8_t*>(labels), confidence);
-        } else {
-          fused_argmax_kernel<P, T, int64_t, index_t><<<grid, kFusedThreads, 0, stream>>>(
-              a, t, static_cast<const T*>(x), static_cast<int64_t*>(labels), confidence);
-        }
-        return cudaGetLastError();
+      if (confidence != nullptr) {
+        err = launch_coarse_max<T>(a, g, x, static_cast<acc_t*>(cmax), stream);
+        if (err != cudaSuccess) return err;
+      }
+      return with_strip_rows(fused_strip_rows(g.scale_h), [&](auto rows) {
+        return with_flag(confidence != nullptr, [&](auto conf) {
+          constexpr int R = decltype(rows)::value;
+          constexpr bool CONF = decltype(conf)::value;
+          const auto* xt = static_cast<const T*>(x);
+          const auto* cm = static_cast<const acc_t*>(cmax);
+          if (labels_uint8) {
+            fused_argmax_kernel<T, uint8_t, index_t, R, CONF><<<grid, kFusedThreads, 0, stream>>>(
+                a, t, xt, cm, static_cast<uint8_t*>(labels), confidence);
+          } else {
+            fused_argmax_kernel<T, int64_t, index_t, R, CONF><<<grid, kFusedThreads, 0, stream>>>(
+                a, t, xt, cm, static_cast<int64_t*>(labels), confidence);
+          }
+          return cudaGetLastError();
+        });
       });
     });
   });

@@ -593,42 +593,44 @@ def cuda_launches(call: OpCall) -> list[Launch]:
             "plan_fused_c", _i64(x.shape), _i64(x.stride()), _i64(t_strides), oh, ow, _f64(sb),
             _Int(clamp), _Int(1 if backward else 0), _Int(acc_size), _Int(smoothing > 0),
         )  # fmt: skip
-        P, index64, grid_x, grid_y, threads, groups, blocks, smem, capacity = p[:9]
+        index64, threads, groups, blocks, smem, capacity = p[1], p[4], *p[5:9]
         acc = "double" if x.dtype == torch.float64 else "float"
         pairs = N * C * oh * ow
         # Table entries: taps per output row and column, the backward's adjoint ranges per input
         # row and column, the fused passes' row runs per output row.
         entries = oh + ow + (x.shape[2] + x.shape[3] if backward else 0)
-        tables = _tables_launch(b, acc, entries + (oh if name != "resample_argmax" else 0))
-        pname = str(P if P in (1, 4) else 1)
-        if name == "resample_cross_entropy":
-            # plan_fused_forward: the coarse-max pass (a thread per coarse pixel), then a thread
-            # per fine pixel, those that start a strip of R rows doing the strip's work.
+        tables = _tables_launch(b, acc, entries + oh)
+        if name in ("resample_cross_entropy", "resample_argmax"):
+            # plan_fused_forward: the coarse-max pass (a thread per coarse pixel; the argmax
+            # only for its confidence), then a thread per fine pixel, those that start a strip
+            # of R rows doing the strip's work.
             rows = 8 if sb[0] <= 1 / 6 else 2
-            smooth = "true" if smoothing > 0 else "false"
-            kernel = _cuda_kernel(
-                "fused_forward_kernel", tname, _index_name(index64), str(rows), smooth
-            )
-            cmax = _cuda_kernel("coarse_max_kernel", tname, _index_name(index64))
-            coarse_blocks = -(-(x.shape[2] * x.shape[3]) // threads) * min(N, 65535)
+            if name == "resample_argmax":
+                label = "unsigned char" if a[8] == torch.uint8 else "long"
+                conf = bool(a[9])
+                kernel = _cuda_kernel(
+                    "fused_argmax_kernel", tname, label, _index_name(index64), str(rows),
+                    "true" if conf else "false",
+                )  # fmt: skip
+                exps = pairs if conf else 0
+            else:
+                conf = True
+                smooth = "true" if smoothing > 0 else "false"
+                kernel = _cuda_kernel(
+                    "fused_forward_kernel", tname, _index_name(index64), str(rows), smooth
+                )
+                exps = pairs
             blocks = -(-ow // threads) * min(oh, 65535)  # plan_fused_forward
-            forward = _launch(b, kernel, es, threads, blocks, 0, pairs, pairs, read, written)
+            main = _launch(b, kernel, es, threads, blocks, 0, pairs, exps, read, written)
             # Each working thread runs a strip for each image (its code around the class loop
             # N times): counted as N threads.
-            forward.working_threads = N * ow * _strips(oh, x.shape[2], sb[0], sb[1], clamp, rows)
-            return [
-                tables,
-                _launch(b, cmax, es, threads, coarse_blocks, 0, 0, 0, 0, 0),
-                forward,
-            ]
-        if name == "resample_argmax":
-            label = "unsigned char" if a[8] == torch.uint8 else "long"
-            kernel = _cuda_kernel("fused_argmax_kernel", pname, tname, label, _index_name(index64))
-            exps = pairs if a[9] else 0
-            return [
-                tables,
-                _launch(b, kernel, es, threads, grid_x * grid_y, 0, pairs, exps, read, written),
-            ]
+            main.working_threads = N * ow * _strips(oh, x.shape[2], sb[0], sb[1], clamp, rows)
+            launches = [tables, main]
+            if conf:
+                cmax = _cuda_kernel("coarse_max_kernel", tname, _index_name(index64))
+                coarse_blocks = -(-(x.shape[2] * x.shape[3]) // threads) * min(N, 65535)
+                launches.insert(1, _launch(b, cmax, es, threads, coarse_blocks, 0, 0, 0, 0, 0))
+            return launches
         if groups == 0:  # the unfused fallback: not modelled as one kernel
             return []
         # Each block recomputes the output pixels its band and tile read: at most `capacity`.

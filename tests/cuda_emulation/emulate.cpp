@@ -598,44 +598,64 @@ int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const
 
 int emu_resample_argmax(int dtype, const int64_t* x_sizes, const void* x, const int64_t* xs,
                         int64_t out_h, int64_t out_w, const double* scale_bias, int clamp,
-                        void* labels, int labels_uint8, float* confidence, int force64, int pixels,
+                        void* labels, int labels_uint8, float* confidence, int force64,
                         int64_t* chosen, char* error) {
   return guarded(error, [&] {
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {0, 0, 0};
     const int64_t io[4] = {x_sizes[2], x_sizes[3], out_h, out_w};
-    const TableGeometry tg = table_geometry(io, scale_bias, clamp, false);
-    const FusedPlan plan = plan_fused(x4, xs4, ts3, out_h, out_w, labels, labels_uint8 ? 1 : 8,
-                                      confidence, 4, force64 != 0, pixels);
-    chosen[0] = plan.P;
+    const TableGeometry tg = table_geometry(io, scale_bias, clamp, false, true);
+    FusedPlan plan = plan_fused(x4, xs4, ts3, out_h, out_w, labels, labels_uint8 ? 1 : 8,
+                                confidence, 4, force64 != 0);
+    plan_fused_forward(plan);
+    chosen[0] = fused_strip_rows(scale_bias[0]);
     chosen[1] = plan.index64;
-    chosen[2] = plan.args.pixel_vector;
     with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       ResampleTables<T> t;
       const auto tables = build_tables<T>(tg, &t);
       const auto a = narrow_fused_args<T, index_t>(plan.args, 0, 0, 0.0);
-      with_vector(plan.P, [&](auto width) {
-        constexpr int P = decltype(width)::value;
-        for (int64_t by = 0; by < plan.grid_y; ++by) {
-          for (int64_t bx = 0; bx < plan.grid_x; ++bx) {
-            for (int th = 0; th < kFusedThreads; ++th) {
-              const int32_t q0 = (static_cast<int32_t>(bx) * kFusedThreads + th) * P;
-              for (int32_t n = static_cast<int32_t>(by); n < a.N;
-                   n += static_cast<int32_t>(plan.grid_y)) {
+      // coarse_max_kernel (for the confidence), then fused_argmax_kernel
+      std::vector<T> cmax(static_cast<size_t>(plan.coarse_entries) + 1,
+                          std::numeric_limits<T>::quiet_NaN());
+      if (confidence != nullptr) {
+        for (int32_t n = 0; n < a.N; ++n) {
+          for (int32_t rest = 0; rest < a.in_h * a.in_w; ++rest) {
+            coarse_max_entry(a, static_cast<const T*>(x), n, rest, cmax.data());
+          }
+        }
+      }
+      const bool eight = chosen[0] == 8;
+      for (int64_t by = 0; by < plan.grid_y; ++by) {
+        for (int64_t bx = 0; bx < plan.grid_x; ++bx) {
+          for (int th = 0; th < kFusedThreads; ++th) {
+            const int32_t X = static_cast<int32_t>(bx) * kFusedThreads + th;
+            for (int32_t Y = static_cast<int32_t>(by); Y < a.out_h;
+                 Y += static_cast<int32_t>(plan.grid_y)) {
+              if (eight ? !starts_strip<8>(t, Y) : !starts_strip<2>(t, Y)) continue;
+              for (int32_t n = 0; n < a.N; ++n) {
+                const auto strip = [&](auto rows, auto conf, auto* out) {
+                  fused_argmax_strip<decltype(rows)::value, decltype(conf)::value>(
+                      a, t, static_cast<const T*>(x), cmax.data(), out, confidence, n, Y, X);
+                  return 0;
+                };
+                const auto run = [&](auto* out) {
+                  return with_flag(confidence != nullptr, [&](auto conf) {
+                    return eight ? strip(std::integral_constant<int, 8>{}, conf, out)
+                                 : strip(std::integral_constant<int, 2>{}, conf, out);
+                  });
+                };
                 if (labels_uint8) {
-                  fused_argmax_pixels<P>(a, t, static_cast<const T*>(x),
-                                         static_cast<uint8_t*>(labels), confidence, n, q0);
+                  run(static_cast<uint8_t*>(labels));
                 } else {
-                  fused_argmax_pixels<P>(a, t, static_cast<const T*>(x),
-                                         static_cast<int64_t*>(labels), confidence, n, q0);
+                  run(static_cast<int64_t*>(labels));
                 }
               }
             }
           }
         }
-      });
+      }
     });
   });
 }

@@ -43,107 +43,6 @@ struct FusedArgs {
   int32_t pixel_capacity;  // backward: staged fine pixels per block
 };
 
-// The 4 taps of one fine pixel: offsets (relative to class 0 of the image) and weights.
-template <typename acc_t, typename index_t>
-struct PixelTaps {
-  index_t o00, o01, o10, o11;  // (row tap, column tap)
-  acc_t wy0, wy1, wx0, wx1;
-};
-
-template <typename acc_t, typename index_t>
-FCN_HD PixelTaps<acc_t, index_t> pixel_taps(const TapEntry<acc_t>& ty, const TapEntry<acc_t>& tx,
-                                            const Strides<index_t>& s) {
-  PixelTaps<acc_t, index_t> p;
-  const index_t r0 = static_cast<index_t>(ty.i0) * s.h, r1 = static_cast<index_t>(ty.i1) * s.h;
-  const index_t c0 = static_cast<index_t>(tx.i0) * s.w, c1 = static_cast<index_t>(tx.i1) * s.w;
-  p.o00 = r0 + c0;
-  p.o01 = r0 + c1;
-  p.o10 = r1 + c0;
-  p.o11 = r1 + c1;
-  p.wy0 = ty.w0;
-  p.wy1 = ty.w1;
-  p.wx0 = tx.w0;
-  p.wx1 = tx.w1;
-  return p;
-}
-
-// z at one fine pixel for the class whose plane starts at xc. The backward's RowPair forms
-// the same two horizontal blends and the same vertical one: both see identical z.
-template <typename T, typename index_t>
-FCN_HD acc_type<T> pixel_logit(const PixelTaps<acc_type<T>, index_t>& p, const T* xc) {
-  const acc_type<T> top = tap_blend(p.wx0, load_acc(xc + p.o00), p.wx1, load_acc(xc + p.o01));
-  const acc_type<T> bottom = tap_blend(p.wx0, load_acc(xc + p.o10), p.wx1, load_acc(xc + p.o11));
-  return tap_blend(p.wy0, top, p.wy1, bottom);
-}
-
-// Taps of pixels q0 .. q0 + P - 1 (those past `count` repeat the first: read, never used).
-template <int P, typename acc_t, typename index_t>
-FCN_HD void run_taps(const FusedArgs<acc_t, index_t>& a, const ResampleTables<acc_t>& t, int32_t q0,
-                     int count, PixelTaps<acc_t, index_t> (&taps)[P]) {
-  int32_t Y = q0 / a.out_w, X = q0 - Y * a.out_w;
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    if (p < count) {
-      taps[p] = pixel_taps<acc_t, index_t>(t.rows[Y], t.cols[X], a.x);
-    } else {
-      taps[p] = taps[0];
-    }
-    if (++X == a.out_w) {
-      X = 0;
-      ++Y;
-    }
-  }
-}
-
-// ---- Forward: loss of P fine pixels q0 .. of image n ----
-
-template <int P, typename T, typename index_t>
-FCN_HD LossPartial<acc_type<T>> fused_forward_pixels(const FusedArgs<acc_type<T>, index_t>& a,
-                                                     const ResampleTables<acc_type<T>>& t,
-                                                     const T* x, const int64_t* target,
-                                                     const acc_type<T>* weight, acc_type<T>* lse,
-                                                     acc_type<T>* loss_none, int* error_flag,
-                                                     int32_t n, int32_t q0) {
-  using acc_t = acc_type<T>;
-  LossPartial<acc_t> part{acc_t(0), acc_t(0)};
-  const int count = a.pixels - q0 < P ? a.pixels - q0 : P;
-  if (count <= 0) return part;
-  PixelTaps<acc_t, index_t> taps[P];
-  run_taps<P>(a, t, q0, count, taps);
-  const T* image = x + static_cast<index_t>(n) * a.x.n;
-  OnlineLse<acc_t> st[P];
-  for (int32_t c = 0; c < a.C; ++c) {
-    const T* xc = image + static_cast<index_t>(c) * a.x.c;
-    const acc_t wc = (a.smoothing && weight != nullptr) ? weight[c] : acc_t(1);
-#pragma unroll
-    for (int p = 0; p < P; ++p) st[p].add(pixel_logit(taps[p], xc), wc, a.smoothing);
-  }
-  acc_t lse_out[P], loss_out[P];
-  int32_t Y = q0 / a.out_w, X = q0 - Y * a.out_w;  // of pixel p, stepped below
-#pragma unroll
-  for (int p = 0; p < P; ++p, ++X) {
-    if (X == a.out_w) {
-      X = 0;
-      ++Y;
-    }
-    lse_out[p] = acc_t(0);
-    loss_out[p] = acc_t(0);
-    if (p >= count) continue;
-    const int64_t tv = target[static_cast<index_t>(n) * a.tn + static_cast<index_t>(Y) * a.th +
-                              static_cast<index_t>(X) * a.tw];
-    const auto target_logit = [&](int64_t t) {
-      return pixel_logit(taps[p], image + static_cast<index_t>(t) * a.x.c);
-    };
-    finish_pixel_loss(a, st[p], tv, weight, target_logit, lse_out[p], loss_out[p], part,
-                      error_flag);
-  }
-  const index_t at = static_cast<index_t>(n) * a.pixels + q0;
-  const bool vector = a.pixel_vector && count == P;
-  store_run<P>(lse + at, index_t(1), count, vector, lse_out);
-  if (loss_none != nullptr) store_run<P>(loss_none + at, index_t(1), count, vector, loss_out);
-  return part;
-}
-
 // ---- Forward in column strips: the loss of up to R fine rows of one fine column ----
 //
 // Rows that read the same two coarse rows form runs (an upsampling by f has runs of about f
@@ -338,57 +237,102 @@ FCN_HD bool takes_lead(acc_t candidate, acc_t best) {
   return best == best && (candidate != candidate || candidate > best);
 }
 
-template <int P, typename T, typename label_t, typename index_t>
-FCN_HD void fused_argmax_pixels(const FusedArgs<acc_type<T>, index_t>& a,
-                                const ResampleTables<acc_type<T>>& t, const T* x, label_t* labels,
-                                float* confidence, int32_t n, int32_t q0) {
+// The labels (and confidences) of the strip starting at fine row Y (starts_strip), column X
+// of image n: per class the strip's two horizontal blends, per (pixel, class) the vertical
+// blend, a compare and two selects (and with the confidence the exp against the coarse-max
+// bound, as the forward's sums). z > best keeps the first of equal maxima; a NaN, which
+// torch.argmax lets win, is caught afterwards: a NaN logit makes `check` NaN (a sum of the
+// z, or the confidence's sum), and that row is done again exactly with takes_lead and the
+// blend of the taps' own weights (also exact where the fast blend met an inf).
+template <int R, bool CONF, typename T, typename label_t, typename index_t>
+FCN_HD void fused_argmax_strip(const FusedArgs<acc_type<T>, index_t>& a,
+                               const ResampleTables<acc_type<T>>& t, const T* x,
+                               const acc_type<T>* cmax, label_t* labels, float* confidence,
+                               int32_t n, int32_t Y, int32_t X) {
   using acc_t = acc_type<T>;
-  const int count = a.pixels - q0 < P ? a.pixels - q0 : P;
-  if (count <= 0) return;
-  PixelTaps<acc_t, index_t> taps[P];
-  run_taps<P>(a, t, q0, count, taps);
+  if (Y >= a.out_h || X >= a.out_w) return;
+  const int32_t run_end = t.row_runs[Y].end;
+  const int rows = run_end - Y < R ? run_end - Y : R;
+  const TapEntry<acc_t> tx = t.cols[X];
+  TapEntry<acc_t> ty[R];
+#pragma unroll
+  for (int y = 0; y < R; ++y) ty[y] = t.rows[Y + (y < rows ? y : rows - 1)];
+  const bool safe = tap_skipped(tx.w0) || tap_skipped(tx.w1) || tap_skipped(ty[0].w0) ||
+                    tap_skipped(ty[0].w1);  // the run's rows skip alike
   const T* image = x + static_cast<index_t>(n) * a.x.n;
-  acc_t best[P];
-  int32_t winner[P];
-  OnlineLse<acc_t> st[P];
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    best[p] = pixel_logit(taps[p], image);
-    winner[p] = 0;
-    if (confidence != nullptr) st[p].add(best[p], acc_t(1), false);
+  const T* p0 =
+      image + static_cast<index_t>(ty[0].i0) * a.x.h + static_cast<index_t>(tx.i0) * a.x.w;
+  const T* p1 =
+      image + static_cast<index_t>(ty[0].i1) * a.x.h + static_cast<index_t>(tx.i0) * a.x.w;
+  const index_t dx = static_cast<index_t>(tx.i1 - tx.i0) * a.x.w;
+  acc_t bound2 = acc_t(0);
+  if (CONF) {
+    const acc_t* cm = cmax + static_cast<int64_t>(n) * a.in_h * a.in_w;
+    bound2 = ChunkLse<acc_t, false>::safe(logit_bound(cm, a.in_w, ty[0], tx)) * log2e<acc_t>();
   }
-  for (int32_t c = 1; c < a.C; ++c) {
-    const T* xc = image + static_cast<index_t>(c) * a.x.c;
+  acc_t best[R], check[R];
+  int32_t winner[R];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const acc_t z = pixel_logit(taps[p], xc);
-      if (takes_lead(z, best[p])) {
-        best[p] = z;
-        winner[p] = c;
+  for (int y = 0; y < R; ++y) {
+    best[y] = neg_inf<acc_t>();
+    check[y] = acc_t(0);
+    winner[y] = 0;
+  }
+  const auto scan = [&](auto safe_tag) {
+    using Blend = StripBlend<decltype(safe_tag)::value>;
+    const T* q0 = p0;
+    const T* q1 = p1;
+    for (int32_t c = 0; c < a.C; ++c, q0 += a.x.c, q1 += a.x.c) {
+      const acc_t h0 = Blend::row(tx, load_acc(q0), load_acc(q0 + dx));
+      const acc_t h1 = Blend::row(tx, load_acc(q1), load_acc(q1 + dx));
+      const acc_t d = h1 - h0;
+#pragma unroll
+      for (int y = 0; y < R; ++y) {
+        const acc_t z = Blend::column(ty[y], h0, h1, d);
+        const bool lead = z > best[y];
+        best[y] = lead ? z : best[y];
+        winner[y] = lead ? c : winner[y];
+        check[y] += CONF ? fast_exp2(fcn_fma(z, log2e<acc_t>(), -bound2)) : z;
       }
-      if (confidence != nullptr) st[p].add(z, acc_t(1), false);
     }
-  }
-  const index_t at = static_cast<index_t>(n) * a.pixels + q0;
-  const bool vector = a.pixel_vector && count == P;
-  Pack<label_t, P> out_labels;
-  Pack<float, P> out_confidence;
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    out_labels.v[p] = static_cast<label_t>(winner[p]);
-    // exp(z_winner - max) / sum exp(z - max): 1 / sum normally, NaN when a logit is NaN.
-    out_confidence.v[p] = static_cast<float>(fcn_exp(shifted_logit(best[p], st[p].m)) / st[p].s);
-  }
-  if (vector) {
-    store_pack<P>(labels + at, out_labels);
-    if (confidence != nullptr) store_pack<P>(confidence + at, out_confidence);
+  };
+  if (safe) {
+    scan(std::true_type{});
   } else {
+    scan(std::false_type{});
+  }
+  const index_t row0 = static_cast<index_t>(n) * a.pixels + static_cast<index_t>(Y) * a.out_w + X;
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      if (p >= count) continue;
-      labels[at + p] = out_labels.v[p];
-      if (confidence != nullptr) confidence[at + p] = out_confidence.v[p];
+  for (int y = 0; y < R; ++y) {
+    if (y >= rows) continue;
+    acc_t b = best[y];
+    int32_t w = winner[y];
+    float conf = 0.0f;
+    // The fast path is exact unless a logit was NaN (or the fast blend met an inf), or the
+    // bound was so loose that the exps underflowed (2^-60, as the forward).
+    const bool exact =
+        check[y] == check[y] && (!CONF || check[y] >= acc_t(8.67361737988403547e-19));
+    if (exact) {
+      if (CONF)
+        conf = static_cast<float>(fast_exp2(fcn_fma(b, log2e<acc_t>(), -bound2)) / check[y]);
+    } else {
+      OnlineLse<acc_t> st;
+      const T* q0 = p0;
+      const T* q1 = p1;
+      for (int32_t c = 0; c < a.C; ++c, q0 += a.x.c, q1 += a.x.c) {
+        const acc_t z = strip_logit<true>(q0, q1, dx, ty[y], tx);
+        if (c == 0 || takes_lead(z, b)) {
+          b = z;
+          w = c;
+        }
+        if (CONF) st.add(z, acc_t(1), false);
+      }
+      // exp(z_winner - max) / sum exp(z - max): 1 / sum normally, NaN when a logit is NaN.
+      if (CONF) conf = static_cast<float>(fcn_exp(shifted_logit(b, st.m)) / st.s);
     }
+    const index_t at = row0 + static_cast<index_t>(y) * a.out_w;
+    labels[at] = static_cast<label_t>(w);
+    if (CONF) confidence[at] = conf;
   }
 }
 
