@@ -17,6 +17,7 @@ For every row of the default GPU sweep and each kernel backend (cuda, triton):
       thread-instructions / (SMs x 128 per clock)                    (issue)
       exps / (SMs x 16 MUFU.EX2 per clock)                           (exp)
       bytes read / (read bytes in flight per SM x SMs / latency)     (latency)
+      a kernel's shortest time back to back in a stream, ~2 us       (launch)
    where thread-instructions = instructions per element x elements + the straight-line code
    once per thread, and bytes in flight per SM = per-thread bytes in flight x resident
    threads (occupancy from registers, threads, shared memory). A row's time is the sum of its
@@ -66,6 +67,9 @@ class Hardware:
     max_warps: int = 64
     max_blocks: int = 32
     shared_bytes: int = 228 * 1024  # per SM; each block also reserves 1 KB
+    # The shortest a kernel takes on the device, launched back to back in one stream (the
+    # tiny rows: their time is this per launch, not their bytes).
+    launch_us: float = 2.0
 
     @property
     def issue_rate(self) -> float:  # thread-instructions per second
@@ -245,6 +249,7 @@ class Launch:
                 if self.bytes_read and in_flight
                 else 0.0
             ),
+            "launch": hw.launch_us * 1e-6,
         }
         return out
 
