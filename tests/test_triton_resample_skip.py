@@ -50,6 +50,7 @@ def _reference_grad(case, grad_out):
     return grad
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", [FCN, INTERP, CORNERS], ids=["fcn", "interp", "corners"])
 # (CB classes, BI rows, BJ >= nj columns per tile, BX output columns read, nj)
 @pytest.mark.parametrize("config", [None, (1, 2, 2, 16, 1), (2, 4, 2, 32, 2), (1, 1, 4, 64, 3)])
@@ -66,6 +67,7 @@ def test_backward_tilings(case, config):
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.gpu
 def test_forward_zero_boundary_masks_outside_taps():
     # Outside taps have weight 0; multiplying an inf by it would give NaN.
     device = backend_device("triton")
