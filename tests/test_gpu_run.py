@@ -44,3 +44,43 @@ def test_gpu_marker_selects_the_tests_that_run_kernels_on_a_cuda_device():
     }
     api = {t.split("::")[1] for t in gpu if t.startswith("tests/test_resample_skip_api.py")}
     assert api == {"test_torch_compile_triton_gpu", "test_device_mismatch"}  # marked by hand
+
+
+def _load(path: str, name: str):
+    """A module of benchmarks/ (not a package) by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preflight_fails_only_for_what_the_build_needs(monkeypatch, capsys):
+    preflight = _load("benchmarks/preflight.py", "preflight")
+    real = preflight._package
+    monkeypatch.setattr(preflight, "which", lambda tool: None if tool == "ncu" else "/bin/true")
+    monkeypatch.setattr(preflight, "_torch", lambda: ("2.13.0", None))
+    assert preflight.main([]) == 0  # ncu missing: named, not failed
+    out = capsys.readouterr().out
+    verdict = out.rstrip().splitlines()[-1]
+    assert "MISSING  ncu" in out and verdict.startswith("preflight: ok") and "ncu" in verdict
+    assert preflight.main(["--cuda"]) == 1  # a CPU torch cannot build the CUDA kernels
+    assert "FAILED: torch no-cuda" in capsys.readouterr().out
+    monkeypatch.setattr(preflight, "_package", lambda n: "65.3" if n == "setuptools" else real(n))
+    assert preflight.main([]) == 1
+    assert "FAILED: setuptools old" in capsys.readouterr().out
+
+
+def test_preflight_finds_tools_under_the_cuda_toolkit(monkeypatch, tmp_path, capsys):
+    preflight = _load("benchmarks/preflight.py", "preflight")
+    tool = tmp_path / "compute-sanitizer" / "compute-sanitizer"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho 'NVIDIA (R) Compute Sanitizer'; echo 'Version 2099.1'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert preflight.main(["--which", "compute-sanitizer"]) == 0
+    assert capsys.readouterr().out.strip() == str(tool)
+    assert preflight._tool_version("compute-sanitizer") == (str(tool), "Version 2099.1")
+    assert preflight.main(["--which", "ncu"]) == 1
