@@ -84,3 +84,20 @@ def test_preflight_finds_tools_under_the_cuda_toolkit(monkeypatch, tmp_path, cap
     assert capsys.readouterr().out.strip() == str(tool)
     assert preflight._tool_version("compute-sanitizer") == (str(tool), "Version 2099.1")
     assert preflight.main(["--which", "ncu"]) == 1
+
+
+def test_priority_order_runs_fused_heads_and_models_first_and_compile_last(capsys):
+    from fcn_fast.bench import cases, cli
+
+    runs = cases.select("default", "cuda")
+    ordered = sorted(runs, key=cases.priority)
+    ranks = [cases.priority(r) for r in ordered]
+    assert ranks == sorted(ranks) and ranks[0] == 0 and ranks[-1] == 2
+    assert {r[0].op for r in ordered if cases.priority(r) == 0} == {
+        "upsample_cross_entropy", "interpolate_cross_entropy", "upsample_argmax",
+        "interpolate_argmax", "fcn8s",
+    }  # fmt: skip
+    assert [r[1] for r in ordered[-7:]] == ["compile"] * 7
+    assert cli.main(["--device", "cuda", "--list", "--order", "priority"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("upsample_cross_entropy large") and lines[-1].endswith(" compile")

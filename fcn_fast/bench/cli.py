@@ -34,6 +34,7 @@ from fcn_fast.bench.cases import (
     MODES,
     SIZES,
     op_names,
+    priority,
     select,
 )
 
@@ -88,6 +89,13 @@ def _run_parser(prog):
     p.add_argument(
         "--plot", metavar="PATH", help="PNG: one panel per op, backends side by side (matplotlib)"
     )
+    p.add_argument(
+        "--order",
+        choices=("registry", "priority"),
+        default="registry",
+        help="priority: run the fused heads and model rows first and the torch.compile rows "
+        "last (a GPU lease's order); the outputs keep the registry's order",
+    )
     p.add_argument("--list", action="store_true", help="list the runs of this sweep and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
@@ -129,6 +137,12 @@ def run_main(argv, prog="python -m fcn_fast.bench") -> int:
             )
             return 2
     runs = select(args.size, device, **{option: given for option, (given, _) in filters.items()})
+    # Positions in the registry's order, in the order they run: the outputs are put back in
+    # the registry's order at the end.
+    positions = list(range(len(runs)))
+    if args.order == "priority":
+        positions.sort(key=lambda i: priority(runs[i]))
+        runs = [runs[i] for i in positions]
     if args.list:
         for case, backend, dtype, mode in runs:
             print(f"{case.op} {case.label} [{case.shape}] {mode} {DTYPE_NAMES[dtype]} {backend}")
@@ -172,6 +186,7 @@ def run_main(argv, prog="python -m fcn_fast.bench") -> int:
         print(f"interrupted after {len(results)} of {len(runs)} runs", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    results = [r for _, r in sorted(zip(positions, results), key=lambda pair: pair[0])]
     meta["interrupted"] = interrupted
     meta["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     meta["wall_s"] = round(time.perf_counter() - start, 1)
