@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -84,6 +86,97 @@ def test_preflight_finds_tools_under_the_cuda_toolkit(monkeypatch, tmp_path, cap
     assert capsys.readouterr().out.strip() == str(tool)
     assert preflight._tool_version("compute-sanitizer") == (str(tool), "Version 2099.1")
     assert preflight.main(["--which", "ncu"]) == 1
+
+
+def _rows(path) -> list[dict]:
+    import json
+
+    with open(path) as f:
+        return json.load(f)["results"]
+
+
+def test_first_steps_run_on_the_cpu_at_tiny_sizes(tmp_path, capsys):
+    """gpu_first.sh's measuring steps, in this process (the dry run runs them as commands)."""
+    from fcn_fast.bench import first
+
+    cpu = ["--device", "cpu", "--backends", "cpu"]
+    for step in ("bandwidth", "fused", "tiny", "profile"):
+        assert first.main([step, *cpu, "--json", str(tmp_path / f"{step}.json")]) == 0, step
+    two = ["--device", "cpu", "--backends", "cpu,reference"]
+    assert first.main(["downsample", *two, "--json", str(tmp_path / "downsample.json")]) == 0
+    bandwidth = _rows(tmp_path / "bandwidth.json")
+    assert [(r["op"], r["mode"]) for r in bandwidth] == [
+        (op, part)
+        for op in ("upsample_skip", "interpolate_add", "pixel_cross_entropy")
+        for part in ("fwd", "bwd")
+    ]
+    assert all(r["status"] == "ok" and r["ms"] > 0 and r["pct_of_copy"] > 0 for r in bandwidth)
+    fused = _rows(tmp_path / "fused.json")
+    assert len(fused) == 5 * 3 and all(r["fused_ms"] and r["unfused_ms"] for r in fused)
+    assert {r["variant"] for r in fused} == {"base", "C/2", "2x pixels", "N1", "N1 in L2"}
+    downsample = _rows(tmp_path / "downsample.json")
+    assert len(downsample) == 2 * 2 * 2 and all(r["bitwise_repeat"] for r in downsample)
+    assert all("vs_cpu" in r for r in downsample if r["backend"] == "reference")
+    assert len(_rows(tmp_path / "tiny.json")) == len(first.tiny_calls(torch.device("cpu")))
+    capsys.readouterr()
+    text = first.summary(str(tmp_path))
+    for section in ("same-size copy", "unfused chain", "follows", "Strong downsampling"):
+        assert section in text
+    assert "Tiny calls: 22 ok, 0 failed" in text
+
+
+def test_first_fails_the_rows_of_a_wrong_kernel(tmp_path, monkeypatch):
+    import fcn_fast
+    from fcn_fast.bench import first
+
+    real = fcn_fast.upsample_skip
+
+    def off_by_one(*args, backend="auto", **kwargs):
+        out = real(*args, backend=backend, **kwargs)
+        return out if backend == "reference" else out + 1
+
+    monkeypatch.setattr(fcn_fast, "upsample_skip", off_by_one)
+    path = tmp_path / "bandwidth.json"
+    assert first.main(["bandwidth", "--device", "cpu", "--backends", "cpu", "--json", str(path)])
+    failed = [r for r in _rows(path) if r["status"] != "ok"]
+    assert {(r["op"], r["mode"]) for r in failed} == {("upsample_skip", "fwd")}
+    assert failed[0]["reason"].startswith("numerics") and "ms" not in failed[0]
+
+
+def test_fused_verdicts_say_whether_time_follows_work_or_bytes():
+    from fcn_fast.bench.first import fused_verdicts
+
+    def row(backend, variant, ms, work, nbytes, flush=True):
+        return {"status": "ok", "backend": backend, "dtype": "fp32", "mode": "fwd",
+                "variant": variant, "fused_ms": ms, "work": work, "bytes": nbytes,
+                "flush": flush}  # fmt: skip
+
+    rows = [
+        row("issue", "base", 2.0, 100, 50),
+        row("issue", "C/2", 1.05, 50, 48),  # half the work, the same bytes: half the time
+        row("issue", "N2", 0.20, 10, 5),
+        row("issue", "N2 in L2", 0.19, 10, 5, flush=False),
+        row("memory", "base", 2.0, 100, 50),
+        row("memory", "C/2", 1.9, 50, 48),
+    ]
+    issue, memory = fused_verdicts(rows)
+    assert issue["follows"] == "work" and memory["follows"] == "bytes"
+    assert issue["C/2"] == {"time": 1.05 / 2.0, "work": 0.5, "bytes": 48 / 50}
+    assert issue["l2_over_dram"] == 0.19 / 0.20 and "l2_over_dram" not in memory
+
+
+def test_first_times_the_gpu_sweeps_large_cases():
+    from fcn_fast.bench import cases, first
+
+    registered = {c.key: c.shape for c in cases.CASES if "cuda" in c.devices}
+    streaming = first.streaming_cases("large")
+    assert [c.key for c in streaming] == [
+        "upsample_skip/large", "interpolate_add/large", "pixel_cross_entropy/large"
+    ]  # fmt: skip
+    n, c, coarse, factor, crop, out = first.HEADS["large"]
+    head = cases.upsample_cross_entropy_case("large", n, c, coarse, factor, crop=crop, out=out,
+                                             sizes=first.NEVER)  # fmt: skip
+    assert head.shape == registered["upsample_cross_entropy/large"]
 
 
 def test_priority_order_runs_fused_heads_and_models_first_and_compile_last(capsys):

@@ -10,6 +10,8 @@
     python -m fcn_fast.bench prefer r.json      GPU_PREFERENCE as a GPU run measured it
     python -m fcn_fast.bench model              predicted GPU times, from the sm_90 machine
                                                 code, without a GPU
+    python -m fcn_fast.bench first STEP         the first three minutes of a GPU run
+                                                (benchmarks/gpu_first.sh)
 
 Exit status: 0 when every row's numerics passed, 1 when one failed, 2 on bad usage,
 130 when interrupted (the rows measured so far are still printed and written).
@@ -50,6 +52,8 @@ OTHER_COMMANDS = """other commands:
   model [--json PATH] [--markdown PATH] [--ops ...] [--backends cuda,triton]
                         predicted GPU times from the kernels' sm_90 machine code,
                         without a GPU (nvcc, cuobjdump, Triton)
+  first {bandwidth,fused,downsample,tiny,profile} [--device] [--size] [--json PATH]
+  first summary DIR     the measurements of benchmarks/gpu_first.sh (fcn_fast/bench/first.py)
 """
 
 
@@ -275,6 +279,10 @@ def main(argv=None, prog="python -m fcn_fast.bench") -> int:
         from fcn_fast.bench import model
 
         return model.main(argv[1:], prog)
+    if argv and argv[0] == "first":
+        from fcn_fast.bench import first
+
+        return first.main(argv[1:], prog)
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run_main(argv, prog)
