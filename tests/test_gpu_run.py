@@ -194,3 +194,16 @@ def test_priority_order_runs_fused_heads_and_models_first_and_compile_last(capsy
     assert cli.main(["--device", "cuda", "--list", "--order", "priority"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("upsample_cross_entropy large") and lines[-1].endswith(" compile")
+
+
+def test_gpu_scripts_parse_and_name_tests_that_exist():
+    """bash -n on both scripts (CI also runs them: .ci/run's dry runs), and the node ids
+    gpu_first.sh hands pytest are collected (pytest would exit 4 on the GPU otherwise)."""
+    import re
+
+    for script in ("benchmarks/gpu_first.sh", "benchmarks/gpu_suite.sh"):
+        result = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    with open(os.path.join(ROOT, "benchmarks/gpu_first.sh")) as f:
+        ids = re.findall(r'"(tests/[\w/]+\.py::\w+\[\w+\])"', f.read())
+    assert len(ids) == 2 and set(_collect(*ids)) == set(ids)
