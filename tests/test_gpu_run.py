@@ -207,3 +207,63 @@ def test_gpu_scripts_parse_and_name_tests_that_exist():
     with open(os.path.join(ROOT, "benchmarks/gpu_first.sh")) as f:
         ids = re.findall(r'"(tests/[\w/]+\.py::\w+\[\w+\])"', f.read())
     assert len(ids) == 2 and set(_collect(*ids)) == set(ids)
+
+
+def test_compare_puts_the_models_prediction_beside_the_measurement(tmp_path, capsys):
+    import json
+
+    from fcn_fast.bench import cli
+
+    def model_row(op, case, mode, backend, h100, h200, dtype="fp32"):
+        return {"op": op, "case": case, "mode": mode, "dtype": dtype, "backend": backend,
+                "predicted_ms": h100, "bound": "memory",
+                "h100": {"predicted_ms": h100, "bound": "memory"},
+                "h200": {"predicted_ms": h200, "bound": "latency"}}  # fmt: skip
+
+    def measured(op, case, mode, backend, ms, status="ok", **extra):
+        return {"op": op, "case": case, "mode": mode, "dtype": "fp32", "backend": backend,
+                "ms": ms, "status": status, **extra}  # fmt: skip
+
+    model = {"meta": {}, "rows": [
+        model_row("upsample_skip", "large", "fwd", "cuda", 0.40, 0.30),
+        model_row("pixel_cross_entropy", "large", "fwd", "triton", 1.50, 1.00),
+        model_row("pixel_cross_entropy", "overhead", "fwd", "cuda", 0.0, 0.0),
+        model_row("interpolate_add", "large", "fwd", "cuda", 2.0, 1.5),  # not measured
+    ]}  # fmt: skip
+    results = {"meta": {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}, "results": [
+        measured("upsample_skip", "large", "fwd", "reference", 7.0),  # a baseline: not compared
+        measured("upsample_skip", "large", "fwd", "cuda", 0.50),
+        measured("pixel_cross_entropy", "large", "fwd", "triton", 1.00),
+        measured("pixel_cross_entropy", "overhead", "fwd", "cuda", 0.02, host_bound=True),
+        measured("pixel_cross_entropy", "large", "fwd", "cuda", None, status="failed"),
+        measured("fcn8s", "vgg16-512", "train", "cuda", 46.0),
+    ]}  # fmt: skip
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    files = [str(tmp_path / "results.json"), str(tmp_path / "model.json")]
+    md = tmp_path / "compare.md"
+    assert cli.main(["compare", *files, "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert out == md.read_text() and out.startswith("# Model against measurement (H100)")
+    table = [line for line in out.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert table == [
+        "| upsample_skip | large | fwd | fp32 | cuda | 0.4 | 0.5 | -20.0 | memory |  |",
+        "| pixel_cross_entropy | large | fwd | fp32 | triton | 1.5 | 1 | +50.0 | memory "
+        "| **off** |",
+    ]
+    assert "2 rows compared, 1 off by more than 25% (median |error| 35.0%)" in out
+    assert "1 host-bound, 1 failed, 1 no prediction" in out
+    assert "Model rows without a measurement: 1." in out  # interpolate_add
+    # An H200 run reads the model's H200 column: 0.30 against 0.50 is off.
+    results["meta"]["device_name"] = "NVIDIA H200"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert cli.main(["compare", *files, "--threshold", "30"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| upsample_skip | large | fwd | fp32 | cuda | 0.3 | 0.5 | -40.0 | latency | **off** |"
+        in out
+    )
+    results["meta"]["device"] = "cpu"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert cli.main(["compare", *files]) == 2
+    assert "not a GPU" in capsys.readouterr().err

@@ -12,6 +12,8 @@
                                                 code, without a GPU
     python -m fcn_fast.bench first STEP         the first three minutes of a GPU run
                                                 (benchmarks/gpu_first.sh)
+    python -m fcn_fast.bench compare r.json m.json   the model's predictions beside a GPU
+                                                run's measurements, per row
 
 Exit status: 0 when every row's numerics passed, 1 when one failed, 2 on bad usage,
 130 when interrupted (the rows measured so far are still printed and written).
@@ -54,6 +56,8 @@ OTHER_COMMANDS = """other commands:
                         without a GPU (nvcc, cuobjdump, Triton)
   first {bandwidth,fused,downsample,tiny,profile} [--device] [--size] [--json PATH]
   first summary DIR     the measurements of benchmarks/gpu_first.sh (fcn_fast/bench/first.py)
+  compare RESULTS.json MODEL.json [--gpu h100|h200] [--threshold 25] [--markdown PATH]
+                        per row: predicted ms, measured ms, error %; flags > 25%
 """
 
 
@@ -279,6 +283,10 @@ def main(argv=None, prog="python -m fcn_fast.bench") -> int:
         from fcn_fast.bench import model
 
         return model.main(argv[1:], prog)
+    if argv and argv[0] == "compare":
+        from fcn_fast.bench import compare
+
+        return compare.main(argv[1:], prog)
     if argv and argv[0] == "first":
         from fcn_fast.bench import first
 
