@@ -11,11 +11,12 @@
 
 Options: --device cuda|cpu (default cuda when one is visible), --size large|tiny (default large
 on cuda, tiny on cpu), --backends, --dtypes. On a CPU the same code runs at tiny sizes with
-the cpu backend, and the triton one under TRITON_INTERPRET=1: CI runs it so that a typo
-cannot waste a lease. Timing: CUDA events with L2 flushed before each round (timing.measure),
-median of 10 rounds after 3 warm-up ones (3 after 1 on a CPU). Numerics are checked against
-the plain-PyTorch reference before anything is timed. Exit status: 0 when every row passed
-its checks, 1 when one failed, 2 on bad usage.
+the cpu backend (the reference stands in as a second one; triton too under TRITON_INTERPRET=1):
+CI runs it (gpu_first.sh --dry-run) so that a typo cannot waste a lease. Timing: CUDA
+events with L2 flushed before each round (timing.measure), median of 10 rounds after 3
+warm-up ones (3 after 1 on a CPU). Numerics are checked against the plain-PyTorch reference
+before anything is timed. Exit status: 0 when every row passed its checks, 1 when one
+failed, 2 on bad usage.
 """
 
 from __future__ import annotations
