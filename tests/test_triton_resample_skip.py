@@ -17,6 +17,10 @@ from random_geometry import random_resampling
 
 from fcn_fast.reference.resample_skip import bilinear_weight
 
+# The kernels run on the GPU where there is one (backend_device("triton")); whole module, so
+# that a new test is selected too (test_split3_is_exact, on the host, costs nothing there).
+pytestmark = pytest.mark.gpu
+
 triton_rs = pytest.importorskip("fcn_fast.triton.resample_skip")
 split3 = pytest.importorskip("fcn_fast.triton._launch").split3
 
@@ -50,7 +54,6 @@ def _reference_grad(case, grad_out):
     return grad
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("case", [FCN, INTERP, CORNERS], ids=["fcn", "interp", "corners"])
 # (CB classes, BI rows, BJ >= nj columns per tile, BX output columns read, nj)
 @pytest.mark.parametrize("config", [None, (1, 2, 2, 16, 1), (2, 4, 2, 32, 2), (1, 1, 4, 64, 3)])
@@ -67,7 +70,6 @@ def test_backward_tilings(case, config):
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.gpu
 def test_forward_zero_boundary_masks_outside_taps():
     # Outside taps have weight 0; multiplying an inf by it would give NaN.
     device = backend_device("triton")
