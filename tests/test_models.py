@@ -592,6 +592,7 @@ def test_torch_compile_fullgraph():
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compile is minutes on CPU")
 def test_torch_compile_fullgraph_inductor_cuda():
     model = tiny(FCN8s).cuda().eval()

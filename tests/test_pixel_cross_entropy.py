@@ -296,7 +296,7 @@ def test_out_of_range_target(backend, bad):
         pixel_cross_entropy(logits, target, backend=backend)
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_cuda_bad_target_raises_async():
     """cuda/triton: the async device assert surfaces as a RuntimeError at a sync.
 
@@ -455,7 +455,7 @@ def test_torch_compile_cpu():
     torch.testing.assert_close(x.grad, y.grad)
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_torch_compile_triton():
     if not torch.cuda.is_available():
         pytest.skip("torch.compile cannot trace a Triton op under the interpreter: needs a GPU")
@@ -525,7 +525,7 @@ def test_autocast_returns_float32_like_pytorch(backend, device):
             torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_64bit_indexing(backend):
     """More than 2**31 logits: the far end's loss and gradient match the reference on it."""
     if backend == "cpu" or not torch.cuda.is_available():
@@ -547,7 +547,7 @@ def test_64bit_indexing(backend):
     torch.testing.assert_close(g[:, :, tail].float(), want_g, rtol=1e-2, atol=1e-3)
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_fp16_grad_scaler_step_gives_pytorchs_finite_gradients(backend):
     """fp16 autocast with GradScaler's default 65536 scale (above fp16's largest value): one
     conv -> loss step gives the finite gradients F.cross_entropy's step gives."""

@@ -578,7 +578,7 @@ def test_loss_modules():
     assert "weight" in dict(inter.named_buffers())
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_64bit_indexing(backend):
     """More than 2**31 (never stored) full-resolution logits: the far end's per-pixel loss and
     the gradient of the last input rows match the reference on a tail crop."""

@@ -241,7 +241,7 @@ def test_forward_does_not_modify_inputs(backend, device):
     assert torch.equal(coarse, before[0]) and torch.equal(skip, before[1])
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_64bit_indexing(backend):
     """More than 2**31 output elements: the far end matches a small computation of it."""
     if backend == "cpu" or not torch.cuda.is_available():

@@ -121,7 +121,7 @@ def test_torch_compile_inductor_cpu():
     torch.testing.assert_close(compiled(x, skip), step(x, skip))
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_torch_compile_triton_gpu():
     if not torch.cuda.is_available():
         pytest.skip("torch.compile cannot trace Triton kernels under the interpreter: needs a GPU")
@@ -227,7 +227,7 @@ def test_bad_input(call, error, match):
         call()
 
 
-@pytest.mark.cuda
+@pytest.mark.gpu
 def test_device_mismatch():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU for a second device")

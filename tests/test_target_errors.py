@@ -1,7 +1,7 @@
 """An out-of-range target raises one exception type on every backend that checks it on the host
 (issue 26): fcn_fast.TargetOutOfRangeError, both an IndexError (what PyTorch raises) and a
 ValueError (what fcn_fast raised), naming the value. cuda / triton on a GPU assert on the
-device instead, as PyTorch's own loss (tests/test_pixel_cross_entropy.py, cuda marker)."""
+device instead, as PyTorch's own loss (tests/test_pixel_cross_entropy.py, gpu marker)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_out_of_range_target_is_index_and_value_error_naming_it(backend, bad):
     if backend != "reference":
         device = backend_device(backend)
         if device.type == "cuda":
-            pytest.skip("a GPU asserts on the device (the cuda-marked tests)")
+            pytest.skip("a GPU asserts on the device (the gpu-marked tests)")
     x = torch.randn(2, 5, 4, 5, requires_grad=True)
     target = torch.randint(0, 5, (2, 23, 29))
     target[1, 7, 3] = bad

@@ -26,12 +26,16 @@ rce = pytest.importorskip("fcn_fast.triton.resample_cross_entropy")
 rs = pytest.importorskip("fcn_fast.triton.resample_skip")
 pce = pytest.importorskip("fcn_fast.triton.pixel_cross_entropy")
 
+# Every test runs the kernels on the GPU where there is one (the device fixture below).
 # The interpreter runs masked-out lanes through numpy (log(0), inf - inf).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:invalid value encountered:RuntimeWarning",
-    "ignore:divide by zero encountered:RuntimeWarning",
-    "ignore:overflow encountered:RuntimeWarning",
-)
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.filterwarnings(
+        "ignore:invalid value encountered:RuntimeWarning",
+        "ignore:divide by zero encountered:RuntimeWarning",
+        "ignore:overflow encountered:RuntimeWarning",
+    ),
+]
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 LOW_TOL = {torch.float16: dict(rtol=4e-3, atol=4e-3), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}

@@ -17,6 +17,10 @@ from random_geometry import random_resampling
 
 from fcn_fast.reference.resample_skip import bilinear_weight
 
+# The kernels run on the GPU where there is one (backend_device("triton")); whole module, so
+# that a new test is selected too (test_split3_is_exact, on the host, costs nothing there).
+pytestmark = pytest.mark.gpu
+
 triton_rs = pytest.importorskip("fcn_fast.triton.resample_skip")
 split3 = pytest.importorskip("fcn_fast.triton._launch").split3
 

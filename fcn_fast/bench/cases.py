@@ -337,6 +337,16 @@ def select(
     return runs
 
 
+def priority(run) -> int:
+    """A run's rank in a GPU lease's order (cli --order priority): the fused heads and the
+    model rows first (what the lease is most for), then the other rows, then the torch.compile
+    rows (10-30 s of compiling each). Sorting is stable: reference first within a group."""
+    case, backend = run[0], run[1]
+    if backend == "compile":
+        return 2
+    return 0 if "unfused" in case.extra_baselines else 1
+
+
 DEFAULT = frozenset({"default", "full"})
 FULL = frozenset({"full"})
 QUICK = frozenset({"quick"})

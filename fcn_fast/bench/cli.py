@@ -10,6 +10,10 @@
     python -m fcn_fast.bench prefer r.json      GPU_PREFERENCE as a GPU run measured it
     python -m fcn_fast.bench model              predicted GPU times, from the sm_90 machine
                                                 code, without a GPU
+    python -m fcn_fast.bench first STEP         the first three minutes of a GPU run
+                                                (benchmarks/gpu_first.sh)
+    python -m fcn_fast.bench compare r.json m.json   the model's predictions beside a GPU
+                                                run's measurements, per row
 
 Exit status: 0 when every row's numerics passed, 1 when one failed, 2 on bad usage,
 130 when interrupted (the rows measured so far are still printed and written).
@@ -34,6 +38,7 @@ from fcn_fast.bench.cases import (
     MODES,
     SIZES,
     op_names,
+    priority,
     select,
 )
 
@@ -49,6 +54,10 @@ OTHER_COMMANDS = """other commands:
   model [--json PATH] [--markdown PATH] [--ops ...] [--backends cuda,triton]
                         predicted GPU times from the kernels' sm_90 machine code,
                         without a GPU (nvcc, cuobjdump, Triton)
+  first {bandwidth,fused,downsample,tiny,profile} [--device] [--size] [--json PATH]
+  first summary DIR     the measurements of benchmarks/gpu_first.sh (fcn_fast/bench/first.py)
+  compare RESULTS.json MODEL.json [--gpu h100|h200] [--threshold 25] [--markdown PATH]
+                        per row: predicted ms, measured ms, error %; flags > 25%
 """
 
 
@@ -87,6 +96,13 @@ def _run_parser(prog):
     p.add_argument("--markdown", metavar="PATH", help="write the results as a markdown table")
     p.add_argument(
         "--plot", metavar="PATH", help="PNG: one panel per op, backends side by side (matplotlib)"
+    )
+    p.add_argument(
+        "--order",
+        choices=("registry", "priority"),
+        default="registry",
+        help="priority: run the fused heads and model rows first and the torch.compile rows "
+        "last (a GPU lease's order); the outputs keep the registry's order",
     )
     p.add_argument("--list", action="store_true", help="list the runs of this sweep and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -129,6 +145,12 @@ def run_main(argv, prog="python -m fcn_fast.bench") -> int:
             )
             return 2
     runs = select(args.size, device, **{option: given for option, (given, _) in filters.items()})
+    # Positions in the registry's order, in the order they run: the outputs are put back in
+    # the registry's order at the end.
+    positions = list(range(len(runs)))
+    if args.order == "priority":
+        positions.sort(key=lambda i: priority(runs[i]))
+        runs = [runs[i] for i in positions]
     if args.list:
         for case, backend, dtype, mode in runs:
             print(f"{case.op} {case.label} [{case.shape}] {mode} {DTYPE_NAMES[dtype]} {backend}")
@@ -172,6 +194,7 @@ def run_main(argv, prog="python -m fcn_fast.bench") -> int:
         print(f"interrupted after {len(results)} of {len(runs)} runs", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    results = [r for _, r in sorted(zip(positions, results), key=lambda pair: pair[0])]
     meta["interrupted"] = interrupted
     meta["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     meta["wall_s"] = round(time.perf_counter() - start, 1)
@@ -260,6 +283,14 @@ def main(argv=None, prog="python -m fcn_fast.bench") -> int:
         from fcn_fast.bench import model
 
         return model.main(argv[1:], prog)
+    if argv and argv[0] == "compare":
+        from fcn_fast.bench import compare
+
+        return compare.main(argv[1:], prog)
+    if argv and argv[0] == "first":
+        from fcn_fast.bench import first
+
+        return first.main(argv[1:], prog)
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run_main(argv, prog)

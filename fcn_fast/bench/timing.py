@@ -73,11 +73,11 @@ def loop_runner(target, setup, rounds, warmup):
 class Timer:
     """Wraps a step so that every call appends its duration (seconds) to `samples`."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, flush: bool = True):
         self.device = device
         self.samples: list[float] = []
         self._flush = None
-        if device.type == "cuda":
+        if device.type == "cuda" and flush:  # flush=False: what the step left in L2 stays
             self._flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
 
     def setup(self) -> None:
@@ -107,9 +107,16 @@ class Timer:
         return target
 
 
-def measure(fn, device: torch.device, rounds: int, warmup: int, runner: Runner | None = None):
+def measure(
+    fn,
+    device: torch.device,
+    rounds: int,
+    warmup: int,
+    runner: Runner | None = None,
+    flush: bool = True,
+):
     """Per-round seconds of `fn` after `warmup` untimed rounds (dropped from the samples)."""
-    timer = Timer(device)
+    timer = Timer(device, flush)
     (runner or loop_runner)(timer.wrap(fn), timer.setup, rounds, warmup)
     samples = timer.samples[warmup:] or timer.samples  # a disabled pytest-benchmark runs once
     return samples
