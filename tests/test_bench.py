@@ -216,11 +216,23 @@ def test_readme_section_uses_only_committed_results(quick_json, tmp_path, capsys
     text = capsys.readouterr().out
     assert "cpu-new.json" in text and "cpu-old.json" not in text
     assert report.markdown_table(results) in text
-    assert "No GPU results have been committed yet." in text
+    assert "No GPU measurements have been committed for this version yet." in text
+    assert "Predicted, not measured" not in text  # no model output in the folder
+    # With the static model's output and no GPU run: its predictions, labelled as such.
+    row = {
+        "op": "pixel_cross_entropy", "case": "large", "mode": "fwd", "dtype": "fp32",
+        "backend": "cuda", "instructions_per_element": 7.3,
+        "h100": {"predicted_ms": 0.537, "predicted_pct_copy": 95.8, "bound": "memory"},
+    }  # fmt: skip
+    (folder / "model-sm90-2000-01-01.json").write_text(json.dumps({"rows": [row]}))
+    text = report.readme_section(str(folder))
+    assert "**Predicted, not measured**" in text
+    assert "| pixel_cross_entropy | large | fwd | fp32 | cuda | 0.537 | 96 | memory |" in text
     gpu_meta = {**meta, "device": "cuda", "device_name": "Some GPU", "cuda": "12.8"}
     report.write_json(str(folder / "gpu.json"), gpu_meta, results[:2])
     text = report.readme_section(str(folder))
-    assert "No GPU results" not in text and "Some GPU" in text
+    assert "No GPU measurements" not in text and "Some GPU" in text
+    assert "Predicted, not measured" not in text  # measured rows replace the predictions
 
 
 def test_fcn_fast_command(capsys):
