@@ -508,6 +508,10 @@ for _case in (
         compile_dtypes=(torch.float32,),
     ),
     interpolate_add_case("large", 4, 21, 128, 128, 1024, 1024, sizes=FULL, devices=("cpu",)),
+    # An odd width (no aligned 16-byte rows): the model holds it near the main row.
+    interpolate_add_case(
+        "odd-1025", 16, 21, 128, 128, 1025, 1025, sizes=DEFAULT, devices=("cuda",)
+    ),
     interpolate_add_case("overhead", 1, 3, 4, 4, 8, 8, sizes=EVERY_SIZE, host_bound=True),
     interpolate_add_case("quick-skip", 2, 7, 15, 17, 31, 33, align_corners=True, sizes=QUICK),
 ):
@@ -520,11 +524,15 @@ for _case in (
 IGNORE_INDEX = 255  # VOC's and Cityscapes' "void" label
 
 
-def pixel_cross_entropy_case(label, n, c, h, w, *, ignored=0.05, **kw) -> OpCase:
+def pixel_cross_entropy_case(
+    label, n, c, h, w, *, ignored=0.05, channels_last=False, **kw
+) -> OpCase:
     pixels = n * h * w
 
     def make(device, dtype, gen):
         logits = _randn((n, c, h, w), device, torch.float32, gen).mul_(3.0).to(dtype)
+        if channels_last:  # a channels_last net's logits: the class axis is the contiguous one
+            logits = logits.contiguous(memory_format=torch.channels_last)
         return {
             "logits": logits,
             "target": _targets(n, c, h, w, device, gen, ignored, IGNORE_INDEX),
@@ -546,7 +554,8 @@ def pixel_cross_entropy_case(label, n, c, h, w, *, ignored=0.05, **kw) -> OpCase
     return OpCase(
         op="pixel_cross_entropy",
         label=label,
-        shape=f"N{n} C{c} {h}x{w} {ignored:.0%} ignored",
+        shape=f"N{n} C{c} {h}x{w} {ignored:.0%} ignored"
+        + (" channels_last" if channels_last else ""),
         make=make,
         call=call,
         grads=("logits",),
@@ -575,6 +584,12 @@ for _case in (
         headline=True,
         compile_dtypes=(torch.float32,),
     ),
+    # GPU rows the model holds to within 10 points of their op's main row: channels_last
+    # logits of 150 classes (the staged kernels), odd widths (no aligned 16-byte vectors).
+    pixel_cross_entropy_case(
+        "ade20k-cl", 4, 150, 512, 512, channels_last=True, sizes=DEFAULT, devices=("cuda",)
+    ),
+    pixel_cross_entropy_case("odd-1025", 16, 21, 1025, 1025, sizes=DEFAULT, devices=("cuda",)),
     pixel_cross_entropy_case("overhead", 1, 3, 4, 4, sizes=EVERY_SIZE, host_bound=True),
     pixel_cross_entropy_case("quick", 2, 5, 33, 47, sizes=QUICK),
 ):
