@@ -29,6 +29,8 @@ import sys
 
 import pytest
 
+from fcn_fast.bench.model import _specialize as specialize  # as Triton's launcher does
+
 # ---------------------------------------------------------------- subprocess side
 
 
@@ -50,50 +52,6 @@ def _record_launches(run):
     return launches
 
 
-def _specialize(kernel, args, kwargs):
-    """signature, constexprs and attrs as Triton's launcher specializes these arguments."""
-    import torch
-
-    bound = kernel.signature.bind(
-        *args, **{k: v for k, v in kwargs.items() if k in kernel.arg_names}
-    )
-    bound.apply_defaults()
-    signature, constexprs, attrs = {}, {}, {}
-    tensor_types = {
-        torch.float16: "fp16",
-        torch.bfloat16: "bf16",
-        torch.float32: "fp32",
-        torch.float64: "fp64",
-        torch.int64: "i64",
-        torch.int32: "i32",
-        torch.uint8: "u8",
-        torch.bool: "i1",
-    }
-    for i, (name, value) in enumerate(bound.arguments.items()):
-        param = kernel.params[i]
-        if param.is_constexpr:
-            signature[name] = "constexpr"
-            constexprs[(i,)] = value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + tensor_types[value.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # 256-byte aligned allocations
-        elif isinstance(value, bool):
-            signature[name] = "u1"
-        elif isinstance(value, int):
-            if value == 1:
-                signature[name] = "constexpr"
-                constexprs[(i,)] = 1
-                continue
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            raise TypeError(f"{kernel.fn.__name__}: argument {name} = {value!r}")
-    return signature, constexprs, attrs
-
-
 _COMPILED: dict = {}
 
 
@@ -104,7 +62,7 @@ def _compile(kernel, args, kwargs) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature, constexprs, attrs = _specialize(kernel, args, kwargs)
+    signature, constexprs, attrs = specialize(kernel, args, kwargs)
     options = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages")}
     key = (kernel.fn.__qualname__, repr(signature), repr(constexprs), repr(attrs), repr(options))
     if key not in _COMPILED:
