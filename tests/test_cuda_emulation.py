@@ -230,8 +230,8 @@ def resampler(kind, x_shape, spec):
 
         return sb, False, out, reference
     corners = spec["align_corners"]
-    out, scale, bias, _ = interpolate_geometry((h, w), spec["size"], None, corners, "emulation")
-    sb = (scale[0], bias[0], scale[1], bias[1])
+    geometry = interpolate_geometry((h, w), spec["size"], None, corners, "emulation")
+    out, sb = geometry.out_size, geometry.resampler_args()[:4]
 
     def reference(x, skip=None, skip_crop=(0, 0)):
         if skip is not None:  # interpolate_add adds a same-sized skip: cut the window out
