@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "fcn_fast/kernel_types.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 
 namespace fcn_fast {
@@ -129,7 +130,7 @@ struct ChunkSums {
 // A chunk's share of weight_sum, added as chunk_losses adds it (so that the chunks' shares,
 // added in chunk order, are the same number as finish_loss's).
 template <typename acc_t>
-double chunk_weight(const int64_t* target, int64_t target_stride, int64_t P,
+double chunk_weight(Labels target, int64_t target_stride, int64_t P,
                     const LossConstants<acc_t>& k) {
   double sum = 0.0;
   for (int64_t p = 0; p < P; ++p) {
@@ -143,7 +144,7 @@ double chunk_weight(const int64_t* target, int64_t target_stride, int64_t P,
 // pixel's loss (0 when ignored); target[p * target_stride].
 template <typename acc_t>
 ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m, const acc_t* logs,
-                       const acc_t* swx, const int64_t* target, int64_t target_stride,
+                       const acc_t* swx, Labels target, int64_t target_stride,
                        const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out) {
   ChunkSums sums;
   for (int64_t p = 0; p < P; ++p) {
@@ -172,10 +173,10 @@ ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m,
 // counted_class: counted_class[p] the target (-1 if not counted), and a[p] also times
 // a_times[p] if given, in the same loop.
 template <typename acc_t>
-void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
-                             const acc_t* scale, int64_t scale_stride,
-                             const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d,
-                             const acc_t* a_times = nullptr, int32_t* counted_class = nullptr) {
+void chunk_grad_coefficients(int64_t P, Labels target, int64_t target_stride, const acc_t* scale,
+                             int64_t scale_stride, const LossConstants<acc_t>& k, acc_t* a,
+                             acc_t* b, acc_t* d, const acc_t* a_times = nullptr,
+                             int32_t* counted_class = nullptr) {
   // Every pixel takes the same path, one not counted with class 0 and its coefficients
   // dropped by the selects: a branch on the target would mispredict at each ignored pixel.
   auto step = [&](int64_t p, acc_t a_scale) {

@@ -117,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
         const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
         std::vector<ChunkSums> sums(g.chunks());
         const scalar_t* x = logits.const_data_ptr<scalar_t>();
-        const int64_t* t = target.const_data_ptr<int64_t>();
+        const Labels t = labels_of(target);
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
         acc_t* loss_none = reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
         at::parallel_for(0, static_cast<int64_t>(sums.size()), 1, [&](int64_t begin, int64_t end) {
@@ -163,7 +163,7 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
         const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
         const int64_t gS = up.per_pixel ? up.values.stride(1) : 0;
         const scalar_t* x = logits.const_data_ptr<scalar_t>();
-        const int64_t* t = target.const_data_ptr<int64_t>();
+        const Labels t = labels_of(target);
         const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
         scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
         const bool direct_out = std::is_same<scalar_t, acc_t>::value && oS == 1;
@@ -172,7 +172,7 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
           std::vector<acc_t> a(g.P), b(g.P), d(g.P), l(g.P);
           for (int64_t chunk = begin; chunk < end; ++chunk) {
             const auto [n, s0, np] = g.chunk(chunk);
-            const int64_t* tc = t + n * g.tN + s0 * g.tS;
+            const Labels tc = t + n * g.tN + s0 * g.tS;
             // The forward raised for targets outside [0, C): here they get no gradient.
             chunk_grad_coefficients(np, tc, g.tS,
                                     up.per_pixel ? up.data + n * gN + s0 * gS : &up.scalar, gS, k,
@@ -218,11 +218,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
     const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
     std::vector<ChunkSums> sums(g.chunks());
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
-    const int64_t* t = target.const_data_ptr<int64_t>();
+    const Labels t = labels_of(target);
     acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
     scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
     // The gradient for an upstream gradient of 1: mean's is divided by the weight sum, so that
-    // sum comes first, from the targets alone (8 bytes a pixel against the logits' 4 C).
+    // sum comes first, from the targets alone (1 to 8 bytes a pixel against the logits' 4 C).
     acc_t scale = acc_t(1);
     if (reduction == kReductionMean) {
       at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
@@ -246,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
       std::vector<int32_t> counted(g.P);
       for (int64_t chunk = begin; chunk < end; ++chunk) {
         const auto [n, s0, np] = g.chunk(chunk);
-        const int64_t* tc = t + n * g.tN + s0 * g.tS;
+        const Labels tc = t + n * g.tN + s0 * g.tS;
         int64_t ld;
         const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
         // The exps go where their gradient will be, and become it there.

@@ -281,7 +281,7 @@ LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& ta
         using acc_t = at::opmath_type<scalar_t>;
         const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
         std::vector<ChunkSums> sums(N * H);  // one per output row
-        const int64_t* t = target.const_data_ptr<int64_t>();
+        const Labels t = labels_of(target);
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
         acc_t* loss_none =
@@ -332,7 +332,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
         const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
         const int64_t gH = up.per_pixel ? up.values.stride(1) : 0;
         const int64_t gW = up.per_pixel ? up.values.stride(2) : 0;
-        const int64_t* t = target.const_data_ptr<int64_t>();
+        const Labels t = labels_of(target);
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
         scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
@@ -354,7 +354,7 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
               if (!adjoint.reads(ty, &has0, &has1)) continue;
               adjoint.advance(ty, has0);
               // d loss / d z per pixel, as pixel_cross_entropy's backward.
-              const int64_t* trow = t + n * tN + Y * tH;
+              const Labels trow = t + n * tN + Y * tH;
               chunk_grad_coefficients(W, trow, tW,
                                       up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
                                       up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data(),
@@ -404,7 +404,7 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
         using acc_t = at::opmath_type<scalar_t>;
         const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
         std::vector<ChunkSums> sums(N * H);  // one per output row, as the forward's
-        const int64_t* t = target.const_data_ptr<int64_t>();
+        const Labels t = labels_of(target);
         const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
         acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
         acc_t* gx = grad_sum.mutable_data_ptr<acc_t>();
@@ -441,7 +441,7 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
               for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
               softmax_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data(),
                            row.e.data(), W, inv_sum.data());
-              const int64_t* trow = t + n * tN + Y * tH;
+              const Labels trow = t + n * tN + Y * tH;
               if (owned) {
                 sums[n * H + Y] =
                     chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(), trow, tW, k,

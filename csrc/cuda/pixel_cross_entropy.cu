@@ -28,8 +28,8 @@ constexpr int loss_min_blocks(bool backward) {
 template <int P, typename T, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
     loss_forward_runs_kernel(LossArgs<acc_type<T>, index_t> a, const T* __restrict__ x,
-                             const int64_t* __restrict__ target,
-                             const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
+                             Labels target, const acc_type<T>* __restrict__ weight,
+                             LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
   const int32_t s0 = (static_cast<int32_t>(blockIdx.x) * kLossThreads + threadIdx.x) * P;
   acc_t loss = acc_t(0), wsum = acc_t(0);
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
 template <typename T, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
     loss_forward_staged_kernel(LossArgs<acc_type<T>, index_t> a, bool vector,
-                               const T* __restrict__ x, const int64_t* __restrict__ target,
+                               const T* __restrict__ x, Labels target,
                                const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
   extern __shared__ __align__(16) unsigned char shared[];
@@ -78,8 +78,7 @@ __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
     loss_backward_runs_kernel(LossArgs<acc_type<T>, index_t> a,
                               const acc_type<T>* __restrict__ grad,
                               const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
-                              const int64_t* __restrict__ target,
-                              const acc_type<T>* __restrict__ weight,
+                              Labels target, const acc_type<T>* __restrict__ weight,
                               const acc_type<T>* __restrict__ lse, T* __restrict__ out) {
   using acc_t = acc_type<T>;
   const int32_t s0 = (static_cast<int32_t>(blockIdx.x) * kLossThreads + threadIdx.x) * P;
@@ -100,8 +99,7 @@ __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
     loss_backward_staged_kernel(LossArgs<acc_type<T>, index_t> a, bool vector,
                                 const acc_type<T>* __restrict__ grad,
                                 const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
-                                const int64_t* __restrict__ target,
-                                const acc_type<T>* __restrict__ weight,
+                                Labels target, const acc_type<T>* __restrict__ weight,
                                 const acc_type<T>* __restrict__ lse, T* __restrict__ out) {
   using acc_t = acc_type<T>;
   extern __shared__ __align__(16) unsigned char shared[];
@@ -154,7 +152,7 @@ int64_t pixel_cross_entropy_workspace_bytes(DType dtype, const LossGeometry& g,
   return 2 * p.grid_x * p.grid_y * acc_size(dtype);
 }
 
-cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const int64_t* target,
+cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, Labels target,
                                        const void* weight, void* loss, void* lse, void* weight_sum,
                                        void* workspace, int* flags, LossGeometry g,
                                        int64_t ignore_index, int64_t reduction,
@@ -192,10 +190,10 @@ cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const in
 }
 
 cudaError_t launch_pixel_cross_entropy_backward(
-    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
-    const int64_t* target, const void* weight, const void* lse, const void* weight_sum,
-    void* grad_logits, int64_t oN, int64_t oC, int64_t oS, LossGeometry g, int64_t ignore_index,
-    int64_t reduction, double label_smoothing, bool force_index64, cudaStream_t stream) {
+    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits, Labels target,
+    const void* weight, const void* lse, const void* weight_sum, void* grad_logits, int64_t oN,
+    int64_t oC, int64_t oS, LossGeometry g, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, bool force_index64, cudaStream_t stream) {
   if (g.N * g.C * g.S == 0) return cudaSuccess;
   const int64_t os[3] = {oN, oC, oS};
   const LossPlan p = plan(g, logits, grad_logits, os, lse, dtype, force_index64);

@@ -35,7 +35,7 @@ template <typename T, typename index_t, int R, bool SMOOTH>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_forward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
                          const T* __restrict__ x, const acc_type<T>* __restrict__ cmax,
-                         const int64_t* __restrict__ target, const acc_type<T>* __restrict__ weight,
+                         Labels target, const acc_type<T>* __restrict__ weight,
                          LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
   const int32_t X = static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x;
@@ -69,8 +69,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_backward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
                           const acc_type<T>* __restrict__ grad,
                           const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
-                          const int64_t* __restrict__ target,
-                          const acc_type<T>* __restrict__ weight,
+                          Labels target, const acc_type<T>* __restrict__ weight,
                           const acc_type<T>* __restrict__ lse, T* __restrict__ grad_x,
                           int32_t groups) {
   using acc_t = acc_type<T>;
@@ -163,7 +162,7 @@ bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, S
 }
 
 cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, const void* x,
-                                          Strides4 x_strides, const int64_t* target,
+                                          Strides4 x_strides, Labels target,
                                           Strides3 target_strides, const void* weight, void* loss,
                                           void* lse, void* weight_sum, void* workspace, int* flags,
                                           int64_t ignore_index, int64_t reduction,
@@ -215,8 +214,8 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
 
 cudaError_t launch_resample_cross_entropy_backward(
     DType dtype, const FusedGeometry& g, const void* grad, Strides3 grad_strides, const void* x,
-    Strides4 x_strides, const int64_t* target, Strides3 target_strides, const void* weight,
-    const void* lse, const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
+    Strides4 x_strides, Labels target, Strides3 target_strides, const void* weight, const void* lse,
+    const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
     int64_t ignore_index, int64_t reduction, double label_smoothing, bool force_index64,
     cudaStream_t stream) {
   if (g.N * g.C * g.in_h * g.in_w == 0 || g.out_h * g.out_w == 0) return cudaSuccess;

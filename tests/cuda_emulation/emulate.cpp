@@ -169,7 +169,8 @@ extern "C" {
 
 // Sizes and strides arrive as int64 arrays; dtype 0: float32, 1: float64. `vector` (or
 // `pixels`) > 0 forces the per-thread vector width, 0 takes the plan's choice. Returns 0, or
-// 1 with a message in error[256].
+// 1 with a message in error[256]. A target arrives as its data and a LabelType code
+// (kernel_types.h: 0 int64, 1 int32, 2 uint8).
 
 int emu_resample_skip(int dtype, const int64_t* x_sizes, const void* x, const int64_t* xs,
                       const void* skip, const int64_t* ss, const int64_t* skip_sizes,
@@ -277,11 +278,12 @@ int emu_resample_skip_backward(int dtype, const int64_t* g_sizes, const void* gr
 // logits (N, C, S) strides xs, target (N, S) strides ts; loss: (N, S) for none else one
 // element; lse (N, S); weight_sum one element; flags[0] the error flag.
 int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits, const int64_t* xs,
-                            const int64_t* target, const int64_t* ts, const void* weight,
-                            void* loss, void* lse, void* weight_sum, int* flags,
+                            const void* target_data, int label_type, const int64_t* ts,
+                            const void* weight, void* loss, void* lse, void* weight_sum, int* flags,
                             int64_t ignore_index, int64_t reduction, double label_smoothing,
                             int force64, int pixels, int64_t* chosen, char* error) {
   return guarded(error, [&] {
+    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t N = sizes[0], C = sizes[1], S = sizes[2];
     const int64_t xs3[3] = {xs[0], xs[1], xs[2]}, ts2[2] = {ts[0], ts[1]}, os3[3] = {0, 0, 0};
     const int esize = dtype == 0 ? 4 : 8;
@@ -360,12 +362,13 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
 
 int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void* grad,
                                      const int64_t* gstrides, const void* logits, const int64_t* xs,
-                                     const int64_t* target, const int64_t* ts, const void* weight,
-                                     const void* lse, const void* weight_sum, void* out,
-                                     const int64_t* os, int64_t ignore_index, int64_t reduction,
-                                     double label_smoothing, int force64, int pixels,
-                                     int64_t* chosen, char* error) {
+                                     const void* target_data, int label_type, const int64_t* ts,
+                                     const void* weight, const void* lse, const void* weight_sum,
+                                     void* out, const int64_t* os, int64_t ignore_index,
+                                     int64_t reduction, double label_smoothing, int force64,
+                                     int pixels, int64_t* chosen, char* error) {
   return guarded(error, [&] {
+    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t N = sizes[0], C = sizes[1], S = sizes[2];
     const int64_t xs3[3] = {xs[0], xs[1], xs[2]}, ts2[2] = {ts[0], ts[1]};
     const int64_t os3[3] = {os[0], os[1], os[2]};
@@ -452,13 +455,14 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
 // x (N, C, in_h, in_w) strides xs; target (N, out_h, out_w) strides ts; geometry: in_h,
 // in_w, out_h, out_w.
 int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x, const int64_t* xs,
-                               const int64_t* target, const int64_t* ts, int64_t out_h,
-                               int64_t out_w, const double* scale_bias, int clamp,
+                               const void* target_data, int label_type, const int64_t* ts,
+                               int64_t out_h, int64_t out_w, const double* scale_bias, int clamp,
                                const void* weight, void* loss, void* lse, void* weight_sum,
                                int* flags, int64_t ignore_index, int64_t reduction,
                                double label_smoothing, int force64, int pixels, int64_t* chosen,
                                char* error) {
   return guarded(error, [&] {
+    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {ts[0], ts[1], ts[2]};
     const int64_t io[4] = {x_sizes[2], x_sizes[3], out_h, out_w};
@@ -522,15 +526,14 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
   });
 }
 
-int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const void* grad,
-                                        const int64_t* gstrides, const void* x, const int64_t* xs,
-                                        const int64_t* target, const int64_t* ts, int64_t out_h,
-                                        int64_t out_w, const double* scale_bias, int clamp,
-                                        const void* weight, const void* lse, const void* weight_sum,
-                                        void* grad_x, const int64_t* gxs, int64_t ignore_index,
-                                        int64_t reduction, double label_smoothing, int force64,
-                                        int64_t* chosen, char* error) {
+int emu_resample_cross_entropy_backward(
+    int dtype, const int64_t* x_sizes, const void* grad, const int64_t* gstrides, const void* x,
+    const int64_t* xs, const void* target_data, int label_type, const int64_t* ts, int64_t out_h,
+    int64_t out_w, const double* scale_bias, int clamp, const void* weight, const void* lse,
+    const void* weight_sum, void* grad_x, const int64_t* gxs, int64_t ignore_index,
+    int64_t reduction, double label_smoothing, int force64, int64_t* chosen, char* error) {
   return guarded(error, [&] {
+    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {ts[0], ts[1], ts[2]};
     const int64_t gxs4[4] = {gxs[0], gxs[1], gxs[2], gxs[3]};

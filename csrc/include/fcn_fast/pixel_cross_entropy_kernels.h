@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "fcn_fast/element_access.h"
+#include "fcn_fast/kernel_types.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 
 namespace fcn_fast {
@@ -270,9 +271,9 @@ template <int P, bool SMOOTH, typename T, typename index_t>
 FCN_HD LossPartial<acc_type<T>> loss_forward_pixels(const LossArgs<acc_type<T>, index_t>& a,
                                                     const T* px, index_t sc, index_t ss,
                                                     bool vector, int32_t n, int32_t s0, int count,
-                                                    const int64_t* target,
-                                                    const acc_type<T>* weight, acc_type<T>* lse,
-                                                    acc_type<T>* loss_none, int* error_flag) {
+                                                    Labels target, const acc_type<T>* weight,
+                                                    acc_type<T>* lse, acc_type<T>* loss_none,
+                                                    int* error_flag) {
   using acc_t = acc_type<T>;
   LossPartial<acc_t> part{acc_t(0), acc_t(0)};
   if (count <= 0) return part;
@@ -349,7 +350,7 @@ template <int P, bool SMOOTH, typename T, typename index_t>
 FCN_HD void loss_backward_pixels(const LossArgs<acc_type<T>, index_t>& a, const T* px, index_t sc,
                                  index_t ss, bool vector_in, T* po, index_t oc, index_t os,
                                  bool vector_out, int32_t n, int32_t s0, int count,
-                                 const acc_type<T>* grad, acc_type<T> scale, const int64_t* target,
+                                 const acc_type<T>* grad, acc_type<T> scale, Labels target,
                                  const acc_type<T>* weight, const acc_type<T>* lse,
                                  acc_type<T> wtotal) {
   using acc_t = acc_type<T>;
