@@ -100,8 +100,8 @@ def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
             f"got shape {shape}"
         )
     expected = shape[:1] + shape[2:] if len(shape) >= 2 else ()
-    check_target(target, expected, lambda: f"logits of shape {shape}", logits, op)
-    check_loss_options(weight, c, logits, ignore_index, reduction, label_smoothing, op)
+    check_target(target, expected, lambda: f"logits of shape {shape}", logits, ignore_index, op)
+    check_loss_options(weight, c, logits, reduction, label_smoothing, op)
 
 
 def pixel_cross_entropy(

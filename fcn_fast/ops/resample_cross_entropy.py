@@ -136,8 +136,10 @@ def _loss(
 ):
     """The fused loss on the kernel `backend` picks, or F.cross_entropy of reference_logits()."""
     expected = (x.shape[0], *geometry.out_size)
-    check_target(target, expected, lambda: f"logits upsampled to {geometry.out_size}", x, op)
-    check_loss_options(weight, x.shape[1], x, ignore_index, reduction, label_smoothing, op)
+    check_target(
+        target, expected, lambda: f"logits upsampled to {geometry.out_size}", x, ignore_index, op
+    )
+    check_loss_options(weight, x.shape[1], x, reduction, label_smoothing, op)
     backend = _backend.resolve_backend(backend, op, x.device)
     if geometry.traced:  # plain PyTorch, and the loss as the op's ONNX form writes it out
         loss, _, _ = cross_entropy(
