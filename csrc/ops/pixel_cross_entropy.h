@@ -4,8 +4,8 @@
 // user-facing errors; these checks guard direct calls of torch.ops.fcn_fast.*.
 //
 // logits (N, C, S) with any strides, target (N, S) int64, int32 or uint8, weight (C,) in the
-// accumulation dtype (float32; float64 for float64 logits) or None; reduction 0 none, 1 mean, 2
-// sum. Forward -> (loss, lse, weight_sum), all in the accumulation dtype: loss (N, S) for none,
+// accumulation dtype (float32; float64 for float64 logits) or None; reduction 0 none, 1 mean,
+// 2 sum. Forward -> (loss, lse, weight_sum), all in the accumulation dtype: loss (N, S) for none,
 // else 0-dim; lse (N, S) is all backward keeps (but for the CPU one-pass form below);
 // weight_sum (0-dim) = sum of w[target] over non-ignored pixels, the mean's divisor.
 // Backward -> grad_logits = grad * (softmax - onehot), with weights and smoothing,
