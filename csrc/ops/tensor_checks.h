@@ -22,18 +22,22 @@ inline at::ScalarType accumulation_type(at::ScalarType dtype) {
 }
 
 // Class-index targets: int64, int32 or uint8, read by every kernel in their own dtype
-// (kernel_types.h's Labels). `op` names the caller in the error.
+// (kernel_types.h's dispatch_label). `op` names the caller in the error.
 inline void check_target_dtype(const at::Tensor& target, const char* op) {
   const at::ScalarType type = target.scalar_type();
   TORCH_CHECK_TYPE(type == at::kLong || type == at::kInt || type == at::kByte, op,
                    ": target must be int64, int32 or uint8 class indices, got ", type);
 }
 
-inline Labels labels_of(const at::Tensor& target) {
+inline LabelType label_type(const at::Tensor& target) {
   const at::ScalarType type = target.scalar_type();
-  return Labels{target.const_data_ptr(), type == at::kByte  ? LabelType::UInt8
-                                         : type == at::kInt ? LabelType::Int32
-                                                            : LabelType::Int64};
+  return type == at::kByte  ? LabelType::UInt8
+         : type == at::kInt ? LabelType::Int32
+                            : LabelType::Int64;
+}
+
+inline Labels labels_of(const at::Tensor& target) {
+  return Labels{target.const_data_ptr(), label_type(target)};
 }
 
 inline void check_plane_tensor(const at::Tensor& t, const char* name) {

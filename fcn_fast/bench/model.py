@@ -404,6 +404,10 @@ def _index_name(index64) -> str:
     return "long" if index64 else "int"
 
 
+# The loss kernels' label_t (the target's dtype) as cuobjdump spells it.
+_LABEL_NAMES = {torch.int64: "long", torch.int32: "int", torch.uint8: "unsigned char"}
+
+
 CUDA_UNITS = {
     "resample_skip_forward_kernel": "store",
     "resample_skip_backward_kernel": "load",
@@ -519,12 +523,15 @@ def cuda_launches(call: OpCall) -> list[Launch]:
         P, index64, grid_x, grid_y, threads, smem, chunk = p[:7]
         stem = "loss_backward" if backward else "loss_forward"
         smooth = "true" if float(a[-2]) > 0 else "false"
+        label = _LABEL_NAMES[target.dtype]
         if chunk > 0:
-            kernel = _cuda_kernel(f"{stem}_staged_kernel", tname, _index_name(index64), smooth)
+            kernel = _cuda_kernel(
+                f"{stem}_staged_kernel", tname, label, _index_name(index64), smooth
+            )
         else:
             kernel = _cuda_kernel(
-                f"{stem}_runs_kernel", _vector_name(es, index64, P), tname, _index_name(index64),
-                smooth,
+                f"{stem}_runs_kernel", _vector_name(es, index64, P), tname, label,
+                _index_name(index64), smooth,
             )  # fmt: skip
         n = N * C * S
         return [_launch(b, kernel, es, threads, grid_x * grid_y, smem, n, n, read, written)]
@@ -561,8 +568,9 @@ def cuda_launches(call: OpCall) -> list[Launch]:
             rows = 8 if sb[0] <= 1 / 6 else 2
             smooth = "true" if smoothing > 0 else "false"
             kernel = _cuda_kernel(
-                "fused_forward_kernel", tname, _index_name(index64), str(rows), smooth
-            )
+                "fused_forward_kernel", tname, _LABEL_NAMES[target.dtype], _index_name(index64),
+                str(rows), smooth,
+            )  # fmt: skip
             cmax = _cuda_kernel("coarse_max_kernel", tname, _index_name(index64))
             coarse_blocks = -(-(x.shape[2] * x.shape[3]) // threads) * min(N, 65535)
             blocks = -(-ow // threads) * min(oh, 65535)  # plan_fused_forward
@@ -588,7 +596,9 @@ def cuda_launches(call: OpCall) -> list[Launch]:
         # Each block recomputes the output pixels its band and tile read: at most `capacity`.
         halo = max(1.0, blocks * capacity / (oh * ow))
         smooth = "true" if smoothing > 0 else "false"
-        kernel = _cuda_kernel("fused_backward_kernel", tname, _index_name(index64), smooth)
+        kernel = _cuda_kernel(
+            "fused_backward_kernel", tname, _LABEL_NAMES[target.dtype], _index_name(index64), smooth
+        )
         work = int(pairs * halo)
         # Phase P stages each block's region of pixels (target, lse and a per-pixel gradient
         # where reduction is "none") for each group of classes; the element loop then reads

@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fcn_fast/kernel_types.h"
 #include "fcn_fast/pixel_cross_entropy_kernels.h"
 #include "fcn_fast/resample_cross_entropy_kernels.h"
 #include "fcn_fast/resample_skip_kernels.h"
@@ -118,6 +119,14 @@ void with_types(int dtype, bool index64, F&& f) {
   } else {
     with_index(double{});
   }
+}
+
+// with_types, and the target's label type (kernel_types.h's LabelType code) as a third tag.
+template <typename F>
+void with_loss_types(int dtype, bool index64, int label_type, F&& f) {
+  dispatch_label(static_cast<LabelType>(label_type), [&](auto label) {
+    with_types(dtype, index64, [&](auto tag, auto index_tag) { f(tag, index_tag, label); });
+  });
 }
 
 template <typename F>
@@ -283,7 +292,6 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
                             int64_t ignore_index, int64_t reduction, double label_smoothing,
                             int force64, int pixels, int64_t* chosen, char* error) {
   return guarded(error, [&] {
-    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t N = sizes[0], C = sizes[1], S = sizes[2];
     const int64_t xs3[3] = {xs[0], xs[1], xs[2]}, ts2[2] = {ts[0], ts[1]}, os3[3] = {0, 0, 0};
     const int esize = dtype == 0 ? 4 : 8;
@@ -295,7 +303,8 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
     chosen[3] = plan.args.x_vector;
     chosen[4] = plan.args.pixel_vector;
     chosen[5] = plan.staged_vector;
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       const auto a =
@@ -368,7 +377,6 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
                                      int64_t reduction, double label_smoothing, int force64,
                                      int pixels, int64_t* chosen, char* error) {
   return guarded(error, [&] {
-    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t N = sizes[0], C = sizes[1], S = sizes[2];
     const int64_t xs3[3] = {xs[0], xs[1], xs[2]}, ts2[2] = {ts[0], ts[1]};
     const int64_t os3[3] = {os[0], os[1], os[2]};
@@ -382,7 +390,8 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
     chosen[4] = plan.args.out_vector;
     chosen[5] = plan.staged_vector;
     if (N * C * S == 0) return;
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       const int64_t gN = reduction == kReductionNone ? gstrides[0] : 0;
@@ -462,7 +471,6 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
                                double label_smoothing, int force64, int pixels, int64_t* chosen,
                                char* error) {
   return guarded(error, [&] {
-    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {ts[0], ts[1], ts[2]};
     const int64_t io[4] = {x_sizes[2], x_sizes[3], out_h, out_w};
@@ -475,7 +483,8 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
     chosen[0] = plan.P;
     chosen[1] = plan.index64;
     chosen[2] = plan.args.pixel_vector;
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       ResampleTables<T> t;
@@ -533,7 +542,6 @@ int emu_resample_cross_entropy_backward(
     const void* weight_sum, void* grad_x, const int64_t* gxs, int64_t ignore_index,
     int64_t reduction, double label_smoothing, int force64, int64_t* chosen, char* error) {
   return guarded(error, [&] {
-    const Labels target{target_data, static_cast<LabelType>(label_type)};
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {ts[0], ts[1], ts[2]};
     const int64_t gxs4[4] = {gxs[0], gxs[1], gxs[2], gxs[3]};
@@ -555,7 +563,8 @@ int emu_resample_cross_entropy_backward(
     chosen[5] = plan.smem_bytes;
     if (x_sizes[0] * x_sizes[1] * x_sizes[2] * x_sizes[3] == 0 || out_h * out_w == 0) return;
     if (plan.groups == 0) throw std::runtime_error("no block shape fits");
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       ResampleTables<T> t;
