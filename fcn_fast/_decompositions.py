@@ -128,6 +128,7 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothi
     logits = logits.to(accumulation_dtype(logits.dtype))
     lse = torch.logsumexp(logits, 1)
     neg_log_p = lse.unsqueeze(1) - logits
+    target = target.long()  # gather and indexing take int64 (a uint8 index is a mask)
     counted = target != ignore_index
     safe = torch.where(counted, target, 0)
     picked = neg_log_p.gather(1, safe.unsqueeze(1)).squeeze(1)

@@ -399,6 +399,30 @@ def test_fused_head_bytes():
     assert argmax.min_bytes(torch.float32, "fwd") == 4 * low + 8 * pixels
 
 
+def test_uint8_label_rows():
+    """uint8 targets (issue 24 part 3): the large loss and fused-head rows again with uint8
+    labels in the GPU default sweep (fp32 only: GPU time is scarce), a quick CPU row of each;
+    their byte floors count 1 byte a label where int64 counts 8."""
+    gpu, quick = _rows("default", "cuda"), _rows("quick", "cpu")
+    for op, mode in (("pixel_cross_entropy", "fwdbwd"), ("upsample_cross_entropy", "fwdbwd")):
+        for backend in ("reference", "cuda", "triton"):
+            assert (op, "large-u8", mode, "fp32", backend) in gpu
+        assert (op, "large-u8", mode, "bf16", "cuda") not in gpu
+        assert (op, "quick-u8", mode, "fp32", "cpu") in quick
+    by_key = {c.key: c for c in cases.CASES}
+    pixels, c = 16 * 1024 * 1024, 21
+    for label, label_bytes in (("large", 8), ("large-u8", 1)):
+        loss = by_key[f"pixel_cross_entropy/{label}"]
+        assert loss.min_bytes(torch.float32, "fwd") == 4 * pixels * c + label_bytes * pixels
+    head, head8 = by_key["upsample_cross_entropy/large"], by_key["upsample_cross_entropy/large-u8"]
+    saved = head.min_bytes(torch.float32, "fwdbwd") - head8.min_bytes(torch.float32, "fwdbwd")
+    assert saved == 2 * 7 * pixels  # read in forward and backward
+    assert "uint8 labels" in head8.shape
+    for op in ("pixel_cross_entropy", "upsample_cross_entropy"):
+        inputs = by_key[f"{op}/quick-u8"].inputs(torch.device("cpu"), torch.float32)
+        assert inputs["target"].dtype == torch.uint8
+
+
 def test_compare_labels_allows_rare_near_ties_only():
     want = (torch.zeros(1000, dtype=torch.int64),)
     assert cases.compare_labels((want[0].clone(),), want, 1e-3)[0]
@@ -415,9 +439,10 @@ def test_compare_labels_allows_rare_near_ties_only():
 @needs_cpu_backend
 def test_fused_head_rows_report_speedup_over_unfused_and_memory():
     bench = Bench("cpu", "quick")
-    for op in FUSED_OPS:
-        rows = [bench.run(*run) for run in cases.select("quick", "cpu", ops=[op])]
-        assert [r.backend for r in rows] == ["reference", "unfused", "cpu"], op
+    runs = cases.select("quick", "cpu", ops=list(FUSED_OPS))
+    for key in dict.fromkeys(case.key for case, *_ in runs):  # upsample_cross_entropy/quick-u8 too
+        rows = [bench.run(*run) for run in runs if run[0].key == key]
+        assert [r.backend for r in rows] == ["reference", "unfused", "cpu"], key
         for r in rows:
             assert r.status == "ok", r
             assert r.peak_mem_pct_of_reference is not None

@@ -133,6 +133,22 @@ def dtype_code(dtype):
     return Int(0 if dtype == torch.float32 else 1)
 
 
+# Target dtypes, their LabelType codes (kernel_types.h), the ignore_index each uses here (a
+# uint8 target cannot hold -100), and the value around a target that no read may see.
+LABEL_DTYPES = (torch.int64, torch.int32, torch.uint8)
+LABEL_CODES = {torch.int64: 0, torch.int32: 1, torch.uint8: 2}
+GUARD_LABEL = {torch.int64: -(2**40), torch.int32: -(2**31), torch.uint8: 254}
+
+
+def ignore_label(dtype):
+    return 255 if dtype == torch.uint8 else -100
+
+
+def labels(t):
+    """A target's two emulation arguments: its data and its LabelType code."""
+    return t, Int(LABEL_CODES[t.dtype])
+
+
 # ---------------------------------------------------------------------------------------------
 # Tensors inside NaN guard bands
 
@@ -162,7 +178,7 @@ def place(values, layout="contiguous", misalign=0):
     """values as a tensor of `layout` inside a NaN-filled buffer, its start moved by `misalign`
     elements (a misaligned base pointer when misalign * element size is not a multiple of 16)."""
     strides, span = _strides(values.shape, layout)
-    fill = float("nan") if values.is_floating_point() else -(2**40)
+    fill = float("nan") if values.is_floating_point() else GUARD_LABEL[values.dtype]
     buffer = torch.full((span + 2 * GUARD + misalign,), fill, dtype=values.dtype)
     view = buffer.as_strided(values.shape, strides, GUARD + misalign)
     view.copy_(values)
@@ -230,8 +246,8 @@ def resampler(kind, x_shape, spec):
 
         return sb, False, out, reference
     corners = spec["align_corners"]
-    out, scale, bias = interpolate_geometry((h, w), spec["size"], None, corners, "emulation")[:3]
-    sb = (scale[0], bias[0], scale[1], bias[1])
+    geometry = interpolate_geometry((h, w), spec["size"], None, corners, "emulation")
+    out, sb = geometry.out_size, geometry.resampler_args()[:4]
 
     def reference(x, skip=None, skip_crop=(0, 0)):
         if skip is not None:  # interpolate_add adds a same-sized skip: cut the window out
@@ -425,33 +441,46 @@ def test_backward_is_one_pass_over_grad_out(emu):
 # pixel_cross_entropy
 
 
-def loss_case(N, C, S, dtype, layout, ignore_frac=0.2, misalign=0, target_layout="contiguous"):
+def loss_case(
+    N,
+    C,
+    S,
+    dtype,
+    layout,
+    ignore_frac=0.2,
+    misalign=0,
+    target_layout="contiguous",
+    label_dtype=torch.int64,
+):
+    """logits, their int64 target (ignore_label(label_dtype) where ignored), and both placed
+    for the emulation, the target as label_dtype."""
     logits64 = torch.randn(N, C, S, dtype=torch.float64) * 3
     target = torch.randint(0, C, (N, S))
-    target[torch.rand(N, S) < ignore_frac] = -100
+    target[torch.rand(N, S) < ignore_frac] = ignore_label(label_dtype)
     x = place(logits64.to(dtype), layout, misalign)
-    t = place(target, target_layout)
+    t = place(target.to(label_dtype), target_layout)
     return logits64, target, x, t
 
 
 def emu_loss_forward(
     emu, x, t, weight, loss, lse, wsum, flags, reduction, smoothing=0.0, force64=False, pixels=0
 ):
-    """The emulated CUDA loss forward (ignore_index -100); returns the launch plan chosen."""
+    """The emulated CUDA loss forward (ignore_index ignore_label(t.dtype)); returns the launch
+    plan chosen."""
     return emu.call(
         "emu_pixel_cross_entropy",
         dtype_code(x.dtype),
         sizes(x),
         x,
         strides(x),
-        t,
+        *labels(t),
         strides(t),
         weight,
         loss,
         lse,
         wsum,
         flags,
-        -100,
+        ignore_label(t.dtype),
         reduction,
         float(smoothing),
         Int(force64),
@@ -460,16 +489,16 @@ def emu_loss_forward(
 
 
 LOSS_CASES = [
-    # N, C, S, layout, pixels (0: plan), force64, misalign
-    (2, 5, 37, "contiguous", 0, False, 0),
-    (3, 21, 64, "contiguous", 0, True, 0),
-    (2, 4, 33, "contiguous", 1, False, 1),
-    (2, 21, 300, "channels_last", 0, False, 0),  # staged chunks (S past one chunk)
-    (2, 6, 19, "channels_last", 0, True, 1),  # staged, misaligned: element copies
-    (2, 7, 23, "channels_last", 4, False, 0),  # pixel runs over interleaved logits
-    (2, 3, 29, "strided", 0, False, 0),
-    (1, 1, 17, "contiguous", 0, False, 0),  # one class
-    (2, 9, 40, "contiguous", 8, False, 0),  # the bf16 width, in float
+    # N, C, S, layout, pixels (0: plan), force64, misalign, target dtype
+    (2, 5, 37, "contiguous", 0, False, 0, torch.int64),
+    (3, 21, 64, "contiguous", 0, True, 0, torch.uint8),
+    (2, 4, 33, "contiguous", 1, False, 1, torch.int32),
+    (2, 21, 300, "channels_last", 0, False, 0, torch.uint8),  # staged (S past one chunk)
+    (2, 6, 19, "channels_last", 0, True, 1, torch.int64),  # staged, misaligned: element copies
+    (2, 7, 23, "channels_last", 4, False, 0, torch.int32),  # pixel runs, interleaved logits
+    (2, 3, 29, "strided", 0, False, 0, torch.uint8),
+    (1, 1, 17, "contiguous", 0, False, 0, torch.int64),  # one class
+    (2, 9, 40, "contiguous", 8, False, 0, torch.uint8),  # the bf16 width, in float
 ]
 
 
@@ -480,7 +509,7 @@ LOSS_CASES = [
     [("mean", False, 0.0), ("mean", True, 0.1), ("sum", True, 0.0), ("none", False, 0.2)],
 )
 def test_pixel_cross_entropy(emu, dtype, case, reduction, weighted, smoothing):
-    N, C, S, layout, pixels, force64, misalign = case
+    N, C, S, layout, pixels, force64, misalign, label_dtype = case
     torch.manual_seed(N * 100 + C + S)
     logits64, target, x, t = loss_case(
         N,
@@ -490,12 +519,14 @@ def test_pixel_cross_entropy(emu, dtype, case, reduction, weighted, smoothing):
         layout,
         misalign=misalign,
         target_layout="strided" if C % 2 else "contiguous",
+        label_dtype=label_dtype,
     )
+    ignore = ignore_label(label_dtype)
     weight64 = torch.rand(C, dtype=torch.float64) + 0.5 if weighted else None
     weight = weight64.to(dtype) if weighted else None
     ref_logits = logits64.clone().requires_grad_(True)
     expected = pixel_cross_entropy_reference(
-        ref_logits, target, weight64, -100, reduction, smoothing
+        ref_logits, target, weight64, ignore, reduction, smoothing
     )
     acc = dtype
     loss, loss_buffer = empty_guarded((N, S) if reduction == "none" else (), acc)
@@ -509,7 +540,7 @@ def test_pixel_cross_entropy(emu, dtype, case, reduction, weighted, smoothing):
     close(loss, expected.detach(), dtype)
     close(lse, torch.logsumexp(logits64, dim=1), dtype)
     w = weight64 if weighted else torch.ones(C, dtype=torch.float64)
-    valid = target != -100
+    valid = target != ignore
     close(wsum, w[target[valid]].sum(), dtype)
     assert_guards(loss, loss_buffer)
     assert_guards(lse, lse_buffer)
@@ -532,14 +563,14 @@ def test_pixel_cross_entropy(emu, dtype, case, reduction, weighted, smoothing):
         strides(grad) if reduction == "none" else [0, 0],
         x,
         strides(x),
-        t,
+        *labels(t),
         strides(t),
         weight,
         lse,
         wsum,
         out,
         strides(out),
-        -100,
+        ignore,
         REDUCTIONS[reduction],
         float(smoothing),
         Int(force64),
@@ -615,31 +646,33 @@ FUSED_RESAMPLERS = [
     "kind,spec", FUSED_RESAMPLERS, ids=[f"{k}{i}" for i, (k, _) in enumerate(FUSED_RESAMPLERS)]
 )
 @pytest.mark.parametrize(
-    "C,layout,reduction,weighted,smoothing,force64,misalign",
+    "C,layout,reduction,weighted,smoothing,force64,misalign,label_dtype",
     [
-        (5, "contiguous", "mean", False, 0.0, False, 0),
-        (21, "channels_last", "mean", True, 0.1, False, 0),
-        (3, "strided", "none", True, 0.0, True, 1),
-        (7, "contiguous", "sum", False, 0.3, True, 0),
-        (40, "channels_last", "none", False, 0.0, False, 1),  # class groups in the backward
+        (5, "contiguous", "mean", False, 0.0, False, 0, torch.int64),
+        (21, "channels_last", "mean", True, 0.1, False, 0, torch.uint8),
+        (3, "strided", "none", True, 0.0, True, 1, torch.int32),
+        (7, "contiguous", "sum", False, 0.3, True, 0, torch.uint8),
+        (40, "channels_last", "none", False, 0.0, False, 1, torch.int64),  # class groups
     ],
 )
 def test_resample_cross_entropy(
-    emu, dtype, kind, spec, C, layout, reduction, weighted, smoothing, force64, misalign
-):
+    emu, dtype, kind, spec, C, layout, reduction, weighted, smoothing, force64, misalign,
+    label_dtype,
+):  # fmt: skip
     torch.manual_seed(C + len(str(spec)))
     x_shape = (2, C, 6, 7)
     sb, clamp, out_size, reference = resampler(kind, x_shape, spec)
     H, W = out_size
     x64 = torch.randn(x_shape, dtype=torch.float64) * 2
+    ignore = ignore_label(label_dtype)
     target = torch.randint(0, C, (2, H, W))
-    target[torch.rand(2, H, W) < 0.15] = -100
+    target[torch.rand(2, H, W) < 0.15] = ignore
     weight64 = torch.rand(C, dtype=torch.float64) + 0.5 if weighted else None
     xr = x64.clone().requires_grad_(True)
     z = reference(xr)
-    expected = pixel_cross_entropy_reference(z, target, weight64, -100, reduction, smoothing)
+    expected = pixel_cross_entropy_reference(z, target, weight64, ignore, reduction, smoothing)
     x = place(x64.to(dtype), layout, misalign)
-    t = place(target, "strided" if C % 2 else "contiguous")
+    t = place(target.to(label_dtype), "strided" if C % 2 else "contiguous")
     weight = weight64.to(dtype) if weighted else None
     loss, loss_buffer = empty_guarded(
         (2, H, W) if reduction == "none" else (), dtype, "contiguous", misalign
@@ -653,7 +686,7 @@ def test_resample_cross_entropy(
         sizes(x),
         x,
         strides(x),
-        t,
+        *labels(t),
         strides(t),
         H,
         W,
@@ -664,7 +697,7 @@ def test_resample_cross_entropy(
         lse,
         wsum,
         flags,
-        -100,
+        ignore,
         REDUCTIONS[reduction],
         float(smoothing),
         Int(force64),
@@ -693,7 +726,7 @@ def test_resample_cross_entropy(
         strides(grad) if reduction == "none" else [0, 0, 0],
         x,
         strides(x),
-        t,
+        *labels(t),
         strides(t),
         H,
         W,
@@ -704,7 +737,7 @@ def test_resample_cross_entropy(
         wsum,
         gx,
         strides(gx),
-        -100,
+        ignore,
         REDUCTIONS[reduction],
         float(smoothing),
         Int(force64),
@@ -734,7 +767,7 @@ def test_fused_backward_blocks_fit(emu):
             [0, 0, 0],
             x,
             strides(x),
-            t,
+            *labels(t),
             strides(t),
             H,
             W,
@@ -960,7 +993,7 @@ def emulated_fused_backward(
     on z, the resampler backward. Returns whether the fallback ran."""
     N, C, (H, W) = x.shape[0], x.shape[1], r.out_size
     common = (r.scale_bias(), Int(r.geometry.clamp))
-    loss_args = (-100, REDUCTIONS[reduction], float(smoothing), Int(force64))
+    loss_args = (ignore_label(t.dtype), REDUCTIONS[reduction], float(smoothing), Int(force64))
     try:
         emu.call(
             "emu_resample_cross_entropy_backward",
@@ -970,7 +1003,7 @@ def emulated_fused_backward(
             strides(grad) if reduction == "none" else [0, 0, 0],
             x,
             strides(x),
-            t,
+            *labels(t),
             strides(t),
             H,
             W,
@@ -1019,7 +1052,7 @@ def emulated_fused_backward(
         strides(gf) if reduction == "none" else [0, 0],
         zf,
         strides(zf),
-        tf,
+        *labels(tf),
         strides(tf),
         weight,
         lse.reshape(N, H * W),
@@ -1060,12 +1093,14 @@ def test_random_geometries_resample_cross_entropy(emu):
         dtype = torch.float32 if case % 4 == 3 else torch.float64
         layout, force64 = _random_layout(rng), rng.random() < 0.2
         reduction, smoothing, weight64 = _random_loss_options(rng, C)
+        label_dtype = LABEL_DTYPES[case % 3]  # not drawn: the geometries stay the seed's
+        ignore = ignore_label(label_dtype)
         x64 = torch.randn(N, C, h, w, dtype=torch.float64) * 2
         target = torch.randint(0, C, (N, H, W))
-        target[torch.rand(N, H, W) < rng.choice([0.0, 0.2, 0.9])] = -100
+        target[torch.rand(N, H, W) < rng.choice([0.0, 0.2, 0.9])] = ignore
         xr = x64.clone().requires_grad_(True)
         expected = pixel_cross_entropy_reference(
-            r.reference(xr), target, weight64, -100, reduction, smoothing
+            r.reference(xr), target, weight64, ignore, reduction, smoothing
         )
         grad64 = (
             torch.rand(N, H, W, dtype=torch.float64)
@@ -1073,19 +1108,21 @@ def test_random_geometries_resample_cross_entropy(emu):
             else torch.tensor(0.8, dtype=torch.float64)
         )
         (expected_grad,) = torch.autograd.grad(expected, xr, grad64)
-        x, t = place(x64.to(dtype), layout), place(target, _random_layout(rng))
+        x, t = place(x64.to(dtype), layout), place(target.to(label_dtype), _random_layout(rng))
         weight = None if weight64 is None else weight64.to(dtype)
         loss, _ = empty_guarded((N, H, W) if reduction == "none" else (), dtype)
         lse, lse_buffer = empty_guarded((N, H, W), dtype)
         wsum, flags = torch.empty((), dtype=dtype), torch.zeros(2, dtype=torch.int32)
-        described = f"{r} N{N} C{C} {layout} {dtype} {reduction} eps {smoothing} w {weight64}"
+        described = (
+            f"{r} N{N} C{C} {layout} {dtype} {label_dtype} {reduction} eps {smoothing} w {weight64}"
+        )
         emu.call(
             "emu_resample_cross_entropy",
             dtype_code(dtype),
             sizes(x),
             x,
             strides(x),
-            t,
+            *labels(t),
             strides(t),
             H,
             W,
@@ -1096,7 +1133,7 @@ def test_random_geometries_resample_cross_entropy(emu):
             lse,
             wsum,
             flags,
-            -100,
+            ignore,
             REDUCTIONS[reduction],
             float(smoothing),
             Int(force64),

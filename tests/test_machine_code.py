@@ -107,7 +107,10 @@ class Kernel:
 
     @property
     def index64(self) -> bool:
-        return any(a in ("long", "long long") for a in self.args)
+        # The index type is the last integer type argument (a label type, int64 "long" too,
+        # comes before it).
+        ints = [a for a in self.args if a in ("int", "long", "long long")]
+        return bool(ints) and ints[-1] != "int"
 
     def label(self) -> str:
         return f"{self.name}<{', '.join(self.args)}>"

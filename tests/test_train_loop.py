@@ -337,3 +337,23 @@ def test_epochs_become_iterations(data, tmp_path):
     trainer = Trainer(resolve_config({**options, "out": str(tmp_path / "r")}))
     # 8 training images, global batch 4: 2 iterations an epoch
     assert trainer.config["iters"] == 3 * TINY_DATA["train"] // 4
+
+
+def test_labels_stay_uint8_from_the_dataset_to_the_loss(data, tmp_path, monkeypatch):
+    """The training step hands the loss the loader's uint8 labels, not an int64 copy."""
+    from fcn_fast.train.loop import Trainer
+
+    options = {"data": str(data), "width": 1 / 16, "iters": 1, "batch_size": 4}
+    trainer = Trainer(resolve_config({**options, "out": str(tmp_path / "r")}))
+    seen = []
+    loss = trainer.model.loss
+
+    def recording_loss(x, target, **kwargs):
+        seen.append(target.dtype)
+        return loss(x, target, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "loss", recording_loss)
+    images, labels = next(trainer.batches())
+    assert labels.dtype == torch.uint8
+    loss_sum, count = trainer.step(images, labels)
+    assert seen == [torch.uint8] and torch.isfinite(loss_sum) and count > 0

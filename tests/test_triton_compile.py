@@ -236,13 +236,24 @@ def _loss_cases():
 
     from fcn_fast.triton import pixel_cross_entropy as pce
 
-    def run(N, C, S, dtype, reduction, smoothing, weight, channels_last=False, ignore=255):
+    def run(
+        N,
+        C,
+        S,
+        dtype,
+        reduction,
+        smoothing,
+        weight,
+        channels_last=False,
+        ignore=255,
+        labels="int64",
+    ):
         acc = "float64" if dtype == "float64" else "float32"
         if channels_last:
             logits = _meta(N, S, C, dtype=dtype).transpose(1, 2)
         else:
             logits = _meta(N, C, S, dtype=dtype)
-        target = _meta(N, S, dtype="int64")
+        target = _meta(N, S, dtype=labels)
         w = _meta(C, dtype=acc) if weight else None
         loss, lse, wsum = pce.pixel_cross_entropy_triton(
             logits, target, w, ignore, reduction, smoothing
@@ -259,6 +270,12 @@ def _loss_cases():
          {"vec_stores": pixels, "vec_loads": pixels}),
         ("loss large bfloat16", "bfloat16", lambda: run(16, 21, big, "bfloat16", 1, 0.0, False),
          {"vec_stores": pixels, "vec_loads": pixels}),
+        ("loss large float32 uint8 labels", "float32",
+         lambda: run(16, 21, big, "float32", 1, 0.0, False, labels="uint8"),
+         {"vec_stores": pixels, "vec_loads": pixels}),
+        ("loss channels_last int32 labels, reduction none", "float32",
+         lambda: run(2, 19, 64 * 64, "float32", 0, 0.0, False, channels_last=True,
+                     labels="int32"), {}),
         ("loss channels_last C=32, smoothing, weights", "bfloat16",
          lambda: run(4, 32, 512 * 512, "bfloat16", 1, 0.1, True, channels_last=True),
          {"vec_stores": ["_bwd_classes_kernel"], "vec_loads": ["_fwd_classes_kernel"]}),
@@ -277,10 +294,10 @@ def _fused_cases():
     up = (1 / 8, 31.5 / 8 - 1.0, 1 / 8, 31.5 / 8 - 1.0, False)
     interp = (1 / 8, 0.5 / 8 - 0.5, 1 / 8, 0.5 / 8 - 0.5, True)
 
-    def run(x, geo, out, reduction=1, smoothing=0.0, weight=False, backward=True):
+    def run(x, geo, out, reduction=1, smoothing=0.0, weight=False, backward=True, labels="int64"):
         N, C = x.shape[:2]
         acc = "float64" if x.dtype == torch.float64 else "float32"
-        target = _meta(N, *out, dtype="int64")
+        target = _meta(N, *out, dtype=labels)
         w = _meta(C, dtype=acc) if weight else None
         loss, lse, wsum = rce.resample_cross_entropy_triton(
             x, target, w, *geo, 255, reduction, smoothing
@@ -296,6 +313,9 @@ def _fused_cases():
     return [
         ("fused FCN-8s head large float32", "float32",
          lambda: run(_meta(16, 21, 132, 132), up, (1024, 1024)),
+         {"vec_stores": ["_fwd_kernel", "_argmax_kernel"]}),
+        ("fused FCN-8s head large float32 uint8 labels", "float32",
+         lambda: run(_meta(16, 21, 132, 132), up, (1024, 1024), labels="uint8"),
          {"vec_stores": ["_fwd_kernel", "_argmax_kernel"]}),
         ("fused FCN-8s head large bfloat16", "bfloat16",
          lambda: run(_meta(16, 21, 132, 132, dtype="bfloat16"), up, (1024, 1024), backward=False),

@@ -4,11 +4,13 @@
 // resample_cross_entropy.cpp computes them from the low-resolution input). The math per pixel
 // is pixel_cross_entropy_math.h, the same the CUDA kernels run.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include <algorithm>
 #include <optional>
 #include <vector>
 
+#include "../ops/tensor_checks.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
 
 namespace fcn_fast {
@@ -66,6 +68,16 @@ void grad_from_exps_rows(float* e, int64_t ld, int64_t C, int64_t P, const float
 void grad_from_exps_rows(double* e, int64_t ld, int64_t C, int64_t P, const double* a,
                          const double* b, const double* d, const int32_t* counted, const double* w,
                          bool smoothing);
+
+// Calls f(scalar_t{}, label_t{}) with the logits' element type (any float type) and the target's
+// label type (int64, int32 or uint8): the loss kernels are templates on both, so that each reads
+// the labels as stored.
+template <typename F>
+void dispatch_loss_types(const at::Tensor& logits, const at::Tensor& target, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, logits.scalar_type(), "fcn_fast loss",
+      [&] { dispatch_label(label_type(target), [&](auto label) { f(scalar_t{}, label); }); });
+}
 
 // Pixels per chunk of logits packed into a buffer: a [C][P] fp32 block of about 32 KiB (stays in
 // L1 from lse_rows to the per-pixel steps), a multiple of 16 for the vector loops. Like
@@ -128,8 +140,8 @@ struct ChunkSums {
 
 // A chunk's share of weight_sum, added as chunk_losses adds it (so that the chunks' shares,
 // added in chunk order, are the same number as finish_loss's).
-template <typename acc_t>
-double chunk_weight(const int64_t* target, int64_t target_stride, int64_t P,
+template <typename acc_t, typename label_t>
+double chunk_weight(const label_t* target, int64_t target_stride, int64_t P,
                     const LossConstants<acc_t>& k) {
   double sum = 0.0;
   for (int64_t p = 0; p < P; ++p) {
@@ -141,9 +153,9 @@ double chunk_weight(const int64_t* target, int64_t target_stride, int64_t P,
 
 // The per-pixel step after lse_rows: lse_out[p] = m + logs, loss_out[p] (if not null) the
 // pixel's loss (0 when ignored); target[p * target_stride].
-template <typename acc_t>
+template <typename acc_t, typename label_t>
 ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m, const acc_t* logs,
-                       const acc_t* swx, const int64_t* target, int64_t target_stride,
+                       const acc_t* swx, const label_t* target, int64_t target_stride,
                        const LossConstants<acc_t>& k, acc_t* lse_out, acc_t* loss_out) {
   ChunkSums sums;
   for (int64_t p = 0; p < P; ++p) {
@@ -171,8 +183,8 @@ ChunkSums chunk_losses(const acc_t* rows, int64_t ld, int64_t P, const acc_t* m,
 // divided by the weight sum for mean (scale_stride 0). For add_grad_from_exps, given
 // counted_class: counted_class[p] the target (-1 if not counted), and a[p] also times
 // a_times[p] if given, in the same loop.
-template <typename acc_t>
-void chunk_grad_coefficients(int64_t P, const int64_t* target, int64_t target_stride,
+template <typename acc_t, typename label_t>
+void chunk_grad_coefficients(int64_t P, const label_t* target, int64_t target_stride,
                              const acc_t* scale, int64_t scale_stride,
                              const LossConstants<acc_t>& k, acc_t* a, acc_t* b, acc_t* d,
                              const acc_t* a_times = nullptr, int32_t* counted_class = nullptr) {

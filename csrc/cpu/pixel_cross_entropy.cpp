@@ -111,29 +111,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cpu(
   std::tie(loss, lse, weight_sum) =
       empty_loss_outputs(logits, {g.N, g.S}, reduction == kReductionNone);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
-        std::vector<ChunkSums> sums(g.chunks());
-        const scalar_t* x = logits.const_data_ptr<scalar_t>();
-        const int64_t* t = target.const_data_ptr<int64_t>();
-        acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
-        acc_t* loss_none = reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
-        at::parallel_for(0, static_cast<int64_t>(sums.size()), 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), m(g.P), logs(g.P), swx(g.P);
-          for (int64_t chunk = begin; chunk < end; ++chunk) {
-            const auto [n, s0, np] = g.chunk(chunk);
-            int64_t ld;
-            const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
-            lse_rows(rows, ld, g.C, np, k.w, k.smoothing, m.data(), logs.data(), swx.data());
-            sums[chunk] = chunk_losses(rows, ld, np, m.data(), logs.data(), swx.data(),
-                                       t + n * g.tN + s0 * g.tS, g.tS, k, lse_ptr + n * g.S + s0,
-                                       loss_none == nullptr ? nullptr : loss_none + n * g.S + s0);
-          }
-        });
-        finish_loss("pixel_cross_entropy", sums, reduction, k, loss, weight_sum);
-      });
+  dispatch_loss_types(logits, target, [&](auto scalar, auto label) {
+    using scalar_t = decltype(scalar);
+    using label_t = decltype(label);
+    using acc_t = at::opmath_type<scalar_t>;
+    const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
+    std::vector<ChunkSums> sums(g.chunks());
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const label_t* t = target.const_data_ptr<label_t>();
+    acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+    acc_t* loss_none = reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, static_cast<int64_t>(sums.size()), 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), m(g.P), logs(g.P), swx(g.P);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const auto [n, s0, np] = g.chunk(chunk);
+        int64_t ld;
+        const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
+        lse_rows(rows, ld, g.C, np, k.w, k.smoothing, m.data(), logs.data(), swx.data());
+        sums[chunk] = chunk_losses(rows, ld, np, m.data(), logs.data(), swx.data(),
+                                   t + n * g.tN + s0 * g.tS, g.tS, k, lse_ptr + n * g.S + s0,
+                                   loss_none == nullptr ? nullptr : loss_none + n * g.S + s0);
+      }
+    });
+    finish_loss("pixel_cross_entropy", sums, reduction, k, loss, weight_sum);
+  });
   return {loss, lse, weight_sum};
 }
 
@@ -155,42 +156,42 @@ at::Tensor pixel_cross_entropy_backward_cpu(const at::Tensor& grad, const at::Te
   if (grad_logits.numel() == 0) return grad_logits;
   const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, logits.scalar_type(), "pixel_cross_entropy_backward_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
-        const UpstreamGrad<acc_t> up(grad, weight_sum, reduction);
-        const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
-        const int64_t gS = up.per_pixel ? up.values.stride(1) : 0;
-        const scalar_t* x = logits.const_data_ptr<scalar_t>();
-        const int64_t* t = target.const_data_ptr<int64_t>();
-        const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
-        scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
-        const bool direct_out = std::is_same<scalar_t, acc_t>::value && oS == 1;
-        at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
-          std::vector<acc_t> a(g.P), b(g.P), d(g.P), l(g.P);
-          for (int64_t chunk = begin; chunk < end; ++chunk) {
-            const auto [n, s0, np] = g.chunk(chunk);
-            const int64_t* tc = t + n * g.tN + s0 * g.tS;
-            // The forward raised for targets outside [0, C): here they get no gradient.
-            chunk_grad_coefficients(np, tc, g.tS,
-                                    up.per_pixel ? up.data + n * gN + s0 * gS : &up.scalar, gS, k,
-                                    a.data(), b.data(), d.data());
-            finite_lse(lse_ptr + n * g.S + s0, np, l.data());
-            int64_t ld;
-            const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
-            acc_t* dst =
-                direct_out ? reinterpret_cast<acc_t*>(out + n * oN + s0 * oS) : gbuf.data();
-            const int64_t gld = direct_out ? oC : np;
-            grad_rows(rows, ld, dst, gld, g.C, np, l.data(), a.data(), d.data(), k.w, k.smoothing);
-            for (int64_t p = 0; p < np; ++p) {
-              if (k.valid(tc[p * g.tS])) dst[tc[p * g.tS] * gld + p] -= b[p];
-            }
-            if (!direct_out) store_chunk_grad(gbuf.data(), g.C, np, out + n * oN + s0 * oS, oC, oS);
-          }
-        });
-      });
+  dispatch_loss_types(logits, target, [&](auto scalar, auto label) {
+    using scalar_t = decltype(scalar);
+    using label_t = decltype(label);
+    using acc_t = at::opmath_type<scalar_t>;
+    const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
+    const UpstreamGrad<acc_t> up(grad, weight_sum, reduction);
+    const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
+    const int64_t gS = up.per_pixel ? up.values.stride(1) : 0;
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const label_t* t = target.const_data_ptr<label_t>();
+    const acc_t* lse_ptr = lse.const_data_ptr<acc_t>();
+    scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
+    const bool direct_out = std::is_same<scalar_t, acc_t>::value && oS == 1;
+    at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
+      std::vector<acc_t> a(g.P), b(g.P), d(g.P), l(g.P);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const auto [n, s0, np] = g.chunk(chunk);
+        const label_t* tc = t + n * g.tN + s0 * g.tS;
+        // The forward raised for targets outside [0, C): here they get no gradient.
+        chunk_grad_coefficients(np, tc, g.tS,
+                                up.per_pixel ? up.data + n * gN + s0 * gS : &up.scalar, gS, k,
+                                a.data(), b.data(), d.data());
+        finite_lse(lse_ptr + n * g.S + s0, np, l.data());
+        int64_t ld;
+        const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
+        acc_t* dst = direct_out ? reinterpret_cast<acc_t*>(out + n * oN + s0 * oS) : gbuf.data();
+        const int64_t gld = direct_out ? oC : np;
+        grad_rows(rows, ld, dst, gld, g.C, np, l.data(), a.data(), d.data(), k.w, k.smoothing);
+        for (int64_t p = 0; p < np; ++p) {
+          if (k.valid(tc[p * g.tS])) dst[tc[p * g.tS] * gld + p] -= b[p];
+        }
+        if (!direct_out) store_chunk_grad(gbuf.data(), g.C, np, out + n * oN + s0 * oS, oC, oS);
+      }
+    });
+  });
   return grad_logits;
 }
 
@@ -214,56 +215,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_w
   const int64_t oN = grad_logits.stride(0), oC = grad_logits.stride(1), oS = grad_logits.stride(2);
 
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "pixel_cross_entropy_with_grad_cpu", [&] {
-    using acc_t = scalar_t;  // float32 or float64: the gradient is kept in the accumulation dtype
-    const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
-    std::vector<ChunkSums> sums(g.chunks());
-    const scalar_t* x = logits.const_data_ptr<scalar_t>();
-    const int64_t* t = target.const_data_ptr<int64_t>();
-    acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
-    scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
-    // The gradient for an upstream gradient of 1: mean's is divided by the weight sum, so that
-    // sum comes first, from the targets alone (8 bytes a pixel against the logits' 4 C).
-    acc_t scale = acc_t(1);
-    if (reduction == kReductionMean) {
+    dispatch_label(label_type(target), [&](auto label) {
+      using label_t = decltype(label);
+      using acc_t = scalar_t;  // float32 or float64: the gradient is kept in the accumulation dtype
+      const LossConstants<acc_t> k(weight, g.C, ignore_index, label_smoothing);
+      std::vector<ChunkSums> sums(g.chunks());
+      const scalar_t* x = logits.const_data_ptr<scalar_t>();
+      const label_t* t = target.const_data_ptr<label_t>();
+      acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+      scalar_t* out = grad_logits.mutable_data_ptr<scalar_t>();
+      // The gradient for an upstream gradient of 1: mean's is divided by the weight sum, so that
+      // sum comes first, from the targets alone (1 to 8 bytes a pixel against the logits' 4 C).
+      acc_t scale = acc_t(1);
+      if (reduction == kReductionMean) {
+        at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
+          for (int64_t chunk = begin; chunk < end; ++chunk) {
+            const auto [n, s0, np] = g.chunk(chunk);
+            sums[chunk].weight = chunk_weight(t + n * g.tN + s0 * g.tS, g.tS, np, k);
+          }
+        });
+        double total = 0.0;
+        for (const ChunkSums& s : sums) total += s.weight;
+        // Whatever its sign, as PyTorch divides (class weights may be negative). A sum of 0 gives
+        // PyTorch's answers too: every pixel ignored, 0 (uncounted pixels' coefficients are
+        // selected to 0, not multiplied by inf); pixels counted with weights that cancel, their
+        // gradient non-finite.
+        scale = acc_t(1) / static_cast<acc_t>(total);
+      }
+      const bool direct_out = oS == 1;
       at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
+        std::vector<acc_t> m(g.P), logs(g.P), swx(g.P), inv_sum(g.P), a(g.P), b(g.P), d(g.P);
+        std::vector<int32_t> counted(g.P);
         for (int64_t chunk = begin; chunk < end; ++chunk) {
           const auto [n, s0, np] = g.chunk(chunk);
-          sums[chunk].weight = chunk_weight(t + n * g.tN + s0 * g.tS, g.tS, np, k);
+          const label_t* tc = t + n * g.tN + s0 * g.tS;
+          int64_t ld;
+          const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
+          // The exps go where their gradient will be, and become it there.
+          acc_t* dst = direct_out ? out + n * oN + s0 * oS : gbuf.data();
+          const int64_t gld = direct_out ? oC : np;
+          softmax_rows(rows, ld, g.C, np, k.w, k.smoothing, m.data(), logs.data(), swx.data(), dst,
+                       gld, inv_sum.data());
+          sums[chunk] = chunk_losses(rows, ld, np, m.data(), logs.data(), swx.data(), tc, g.tS, k,
+                                     lse_ptr + n * g.S + s0, static_cast<acc_t*>(nullptr));
+          chunk_grad_coefficients(np, tc, g.tS, &scale, 0, k, a.data(), b.data(), d.data(),
+                                  inv_sum.data(), counted.data());
+          grad_from_exps_rows(dst, gld, g.C, np, a.data(), b.data(), d.data(), counted.data(), k.w,
+                              k.smoothing);
+          if (!direct_out) store_chunk_grad(gbuf.data(), g.C, np, out + n * oN + s0 * oS, oC, oS);
         }
       });
-      double total = 0.0;
-      for (const ChunkSums& s : sums) total += s.weight;
-      // Whatever its sign, as PyTorch divides (class weights may be negative). A sum of 0 gives
-      // PyTorch's answers too: every pixel ignored, 0 (uncounted pixels' coefficients are
-      // selected to 0, not multiplied by inf); pixels counted with weights that cancel, their
-      // gradient non-finite.
-      scale = acc_t(1) / static_cast<acc_t>(total);
-    }
-    const bool direct_out = oS == 1;
-    at::parallel_for(0, g.chunks(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buf(g.in_place ? 0 : g.C * g.P), gbuf(direct_out ? 0 : g.C * g.P);
-      std::vector<acc_t> m(g.P), logs(g.P), swx(g.P), inv_sum(g.P), a(g.P), b(g.P), d(g.P);
-      std::vector<int32_t> counted(g.P);
-      for (int64_t chunk = begin; chunk < end; ++chunk) {
-        const auto [n, s0, np] = g.chunk(chunk);
-        const int64_t* tc = t + n * g.tN + s0 * g.tS;
-        int64_t ld;
-        const acc_t* rows = chunk_rows<scalar_t, acc_t>(x, g, n, s0, np, buf.data(), &ld);
-        // The exps go where their gradient will be, and become it there.
-        acc_t* dst = direct_out ? out + n * oN + s0 * oS : gbuf.data();
-        const int64_t gld = direct_out ? oC : np;
-        softmax_rows(rows, ld, g.C, np, k.w, k.smoothing, m.data(), logs.data(), swx.data(), dst,
-                     gld, inv_sum.data());
-        sums[chunk] = chunk_losses(rows, ld, np, m.data(), logs.data(), swx.data(), tc, g.tS, k,
-                                   lse_ptr + n * g.S + s0, static_cast<acc_t*>(nullptr));
-        chunk_grad_coefficients(np, tc, g.tS, &scale, 0, k, a.data(), b.data(), d.data(),
-                                inv_sum.data(), counted.data());
-        grad_from_exps_rows(dst, gld, g.C, np, a.data(), b.data(), d.data(), counted.data(), k.w,
-                            k.smoothing);
-        if (!direct_out) store_chunk_grad(gbuf.data(), g.C, np, out + n * oN + s0 * oS, oC, oS);
-      }
+      finish_loss("pixel_cross_entropy", sums, reduction, k, loss, weight_sum);
     });
-    finish_loss("pixel_cross_entropy", sums, reduction, k, loss, weight_sum);
   });
   return {loss, lse, weight_sum, grad_logits};
 }

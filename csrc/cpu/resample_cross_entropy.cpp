@@ -276,35 +276,36 @@ LossOutputs resample_cross_entropy_cpu(const at::Tensor& x, const at::Tensor& ta
       empty_loss_outputs(x, {N, H, W}, options.reduction == kReductionNone);
   const at::Tensor xc = x.contiguous();  // low resolution: a copy costs little
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_cross_entropy_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
-        std::vector<ChunkSums> sums(N * H);  // one per output row
-        const int64_t* t = target.const_data_ptr<int64_t>();
-        const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
-        acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
-        acc_t* loss_none =
-            options.reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
-        at::parallel_for(0, N * H, parallel_grain(C * W), [&](int64_t begin, int64_t end) {
-          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
-                                            resampling);
-          std::vector<acc_t> z(C * W), m(W), logs(W), swx(W);
-          for (int64_t row = begin; row < end; ++row) {
-            const int64_t n = row / H, Y = row % H;
-            Tap<acc_t> ty;
-            logits.taps(Y, &ty);
-            for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
-            lse_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data());
-            sums[row] = chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(),
-                                     t + n * tN + Y * tH, tW, k, lse_ptr + row * W,
-                                     loss_none == nullptr ? nullptr : loss_none + row * W);
-          }
-        });
-        // Named for the two front doors that reach this kernel.
-        finish_loss("upsample_cross_entropy / interpolate_cross_entropy", sums, options.reduction,
-                    k, loss, weight_sum);
-      });
+  dispatch_loss_types(x, target, [&](auto scalar, auto label) {
+    using scalar_t = decltype(scalar);
+    using label_t = decltype(label);
+    using acc_t = at::opmath_type<scalar_t>;
+    const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
+    std::vector<ChunkSums> sums(N * H);  // one per output row
+    const label_t* t = target.const_data_ptr<label_t>();
+    const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
+    acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+    acc_t* loss_none =
+        options.reduction == kReductionNone ? loss.mutable_data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, N * H, parallel_grain(C * W), [&](int64_t begin, int64_t end) {
+      LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                        resampling);
+      std::vector<acc_t> z(C * W), m(W), logs(W), swx(W);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / H, Y = row % H;
+        Tap<acc_t> ty;
+        logits.taps(Y, &ty);
+        for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
+        lse_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data());
+        sums[row] = chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(),
+                                 t + n * tN + Y * tH, tW, k, lse_ptr + row * W,
+                                 loss_none == nullptr ? nullptr : loss_none + row * W);
+      }
+    });
+    // Named for the two front doors that reach this kernel.
+    finish_loss("upsample_cross_entropy / interpolate_cross_entropy", sums, options.reduction, k,
+                loss, weight_sum);
+  });
   return {loss, lse, weight_sum};
 }
 
@@ -324,58 +325,59 @@ at::Tensor resample_cross_entropy_backward_cpu(const at::Tensor& grad, const at:
   const at::Tensor xc = x.contiguous();
   const at::Tensor lse_c = lse.to(accumulation_type(x.scalar_type())).contiguous();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_cross_entropy_backward_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
-        const UpstreamGrad<acc_t> up(grad, weight_sum, options.reduction);
-        const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
-        const int64_t gH = up.per_pixel ? up.values.stride(1) : 0;
-        const int64_t gW = up.per_pixel ? up.values.stride(2) : 0;
-        const int64_t* t = target.const_data_ptr<int64_t>();
-        const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
-        const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
-        scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-        const BandSplit split(N, C, in_h, H, W);
-        at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
-          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
-                                            resampling);
-          BandAdjoint<scalar_t, acc_t> adjoint(C, in_w, W, resampling, gx, grad_x.strides());
-          std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W), ones(W, acc_t(1));
-          std::vector<int32_t> counted(W);  // the target, -1 if not counted
-          for (int64_t u = begin; u < end; ++u) {
-            const auto [n, i, i0, i1] = split.unit(u, in_h);
-            adjoint.start(n, i0, i1);
-            const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
-            for (int64_t Y = y_first; Y < y_end; ++Y) {
-              Tap<acc_t> ty;
-              bool has0, has1;
-              logits.taps(Y, &ty);
-              if (!adjoint.reads(ty, &has0, &has1)) continue;
-              adjoint.advance(ty, has0);
-              // d loss / d z per pixel, as pixel_cross_entropy's backward.
-              const int64_t* trow = t + n * tN + Y * tH;
-              chunk_grad_coefficients(W, trow, tW,
-                                      up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
-                                      up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data(),
-                                      static_cast<const acc_t*>(nullptr), counted.data());
-              finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
-              // One class at a time, so that its logits and softmax rows stay in L1: the
-              // softmax exp(z - lse), then the gradient added into the band's rows among the
-              // two taps (in Y order), as the one-pass form adds it from its exps.
-              const ExpGradRow<acc_t> grad{g.data(),       0,     a.data(), b.data(), d.data(),
-                                           counted.data(), ty.w0, ty.w1};
-              for (int64_t c = 0; c < C; ++c) {
-                logits.compute(n, ty, c, z.data());
-                grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), ones.data(), d.data(), nullptr,
-                          false);
-                adjoint.add_grads(&grad, 1, c, k.weight_of(c), k.smoothing, ty, has0, has1);
-              }
-            }
-            adjoint.finish();
+  dispatch_loss_types(x, target, [&](auto scalar, auto label) {
+    using scalar_t = decltype(scalar);
+    using label_t = decltype(label);
+    using acc_t = at::opmath_type<scalar_t>;
+    const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
+    const UpstreamGrad<acc_t> up(grad, weight_sum, options.reduction);
+    const int64_t gN = up.per_pixel ? up.values.stride(0) : 0;
+    const int64_t gH = up.per_pixel ? up.values.stride(1) : 0;
+    const int64_t gW = up.per_pixel ? up.values.stride(2) : 0;
+    const label_t* t = target.const_data_ptr<label_t>();
+    const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
+    const acc_t* lse_ptr = lse_c.const_data_ptr<acc_t>();
+    scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
+    const BandSplit split(N, C, in_h, H, W);
+    at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
+      LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                        resampling);
+      BandAdjoint<scalar_t, acc_t> adjoint(C, in_w, W, resampling, gx, grad_x.strides());
+      std::vector<acc_t> z(W), g(W), a(W), b(W), d(W), l(W), ones(W, acc_t(1));
+      std::vector<int32_t> counted(W);  // the target, -1 if not counted
+      for (int64_t u = begin; u < end; ++u) {
+        const auto [n, i, i0, i1] = split.unit(u, in_h);
+        adjoint.start(n, i0, i1);
+        const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
+        for (int64_t Y = y_first; Y < y_end; ++Y) {
+          Tap<acc_t> ty;
+          bool has0, has1;
+          logits.taps(Y, &ty);
+          if (!adjoint.reads(ty, &has0, &has1)) continue;
+          adjoint.advance(ty, has0);
+          // d loss / d z per pixel, as pixel_cross_entropy's backward.
+          const label_t* trow = t + n * tN + Y * tH;
+          chunk_grad_coefficients(W, trow, tW,
+                                  up.per_pixel ? up.data + n * gN + Y * gH : &up.scalar,
+                                  up.per_pixel ? gW : 0, k, a.data(), b.data(), d.data(),
+                                  static_cast<const acc_t*>(nullptr), counted.data());
+          finite_lse(lse_ptr + (n * H + Y) * W, W, l.data());
+          // One class at a time, so that its logits and softmax rows stay in L1: the
+          // softmax exp(z - lse), then the gradient added into the band's rows among the
+          // two taps (in Y order), as the one-pass form adds it from its exps.
+          const ExpGradRow<acc_t> grad{g.data(),       0,     a.data(), b.data(), d.data(),
+                                       counted.data(), ty.w0, ty.w1};
+          for (int64_t c = 0; c < C; ++c) {
+            logits.compute(n, ty, c, z.data());
+            grad_rows(z.data(), W, g.data(), W, 1, W, l.data(), ones.data(), d.data(), nullptr,
+                      false);
+            adjoint.add_grads(&grad, 1, c, k.weight_of(c), k.smoothing, ty, has0, has1);
           }
-        });
-      });
+        }
+        adjoint.finish();
+      }
+    });
+  });
   return grad_x;
 }
 
@@ -399,72 +401,73 @@ LossAndGradOutputs resample_cross_entropy_with_grad_cpu(const at::Tensor& x,
       x.options().dtype(accumulation_type(x.scalar_type())).memory_format(output_memory_format(x)));
   const at::Tensor xc = x.contiguous();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "resample_cross_entropy_with_grad_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
-        std::vector<ChunkSums> sums(N * H);  // one per output row, as the forward's
-        const int64_t* t = target.const_data_ptr<int64_t>();
-        const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
-        acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
-        acc_t* gx = grad_sum.mutable_data_ptr<acc_t>();
-        const BandSplit split(N, C, in_h, H, W);
-        at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
-          LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
-                                            resampling);
-          BandAdjoint<acc_t, acc_t> adjoint(C, in_w, W, resampling, gx, grad_sum.strides());
-          std::vector<acc_t> z(C * W), m(W), logs(W), swx(W), inv_sum(W);
-          PendingRows<acc_t> pending(C, W);
-          const acc_t one(1);  // the upstream gradient of the summed loss
-          for (int64_t u = begin; u < end; ++u) {
-            const auto [n, i, i0, i1] = split.unit(u, in_h);
-            adjoint.start(n, i0, i1);
-            // The unit computes the output rows that read its band, for the gradient, and
-            // the loss of the rows it owns: each band owns the output rows from the first
-            // that reads it to the first that reads the next band (the first band from
-            // row 0, the last to row H), so every row's loss is counted once.
-            const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
-            const int64_t own_first = i == 0 ? 0 : y_first;
-            const int64_t own_end =
-                i == split.bands - 1 ? H : output_rows_reading(i1, i1 + 1, resampling, H).first;
-            for (int64_t Y = own_first; Y < std::max(y_end, own_end); ++Y) {
-              Tap<acc_t> ty;
-              bool has0, has1;
-              logits.taps(Y, &ty);
-              const bool adds = adjoint.reads(ty, &has0, &has1), owned = Y < own_end;
-              if (!adds && !owned) continue;
-              if (adds) {
-                if (!pending.can_join(Y, ty)) pending.flush(adjoint, k, C, W);
-                adjoint.advance(ty, has0);
-              }
-              auto& row = pending.rows[pending.count];
-              for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
-              softmax_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data(),
-                           row.e.data(), W, inv_sum.data());
-              const int64_t* trow = t + n * tN + Y * tH;
-              if (owned) {
-                sums[n * H + Y] =
-                    chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(), trow, tW, k,
-                                 lse_ptr + (n * H + Y) * W, static_cast<acc_t*>(nullptr));
-              }
-              if (!adds) continue;
-              // The backward's steps on this row's logits, from the exps just taken:
-              // softmax = e * inv_sum, so a[X] takes inv_sum[X] in.
-              chunk_grad_coefficients(W, trow, tW, &one, 0, k, row.a.data(), row.b.data(),
-                                      row.d.data(), inv_sum.data(), row.counted.data());
-              row.ty = ty;
-              row.has0 = has0;
-              row.has1 = has1;
-              row.Y = Y;
-              if (++pending.count == 2) pending.flush(adjoint, k, C, W);
-            }
-            pending.flush(adjoint, k, C, W);
-            adjoint.finish();
+  dispatch_loss_types(x, target, [&](auto scalar, auto label) {
+    using scalar_t = decltype(scalar);
+    using label_t = decltype(label);
+    using acc_t = at::opmath_type<scalar_t>;
+    const LossConstants<acc_t> k(weight, C, options.ignore_index, options.label_smoothing);
+    std::vector<ChunkSums> sums(N * H);  // one per output row, as the forward's
+    const label_t* t = target.const_data_ptr<label_t>();
+    const int64_t tN = target.stride(0), tH = target.stride(1), tW = target.stride(2);
+    acc_t* lse_ptr = lse.mutable_data_ptr<acc_t>();
+    acc_t* gx = grad_sum.mutable_data_ptr<acc_t>();
+    const BandSplit split(N, C, in_h, H, W);
+    at::parallel_for(0, N * split.bands, split.grain, [&](int64_t begin, int64_t end) {
+      LogitRows<scalar_t, acc_t> logits(xc.const_data_ptr<scalar_t>(), C, in_h, in_w, W,
+                                        resampling);
+      BandAdjoint<acc_t, acc_t> adjoint(C, in_w, W, resampling, gx, grad_sum.strides());
+      std::vector<acc_t> z(C * W), m(W), logs(W), swx(W), inv_sum(W);
+      PendingRows<acc_t> pending(C, W);
+      const acc_t one(1);  // the upstream gradient of the summed loss
+      for (int64_t u = begin; u < end; ++u) {
+        const auto [n, i, i0, i1] = split.unit(u, in_h);
+        adjoint.start(n, i0, i1);
+        // The unit computes the output rows that read its band, for the gradient, and
+        // the loss of the rows it owns: each band owns the output rows from the first
+        // that reads it to the first that reads the next band (the first band from
+        // row 0, the last to row H), so every row's loss is counted once.
+        const auto [y_first, y_end] = output_rows_reading(i0, i1, resampling, H);
+        const int64_t own_first = i == 0 ? 0 : y_first;
+        const int64_t own_end =
+            i == split.bands - 1 ? H : output_rows_reading(i1, i1 + 1, resampling, H).first;
+        for (int64_t Y = own_first; Y < std::max(y_end, own_end); ++Y) {
+          Tap<acc_t> ty;
+          bool has0, has1;
+          logits.taps(Y, &ty);
+          const bool adds = adjoint.reads(ty, &has0, &has1), owned = Y < own_end;
+          if (!adds && !owned) continue;
+          if (adds) {
+            if (!pending.can_join(Y, ty)) pending.flush(adjoint, k, C, W);
+            adjoint.advance(ty, has0);
           }
-        });
-        finish_loss("upsample_cross_entropy / interpolate_cross_entropy", sums, options.reduction,
-                    k, loss, weight_sum);
-      });
+          auto& row = pending.rows[pending.count];
+          for (int64_t c = 0; c < C; ++c) logits.compute(n, ty, c, z.data() + c * W);
+          softmax_rows(z.data(), W, C, W, k.w, k.smoothing, m.data(), logs.data(), swx.data(),
+                       row.e.data(), W, inv_sum.data());
+          const label_t* trow = t + n * tN + Y * tH;
+          if (owned) {
+            sums[n * H + Y] =
+                chunk_losses(z.data(), W, W, m.data(), logs.data(), swx.data(), trow, tW, k,
+                             lse_ptr + (n * H + Y) * W, static_cast<acc_t*>(nullptr));
+          }
+          if (!adds) continue;
+          // The backward's steps on this row's logits, from the exps just taken:
+          // softmax = e * inv_sum, so a[X] takes inv_sum[X] in.
+          chunk_grad_coefficients(W, trow, tW, &one, 0, k, row.a.data(), row.b.data(), row.d.data(),
+                                  inv_sum.data(), row.counted.data());
+          row.ty = ty;
+          row.has0 = has0;
+          row.has1 = has1;
+          row.Y = Y;
+          if (++pending.count == 2) pending.flush(adjoint, k, C, W);
+        }
+        pending.flush(adjoint, k, C, W);
+        adjoint.finish();
+      }
+    });
+    finish_loss("upsample_cross_entropy / interpolate_cross_entropy", sums, options.reduction, k,
+                loss, weight_sum);
+  });
   return {loss, lse, weight_sum, grad_sum};
 }
 

@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "fcn_fast/element_access.h"
 #include "fcn_fast/kernel_types.h"
 #include "fcn_fast/pixel_cross_entropy_math.h"
@@ -50,6 +52,20 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
       return f(double{});
   }
   return cudaErrorInvalidValue;
+}
+
+// Calls f(target, smooth): the loss launchers' target as a pointer to its label type
+// (kernel_types.h's dispatch_label; label_of<decltype(target)> names it) and their smoothing
+// flag as std::true_type or std::false_type, both template arguments of the kernels.
+template <typename Pointer>
+using label_of = std::remove_const_t<std::remove_pointer_t<Pointer>>;
+
+template <typename F>
+cudaError_t with_target_and_flag(Labels labels, bool flag, F&& f) {
+  return dispatch_label(labels.type, [&](auto label) {
+    const auto* target = static_cast<const decltype(label)*>(labels.data);
+    return flag ? f(target, std::true_type{}) : f(target, std::false_type{});
+  });
 }
 
 // Calls f(int32_t{}) or f(int64_t{}): the index type of the element kernels.

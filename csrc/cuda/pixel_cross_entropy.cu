@@ -25,10 +25,10 @@ constexpr int loss_min_blocks(bool backward) {
   return !backward && sizeof(T) == 4 ? 3 : 2;
 }
 
-template <int P, typename T, typename index_t, bool SMOOTH>
+template <int P, typename T, typename label_t, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
     loss_forward_runs_kernel(LossArgs<acc_type<T>, index_t> a, const T* __restrict__ x,
-                             const int64_t* __restrict__ target,
+                             const label_t* __restrict__ target,
                              const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
   const int32_t s0 = (static_cast<int32_t>(blockIdx.x) * kLossThreads + threadIdx.x) * P;
@@ -45,10 +45,10 @@ __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
                         a.reduction);
 }
 
-template <typename T, typename index_t, bool SMOOTH>
+template <typename T, typename label_t, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
     loss_forward_staged_kernel(LossArgs<acc_type<T>, index_t> a, bool vector,
-                               const T* __restrict__ x, const int64_t* __restrict__ target,
+                               const T* __restrict__ x, const label_t* __restrict__ target,
                                const acc_type<T>* __restrict__ weight, LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
   extern __shared__ __align__(16) unsigned char shared[];
@@ -73,12 +73,12 @@ __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(false))
                         a.reduction);
 }
 
-template <int P, typename T, typename index_t, bool SMOOTH>
+template <int P, typename T, typename label_t, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
     loss_backward_runs_kernel(LossArgs<acc_type<T>, index_t> a,
                               const acc_type<T>* __restrict__ grad,
                               const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
-                              const int64_t* __restrict__ target,
+                              const label_t* __restrict__ target,
                               const acc_type<T>* __restrict__ weight,
                               const acc_type<T>* __restrict__ lse, T* __restrict__ out) {
   using acc_t = acc_type<T>;
@@ -95,12 +95,12 @@ __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
   }
 }
 
-template <typename T, typename index_t, bool SMOOTH>
+template <typename T, typename label_t, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kLossThreads, loss_min_blocks<T>(true))
     loss_backward_staged_kernel(LossArgs<acc_type<T>, index_t> a, bool vector,
                                 const acc_type<T>* __restrict__ grad,
                                 const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
-                                const int64_t* __restrict__ target,
+                                const label_t* __restrict__ target,
                                 const acc_type<T>* __restrict__ weight,
                                 const acc_type<T>* __restrict__ lse, T* __restrict__ out) {
   using acc_t = acc_type<T>;
@@ -154,7 +154,7 @@ int64_t pixel_cross_entropy_workspace_bytes(DType dtype, const LossGeometry& g,
   return 2 * p.grid_x * p.grid_y * acc_size(dtype);
 }
 
-cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const int64_t* target,
+cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, Labels labels,
                                        const void* weight, void* loss, void* lse, void* weight_sum,
                                        void* workspace, int* flags, LossGeometry g,
                                        int64_t ignore_index, int64_t reduction,
@@ -174,15 +174,16 @@ cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const in
       using index_t = decltype(index_tag);
       const auto a =
           narrow_loss_args<acc_t, index_t>(p.args, 0, 0, ignore_index, reduction, label_smoothing);
-      return with_flag(a.smoothing, [&](auto smooth) {
+      return with_target_and_flag(labels, a.smoothing, [&](auto target, auto smooth) {
+        using label_t = label_of<decltype(target)>;
         constexpr bool SMOOTH = decltype(smooth)::value;
         if (a.chunk > 0) {
-          loss_forward_staged_kernel<T, index_t, SMOOTH>
+          loss_forward_staged_kernel<T, label_t, index_t, SMOOTH>
               <<<grid, kLossThreads, p.smem_bytes, stream>>>(a, p.staged_vector, x, target, w, o);
           return cudaGetLastError();
         }
         return with_pixels<T, index_t>(p.P, [&](auto pixels) {
-          loss_forward_runs_kernel<decltype(pixels)::value, T, index_t, SMOOTH>
+          loss_forward_runs_kernel<decltype(pixels)::value, T, label_t, index_t, SMOOTH>
               <<<grid, kLossThreads, 0, stream>>>(a, x, target, w, o);
           return cudaGetLastError();
         });
@@ -192,10 +193,10 @@ cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const in
 }
 
 cudaError_t launch_pixel_cross_entropy_backward(
-    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
-    const int64_t* target, const void* weight, const void* lse, const void* weight_sum,
-    void* grad_logits, int64_t oN, int64_t oC, int64_t oS, LossGeometry g, int64_t ignore_index,
-    int64_t reduction, double label_smoothing, bool force_index64, cudaStream_t stream) {
+    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits, Labels labels,
+    const void* weight, const void* lse, const void* weight_sum, void* grad_logits, int64_t oN,
+    int64_t oC, int64_t oS, LossGeometry g, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, bool force_index64, cudaStream_t stream) {
   if (g.N * g.C * g.S == 0) return cudaSuccess;
   const int64_t os[3] = {oN, oC, oS};
   const LossPlan p = plan(g, logits, grad_logits, os, lse, dtype, force_index64);
@@ -213,16 +214,17 @@ cudaError_t launch_pixel_cross_entropy_backward(
       using index_t = decltype(index_tag);
       const auto a = narrow_loss_args<acc_t, index_t>(p.args, gN, gS, ignore_index, reduction,
                                                       label_smoothing);
-      return with_flag(a.smoothing, [&](auto smooth) {
+      return with_target_and_flag(labels, a.smoothing, [&](auto target, auto smooth) {
+        using label_t = label_of<decltype(target)>;
         constexpr bool SMOOTH = decltype(smooth)::value;
         if (a.chunk > 0) {
-          loss_backward_staged_kernel<T, index_t, SMOOTH>
+          loss_backward_staged_kernel<T, label_t, index_t, SMOOTH>
               <<<grid, kLossThreads, p.smem_bytes, stream>>>(a, p.staged_vector, gr, wsum, x,
                                                              target, w, l, out);
           return cudaGetLastError();
         }
         return with_pixels<T, index_t>(p.P, [&](auto pixels) {
-          loss_backward_runs_kernel<decltype(pixels)::value, T, index_t, SMOOTH>
+          loss_backward_runs_kernel<decltype(pixels)::value, T, label_t, index_t, SMOOTH>
               <<<grid, kLossThreads, 0, stream>>>(a, gr, wsum, x, target, w, l, out);
           return cudaGetLastError();
         });

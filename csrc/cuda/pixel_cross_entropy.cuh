@@ -9,7 +9,7 @@
 
 namespace fcn_fast {
 
-// logits (N, C, S) with strides (sN, sC, sS); target (N, S) int64 with (tN, tS).
+// logits (N, C, S) with strides (sN, sC, sS); target (N, S) with (tN, tS), any LabelType.
 struct LossGeometry {
   int64_t N, C, S;
   int64_t sN, sC, sS;
@@ -25,7 +25,7 @@ int64_t pixel_cross_entropy_workspace_bytes(DType dtype, const LossGeometry& g, 
 // weight: (C,) contiguous of the accumulation type, or nullptr. flags: two zeroed ints,
 // flags[0] set to 1 when a target is outside [0, C) and not ignore_index, flags[1] the
 // ticket of the last-block reduction. force_index64: take the 64-bit index path anyway.
-cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const int64_t* target,
+cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, Labels labels,
                                        const void* weight, void* loss, void* lse, void* weight_sum,
                                        void* workspace, int* flags, LossGeometry g,
                                        int64_t ignore_index, int64_t reduction,
@@ -35,9 +35,9 @@ cudaError_t launch_pixel_cross_entropy(DType dtype, const void* logits, const in
 // grad: accumulation type; (N, S) with strides (gN, gS) (0 allowed) for none, else one
 // element. grad_logits (N, C, S) with strides (oN, oC, oS).
 cudaError_t launch_pixel_cross_entropy_backward(
-    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits,
-    const int64_t* target, const void* weight, const void* lse, const void* weight_sum,
-    void* grad_logits, int64_t oN, int64_t oC, int64_t oS, LossGeometry g, int64_t ignore_index,
-    int64_t reduction, double label_smoothing, bool force_index64, cudaStream_t stream);
+    DType dtype, const void* grad, int64_t gN, int64_t gS, const void* logits, Labels labels,
+    const void* weight, const void* lse, const void* weight_sum, void* grad_logits, int64_t oN,
+    int64_t oC, int64_t oS, LossGeometry g, int64_t ignore_index, int64_t reduction,
+    double label_smoothing, bool force_index64, cudaStream_t stream);
 
 }  // namespace fcn_fast

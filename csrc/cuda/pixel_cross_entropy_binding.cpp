@@ -38,10 +38,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_cross_entropy_cuda(
                                    logits.options().dtype(at::kByte));
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   check_cuda(launch_pixel_cross_entropy(
-      dtype, logits.const_data_ptr(), target.const_data_ptr<int64_t>(),
-      w.defined() ? w.const_data_ptr() : nullptr, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
-      weight_sum.mutable_data_ptr(), workspace.mutable_data_ptr(), flags.mutable_data_ptr<int>(), g,
-      options.ignore_index, options.reduction, options.label_smoothing, force_index64(),
+      dtype, logits.const_data_ptr(), labels_of(target), w.defined() ? w.const_data_ptr() : nullptr,
+      loss.mutable_data_ptr(), lse.mutable_data_ptr(), weight_sum.mutable_data_ptr(),
+      workspace.mutable_data_ptr(), flags.mutable_data_ptr<int>(), g, options.ignore_index,
+      options.reduction, options.label_smoothing, force_index64(),
       c10::cuda::getCurrentCUDAStream()));
   // No host sync: a bad target fails as a device-side assert at the next sync.
   at::_assert_async(flags.narrow(0, 0, 1).eq(0),
@@ -73,10 +73,10 @@ at::Tensor pixel_cross_entropy_backward_cuda(const at::Tensor& grad, const at::T
   const int64_t gS = reduction == kReductionNone ? gradc.stride(1) : 0;
   check_cuda(launch_pixel_cross_entropy_backward(
       cuda_dtype(logits), gradc.const_data_ptr(), gN, gS, logits.const_data_ptr(),
-      target.const_data_ptr<int64_t>(), w.defined() ? w.const_data_ptr() : nullptr,
-      lsec.const_data_ptr(), wsum.const_data_ptr(), out.mutable_data_ptr(), out.stride(0),
-      out.stride(1), out.stride(2), g, options.ignore_index, reduction, options.label_smoothing,
-      force_index64(), c10::cuda::getCurrentCUDAStream()));
+      labels_of(target), w.defined() ? w.const_data_ptr() : nullptr, lsec.const_data_ptr(),
+      wsum.const_data_ptr(), out.mutable_data_ptr(), out.stride(0), out.stride(1), out.stride(2), g,
+      options.ignore_index, reduction, options.label_smoothing, force_index64(),
+      c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 

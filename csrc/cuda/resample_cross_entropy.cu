@@ -31,11 +31,11 @@ __global__ void __launch_bounds__(kFusedThreads)
 // A block per (tile of kFusedThreads fine columns, fine row): the row's threads do the strip
 // that starts there, for every image; a row inside a strip leaves its block idle (its threads
 // only join the reduction).
-template <typename T, typename index_t, int R, bool SMOOTH>
+template <typename T, typename label_t, typename index_t, int R, bool SMOOTH>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_forward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
                          const T* __restrict__ x, const acc_type<T>* __restrict__ cmax,
-                         const int64_t* __restrict__ target, const acc_type<T>* __restrict__ weight,
+                         const label_t* __restrict__ target, const acc_type<T>* __restrict__ weight,
                          LossOutputs<acc_type<T>> o) {
   using acc_t = acc_type<T>;
   const int32_t X = static_cast<int32_t>(blockIdx.x) * kFusedThreads + threadIdx.x;
@@ -69,12 +69,12 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   }
 }
 
-template <typename T, typename index_t, bool SMOOTH>
+template <typename T, typename label_t, typename index_t, bool SMOOTH>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     fused_backward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
                           const acc_type<T>* __restrict__ grad,
                           const acc_type<T>* __restrict__ weight_sum, const T* __restrict__ x,
-                          const int64_t* __restrict__ target,
+                          const label_t* __restrict__ target,
                           const acc_type<T>* __restrict__ weight,
                           const acc_type<T>* __restrict__ lse, T* __restrict__ grad_x,
                           int32_t groups) {
@@ -178,7 +178,7 @@ bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, S
 }
 
 cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, const void* x,
-                                          Strides4 x_strides, const int64_t* target,
+                                          Strides4 x_strides, Labels labels,
                                           Strides3 target_strides, const void* weight, void* loss,
                                           void* lse, void* weight_sum, void* workspace, int* flags,
                                           int64_t ignore_index, int64_t reduction,
@@ -208,8 +208,9 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
       err = launch_coarse_max<T>(a, g, x, static_cast<acc_t*>(cmax), stream);
       if (err != cudaSuccess) return err;
       return with_strip_rows(fused_strip_rows(g.scale_h), [&](auto rows) {
-        return with_flag(a.smoothing, [&](auto smooth) {
-          fused_forward_kernel<T, index_t, decltype(rows)::value, decltype(smooth)::value>
+        return with_target_and_flag(labels, a.smoothing, [&](auto target, auto smooth) {
+          using label_t = label_of<decltype(target)>;
+          fused_forward_kernel<T, label_t, index_t, decltype(rows)::value, decltype(smooth)::value>
               <<<grid, kFusedThreads, 0, stream>>>(a, t, static_cast<const T*>(x),
                                                    static_cast<const acc_t*>(cmax), target,
                                                    static_cast<const acc_t*>(weight), o);
@@ -222,8 +223,8 @@ cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, c
 
 cudaError_t launch_resample_cross_entropy_backward(
     DType dtype, const FusedGeometry& g, const void* grad, Strides3 grad_strides, const void* x,
-    Strides4 x_strides, const int64_t* target, Strides3 target_strides, const void* weight,
-    const void* lse, const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
+    Strides4 x_strides, Labels labels, Strides3 target_strides, const void* weight, const void* lse,
+    const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
     int64_t ignore_index, int64_t reduction, double label_smoothing, bool force_index64,
     cudaStream_t stream) {
   if (g.N * g.C * g.in_h * g.in_w == 0 || g.out_h * g.out_w == 0) return cudaSuccess;
@@ -245,8 +246,9 @@ cudaError_t launch_resample_cross_entropy_backward(
       using index_t = decltype(index_tag);
       const auto a =
           narrow_fused_args<acc_t, index_t>(p.args, ignore_index, reduction, label_smoothing);
-      return with_flag(a.smoothing, [&](auto smooth) {
-        const auto kernel = fused_backward_kernel<T, index_t, decltype(smooth)::value>;
+      return with_target_and_flag(labels, a.smoothing, [&](auto target, auto smooth) {
+        using label_t = label_of<decltype(target)>;
+        const auto kernel = fused_backward_kernel<T, label_t, index_t, decltype(smooth)::value>;
         // Past 48 KB a block's dynamic shared memory must be opted in to, per kernel.
         const cudaError_t opt_in = cudaFuncSetAttribute(
             kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem_bytes));

@@ -35,7 +35,7 @@ int64_t resample_cross_entropy_workspace_bytes(DType dtype, const FusedGeometry&
 // contiguous of the accumulation type or nullptr. flags: two zeroed ints (flags[0]: a target
 // outside [0, C) that is not ignore_index; flags[1]: the reduction's ticket).
 cudaError_t launch_resample_cross_entropy(DType dtype, const FusedGeometry& g, const void* x,
-                                          Strides4 x_strides, const int64_t* target,
+                                          Strides4 x_strides, Labels labels,
                                           Strides3 target_strides, const void* weight, void* loss,
                                           void* lse, void* weight_sum, void* workspace, int* flags,
                                           int64_t ignore_index, int64_t reduction,
@@ -52,8 +52,8 @@ bool resample_cross_entropy_backward_fits(DType dtype, const FusedGeometry& g, S
 // none, else one element.
 cudaError_t launch_resample_cross_entropy_backward(
     DType dtype, const FusedGeometry& g, const void* grad, Strides3 grad_strides, const void* x,
-    Strides4 x_strides, const int64_t* target, Strides3 target_strides, const void* weight,
-    const void* lse, const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
+    Strides4 x_strides, Labels labels, Strides3 target_strides, const void* weight, const void* lse,
+    const void* weight_sum, void* grad_x, Strides4 grad_x_strides, void* workspace,
     int64_t ignore_index, int64_t reduction, double label_smoothing, bool force_index64,
     cudaStream_t stream);
 

@@ -49,7 +49,7 @@ LossOutputs resample_cross_entropy_cuda(const at::Tensor& x, const at::Tensor& t
                 x.options().dtype(at::kByte));
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   check_cuda(launch_resample_cross_entropy(
-      dtype, g, x.const_data_ptr(), strides4(x), target.const_data_ptr<int64_t>(), strides3(target),
+      dtype, g, x.const_data_ptr(), strides4(x), labels_of(target), strides3(target),
       w.defined() ? w.const_data_ptr() : nullptr, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
       weight_sum.mutable_data_ptr(), workspace.mutable_data_ptr(), flags.mutable_data_ptr<int>(),
       options.ignore_index, options.reduction, options.label_smoothing, force_index64(),
@@ -100,11 +100,10 @@ at::Tensor resample_cross_entropy_backward_cuda(const at::Tensor& grad, const at
                 x.options().dtype(at::kByte));
   check_cuda(launch_resample_cross_entropy_backward(
       dtype, g, gradc.const_data_ptr(), grad_strides, x.const_data_ptr(), strides4(x),
-      target.const_data_ptr<int64_t>(), strides3(target),
-      w.defined() ? w.const_data_ptr() : nullptr, lsec.const_data_ptr(), wsum.const_data_ptr(),
-      grad_x.mutable_data_ptr(), strides4(grad_x), workspace.mutable_data_ptr(),
-      options.ignore_index, options.reduction, options.label_smoothing, force_index64(),
-      c10::cuda::getCurrentCUDAStream()));
+      labels_of(target), strides3(target), w.defined() ? w.const_data_ptr() : nullptr,
+      lsec.const_data_ptr(), wsum.const_data_ptr(), grad_x.mutable_data_ptr(), strides4(grad_x),
+      workspace.mutable_data_ptr(), options.ignore_index, options.reduction,
+      options.label_smoothing, force_index64(), c10::cuda::getCurrentCUDAStream()));
   return grad_x;
 }
 

@@ -3,9 +3,9 @@
 // backend, and the argument checks they share. The Python front door raises the
 // user-facing errors; these checks guard direct calls of torch.ops.fcn_fast.*.
 //
-// logits (N, C, S) with any strides, target (N, S) int64, weight (C,) in the accumulation
-// dtype (float32; float64 for float64 logits) or None; reduction 0 none, 1 mean, 2 sum.
-// Forward -> (loss, lse, weight_sum), all in the accumulation dtype: loss (N, S) for none,
+// logits (N, C, S) with any strides, target (N, S) int64, int32 or uint8, weight (C,) in the
+// accumulation dtype (float32; float64 for float64 logits) or None; reduction 0 none, 1 mean,
+// 2 sum. Forward -> (loss, lse, weight_sum), all in the accumulation dtype: loss (N, S) for none,
 // else 0-dim; lse (N, S) is all backward keeps (but for the CPU one-pass form below);
 // weight_sum (0-dim) = sum of w[target] over non-ignored pixels, the mean's divisor.
 // Backward -> grad_logits = grad * (softmax - onehot), with weights and smoothing,
@@ -74,8 +74,7 @@ inline void check_pixel_cross_entropy_args(const at::Tensor& logits, const at::T
       target.dim() == 2 && target.size(0) == logits.size(0) && target.size(1) == logits.size(2),
       "pixel_cross_entropy: target must be (N, S) = (", logits.size(0), ", ", logits.size(2),
       "), got ", target.sizes());
-  TORCH_CHECK(target.scalar_type() == at::kLong, "pixel_cross_entropy: target must be int64, got ",
-              target.scalar_type());
+  check_target_dtype(target, "pixel_cross_entropy");
   TORCH_CHECK(target.device() == logits.device(),
               "pixel_cross_entropy: target must be on the logits' device");
   if (weight.has_value()) {

@@ -6,8 +6,8 @@
 // With z[n,c,Y,X] = the 4 bilinear taps of x (N, C, h, w) at (Y * scale_h + bias_h,
 // X * scale_w + bias_w) (zero or clamp boundary, exactly as resample_skip without skip):
 //
-// resample_cross_entropy(x, target (N, H, W) int64 any strides, weight (C,) in the
-//     accumulation dtype or None, ...) -> (loss, lse, weight_sum)
+// resample_cross_entropy(x, target (N, H, W) int64, int32 or uint8, any strides, weight (C,)
+//     in the accumulation dtype or None, ...) -> (loss, lse, weight_sum)
 //   = pixel_cross_entropy(z, target, ...): loss (N, H, W) for reduction none, else 0-dim;
 //   lse (N, H, W), the only per-pixel state kept for backward (4 bytes a pixel); all three in
 //   the accumulation dtype (float32; float64 for float64 x).
@@ -95,7 +95,7 @@ inline void check_resample_cross_entropy_args(const at::Tensor& x, const at::Ten
   TORCH_CHECK(x.size(1) >= 1, "fcn_fast: x needs at least one class");
   TORCH_CHECK(target.dim() == 3 && target.size(0) == x.size(0),
               "fcn_fast: target must be (N, H, W) with the N of x, got ", target.sizes());
-  TORCH_CHECK(target.scalar_type() == at::kLong, "fcn_fast: target must be int64");
+  check_target_dtype(target, "fcn_fast");
   TORCH_CHECK(target.device() == x.device(), "fcn_fast: target must be on x's device");
   if (weight.has_value()) {
     TORCH_CHECK(weight->dim() == 1 && weight->size(0) == x.size(1) &&

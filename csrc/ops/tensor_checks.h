@@ -4,6 +4,8 @@
 
 #include <tuple>
 
+#include "fcn_fast/kernel_types.h"
+
 namespace fcn_fast {
 
 // Same rule as fcn_fast._common.output_memory_format, so every backend and the
@@ -17,6 +19,25 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
 // float32 arithmetic for every float type but float64 (as fcn_fast._common.accumulation_dtype).
 inline at::ScalarType accumulation_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Class-index targets: int64, int32 or uint8, read by every kernel in their own dtype
+// (kernel_types.h's dispatch_label). `op` names the caller in the error.
+inline void check_target_dtype(const at::Tensor& target, const char* op) {
+  const at::ScalarType type = target.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kLong || type == at::kInt || type == at::kByte, op,
+                   ": target must be int64, int32 or uint8 class indices, got ", type);
+}
+
+inline LabelType label_type(const at::Tensor& target) {
+  const at::ScalarType type = target.scalar_type();
+  return type == at::kByte  ? LabelType::UInt8
+         : type == at::kInt ? LabelType::Int32
+                            : LabelType::Int64;
+}
+
+inline Labels labels_of(const at::Tensor& target) {
+  return Labels{target.const_data_ptr(), label_type(target)};
 }
 
 inline void check_plane_tensor(const at::Tensor& t, const char* name) {

@@ -284,11 +284,18 @@ def _randn(shape, device, dtype, gen):
     return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
 
 
-def _targets(n, c, h, w, device, gen, ignored, ignore_index):
-    """Class indices (n, h, w) with a share `ignored` of them set to ignore_index."""
+def _targets(n, c, h, w, device, gen, ignored, ignore_index, dtype=torch.int64):
+    """Class indices (n, h, w) of `dtype` with a share `ignored` of them set to ignore_index."""
     target = torch.randint(0, c, (n, h, w), generator=gen, device=device)
     drop = torch.rand((n, h, w), generator=gen, device=device) < ignored
-    return target.masked_fill_(drop, ignore_index)
+    return target.masked_fill_(drop, ignore_index).to(dtype)
+
+
+def _labels_shape(label_dtype) -> str:
+    """The shape string's note of a target dtype other than PyTorch's int64."""
+    return (
+        "" if label_dtype == torch.int64 else f", {str(label_dtype).removeprefix('torch.')} labels"
+    )
 
 
 CASES: list[Case] = []
@@ -525,9 +532,12 @@ IGNORE_INDEX = 255  # VOC's and Cityscapes' "void" label
 
 
 def pixel_cross_entropy_case(
-    label, n, c, h, w, *, ignored=0.05, channels_last=False, **kw
+    label, n, c, h, w, *, ignored=0.05, channels_last=False, label_dtype=torch.int64, **kw
 ) -> OpCase:
+    """The loss on (n, c, h, w) logits; label_dtype: the targets' (uint8: as VOC's PNGs are
+    read; F.cross_entropy, the reference, takes them as int64 only)."""
     pixels = n * h * w
+    label_bytes = torch.empty((), dtype=label_dtype).element_size()
 
     def make(device, dtype, gen):
         logits = _randn((n, c, h, w), device, torch.float32, gen).mul_(3.0).to(dtype)
@@ -535,27 +545,28 @@ def pixel_cross_entropy_case(
             logits = logits.contiguous(memory_format=torch.channels_last)
         return {
             "logits": logits,
-            "target": _targets(n, c, h, w, device, gen, ignored, IGNORE_INDEX),
+            "target": _targets(n, c, h, w, device, gen, ignored, IGNORE_INDEX, label_dtype),
         }
 
     def call(logits, target, *, backend):
         if backend == "reference":
-            return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+            return F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX)
         return fcn_fast.pixel_cross_entropy(
             logits, target, ignore_index=IGNORE_INDEX, backend=backend
         )
 
     def nbytes(es):
         # Forward reads logits and targets; backward reads them again and writes the gradient.
-        fwd = es * pixels * c + 8 * pixels
-        bwd = 2 * es * pixels * c + 8 * pixels
+        fwd = es * pixels * c + label_bytes * pixels
+        bwd = 2 * es * pixels * c + label_bytes * pixels
         return fwd, bwd
 
     return OpCase(
         op="pixel_cross_entropy",
         label=label,
         shape=f"N{n} C{c} {h}x{w} {ignored:.0%} ignored"
-        + (" channels_last" if channels_last else ""),
+        + (" channels_last" if channels_last else "")
+        + _labels_shape(label_dtype),
         make=make,
         call=call,
         grads=("logits",),
@@ -590,8 +601,13 @@ for _case in (
         "ade20k-cl", 4, 150, 512, 512, channels_last=True, sizes=DEFAULT, devices=("cuda",)
     ),
     pixel_cross_entropy_case("odd-1025", 16, 21, 1025, 1025, sizes=DEFAULT, devices=("cuda",)),
+    # uint8 targets, as VOC / ADE20K / Cityscapes PNGs hold them: 1 byte a pixel, not 8.
+    pixel_cross_entropy_case(
+        "large-u8", 16, 21, 1024, 1024, sizes=DEFAULT, devices=("cuda",), label_dtype=torch.uint8
+    ),
     pixel_cross_entropy_case("overhead", 1, 3, 4, 4, sizes=EVERY_SIZE, host_bound=True),
     pixel_cross_entropy_case("quick", 2, 5, 33, 47, sizes=QUICK),
+    pixel_cross_entropy_case("quick-u8", 2, 5, 33, 47, sizes=QUICK, label_dtype=torch.uint8),
 ):
     register(_case)
 
@@ -605,15 +621,16 @@ for _case in (
 # written. Backward: the input and the targets read again, the log-sum-exp the forward kept
 # read (4 B per pixel), the input's gradient written. Argmax: the input read, labels written.
 
-TARGET_BYTES = 8  # int64 class indices
 LSE_BYTES = 4  # the float32 log-sum-exp per pixel the loss keeps for backward
 LOSS_BYTES = 4  # one reduced loss (float32; bf16 rounds it to 2 B, a difference of 2 bytes)
 
 
-def _loss_bytes(low_res, pixels):
+def _loss_bytes(low_res, pixels, label_dtype=torch.int64):
+    label_bytes = torch.empty((), dtype=label_dtype).element_size()  # 8 for int64
+
     def nbytes(es):
-        fwd = es * low_res + TARGET_BYTES * pixels + LOSS_BYTES
-        bwd = es * low_res + TARGET_BYTES * pixels + LSE_BYTES * pixels + es * low_res
+        fwd = es * low_res + label_bytes * pixels + LOSS_BYTES
+        bwd = es * low_res + label_bytes * pixels + LSE_BYTES * pixels + es * low_res
         return fwd, bwd
 
     return nbytes
@@ -624,15 +641,16 @@ def _argmax_bytes(low_res, pixels, label_bytes=8):
 
 
 def upsample_cross_entropy_case(
-    label, n, c, coarse, factor, *, crop, out, ignored=0.05, **kw
+    label, n, c, coarse, factor, *, crop, out, ignored=0.05, label_dtype=torch.int64, **kw
 ) -> OpCase:
-    """The FCN final head and its loss: coarse (n, c, coarse²) x factor, cropped to out²."""
+    """The FCN final head and its loss: coarse (n, c, coarse²) x factor, cropped to out²;
+    targets of label_dtype (as pixel_cross_entropy_case)."""
     assert crop + out <= (coarse + 1) * factor
 
     def make(device, dtype, gen):
         # Scores of a few units, as a trained net's: the loss is not all log(C).
         coarse_scores = _randn((n, c, coarse, coarse), device, torch.float32, gen).mul_(3.0)
-        target = _targets(n, c, out, out, device, gen, ignored, IGNORE_INDEX)
+        target = _targets(n, c, out, out, device, gen, ignored, IGNORE_INDEX, label_dtype)
         return {"coarse": coarse_scores.to(dtype), "target": target}
 
     def call(coarse, target, *, backend):
@@ -640,7 +658,7 @@ def upsample_cross_entropy_case(
             logits = upsample_skip_reference(
                 coarse, None, factor, 2 * factor, (crop, crop), (0, 0), (out, out)
             )
-            return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+            return F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX)
         if backend == "unfused":
             logits = fcn_fast.upsample_skip(coarse, factor=factor, crop=crop, out_size=(out, out))
             return fcn_fast.pixel_cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
@@ -651,11 +669,12 @@ def upsample_cross_entropy_case(
     return OpCase(
         op="upsample_cross_entropy",
         label=label,
-        shape=f"N{n} C{c} {coarse}² x{factor} crop{crop} → {out}², {ignored:.0%} ignored",
+        shape=f"N{n} C{c} {coarse}² x{factor} crop{crop} → {out}², {ignored:.0%} ignored"
+        + _labels_shape(label_dtype),
         make=make,
         call=call,
         grads=("coarse",),
-        bytes_fn=_loss_bytes(n * c * coarse * coarse, n * out * out),
+        bytes_fn=_loss_bytes(n * c * coarse * coarse, n * out * out, label_dtype),
         modes=("fwdbwd",),
         extra_baselines=("unfused",),
         **kw,
@@ -779,7 +798,22 @@ for _case in (
     upsample_cross_entropy_case(
         "large", 16, 21, 132, 8, crop=31, out=1024, sizes=DEFAULT, devices=_GPU_ONLY, headline=True
     ),
+    upsample_cross_entropy_case(
+        "large-u8",
+        16,
+        21,
+        132,
+        8,
+        crop=31,
+        out=1024,
+        sizes=DEFAULT,
+        devices=_GPU_ONLY,
+        label_dtype=torch.uint8,
+    ),
     upsample_cross_entropy_case("quick", 1, 21, 13, 8, crop=31, out=73, sizes=QUICK),
+    upsample_cross_entropy_case(
+        "quick-u8", 1, 21, 13, 8, crop=31, out=73, sizes=QUICK, label_dtype=torch.uint8
+    ),
     # DeepLab-style head + loss on ADE20K's 150 classes, bf16 under autocast on the GPU
     # (>= 8x eager, >= 3x torch.compile of it); fp32 and a smaller batch on the CPU.
     interpolate_cross_entropy_case(

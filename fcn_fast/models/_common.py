@@ -222,8 +222,8 @@ class FCNBase(nn.Module):
     ):
         """F.cross_entropy(self(x), target, ...) without materialising the full-size scores.
 
-        target: (N, H, W) int64 class indices for the input x (N, 3, H, W); the keyword
-        arguments are F.cross_entropy's.
+        target: (N, H, W) class indices (int64, int32 or uint8) for the input x (N, 3, H, W);
+        the keyword arguments are F.cross_entropy's.
         """
         scores, upscore, crop = self.final_head(x)
         return upscore.cross_entropy(

@@ -11,7 +11,8 @@ from fcn_fast.ops import interpolate_cross_entropy, pixel_cross_entropy, upsampl
 
 
 class PixelCrossEntropyLoss(nn.Module):
-    """nn.CrossEntropyLoss with class-index targets, computed by fcn_fast.pixel_cross_entropy.
+    """nn.CrossEntropyLoss with class-index targets, computed by fcn_fast.pixel_cross_entropy
+    (which also takes int32 and uint8 targets).
 
     Same constructor arguments as nn.CrossEntropyLoss (size_average and reduce are
     its deprecated aliases of reduction), plus the keyword `backend`. `weight` is a
@@ -88,7 +89,7 @@ class UpsampleCrossEntropyLoss(_FusedHeadLoss):
     targets in, the loss of their fixed bilinear upsampling out, never storing it.
 
         criterion = UpsampleCrossEntropyLoss(factor=8, crop=31, ignore_index=255)
-        loss = criterion(coarse_scores, labels)  # (N, C, h, w), (N, H, W) int64
+        loss = criterion(coarse_scores, labels)  # (N, C, h, w), (N, H, W) uint8 or int64
 
     = fcn_fast.upsample_cross_entropy(coarse, target, factor=..., kernel_size=..., crop=...,
     weight=..., ...), i.e. nn.CrossEntropyLoss of upsample_skip(coarse, ..., out_size=target's).
@@ -132,7 +133,7 @@ class InterpolateCrossEntropyLoss(_FusedHeadLoss):
     size out, never storing the upsampled logits.
 
         criterion = InterpolateCrossEntropyLoss(ignore_index=255)
-        loss = criterion(model_logits, labels)  # (N, C, h, w), (N, H, W) int64
+        loss = criterion(model_logits, labels)  # (N, C, h, w), (N, H, W) uint8 or int64
 
     = fcn_fast.interpolate_cross_entropy(logits, target, align_corners=..., weight=..., ...).
     """

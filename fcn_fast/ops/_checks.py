@@ -57,17 +57,32 @@ def int_pair(value, name: str, op: str, minimum: int = 0) -> tuple[int, int]:
     return pair
 
 
-def check_target(target, expected_shape, expected_for, like: torch.Tensor, op: str) -> None:
-    """int64 class indices of `expected_shape` (a tuple) on `like`'s device; expected_for()
-    says what that shape is expected for (called only to word an error)."""
+# Class-index target dtypes, each with the ignore_index values it can hold. Every backend reads
+# them as stored (docs/design.md, "Label dtypes"); the reference converts to int64.
+LABEL_DTYPES = {
+    torch.int64: (-(2**63), 2**63 - 1),
+    torch.int32: (-(2**31), 2**31 - 1),
+    torch.uint8: (0, 255),
+}
+
+
+def check_target(target, expected_shape, expected_for, like, ignore_index, op) -> None:
+    """Class indices (int64, int32 or uint8) of `expected_shape` (a tuple) on `like`'s device,
+    and an ignore_index the target's dtype can hold; expected_for() says what that shape is
+    expected for (called only to word an error)."""
     check_tensor(target, "target", op)
-    if target.dtype.is_floating_point:
+    bounds = LABEL_DTYPES.get(target.dtype)
+    if bounds is None:
+        probabilities = target.dtype.is_floating_point
         raise TypeError(
-            f"{op}: target must be int64 class indices; floating targets (class probabilities) "
-            f"are not supported, got {target.dtype}"
+            f"{op}: target must be class indices of dtype int64, int32 or uint8; "
+            + (
+                "floating targets (class probabilities) are not supported; "
+                if probabilities
+                else ""
+            )
+            + f"got {target.dtype}"
         )
-    if target.dtype != torch.int64:
-        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
     if tuple(target.shape) != expected_shape:
         raise ValueError(
             f"{op}: target must have shape {expected_shape} for {expected_for()}, "
@@ -78,10 +93,22 @@ def check_target(target, expected_shape, expected_for, like: torch.Tensor, op: s
             f"{op}: target is on {target.device} but the logits are on {like.device}; "
             "move both to one device"
         )
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    low, high = bounds
+    if not low <= ignore_index <= high:
+        default = " (PyTorch's default)" if ignore_index == -100 else ""
+        example = ", e.g. 255 (VOC's and Cityscapes' void)" if target.dtype == torch.uint8 else ""
+        other = ", or an int64 target" if target.dtype != torch.int64 else ""
+        raise ValueError(
+            f"{op}: ignore_index={ignore_index}{default} cannot occur in a {target.dtype} "
+            f"target (values {low}..{high}), so it would ignore nothing: pass the label your "
+            f"data marks ignored pixels with as ignore_index{example}{other}"
+        )
 
 
-def check_loss_options(weight, num_classes, like, ignore_index, reduction, label_smoothing, op):
-    """F.cross_entropy's weight, ignore_index, reduction and label_smoothing."""
+def check_loss_options(weight, num_classes, like, reduction, label_smoothing, op):
+    """F.cross_entropy's weight, reduction and label_smoothing (check_target: ignore_index)."""
     if weight is not None:
         check_tensor(weight, "weight", op)
         if weight.dim() != 1 or weight.shape[0] != num_classes:
@@ -96,8 +123,6 @@ def check_loss_options(weight, num_classes, like, ignore_index, reduction, label
                 f"{op}: weight is on {weight.device} but the logits are on {like.device}; "
                 "move both to one device"
             )
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
     if not isinstance(label_smoothing, (int, float)) or isinstance(label_smoothing, bool):

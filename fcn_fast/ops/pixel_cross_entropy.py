@@ -1,9 +1,10 @@
 """pixel_cross_entropy: fused per-pixel log-softmax + NLL loss (docs/design.md, "The loss").
 
 Equals F.cross_entropy(logits, target, weight, ignore_index, reduction,
-label_smoothing) for logits (N, C) or (N, C, d1, ..., dk) and int64 class-index
-targets. The kernels see logits as (N, C, S), S = d1 * ... * dk, with any strides
-(NCHW: the pixels are the contiguous axis); the forward keeps only the per-pixel
+label_smoothing) for logits (N, C) or (N, C, d1, ..., dk) and class-index targets (int64,
+or int32 / uint8 read as stored, which F.cross_entropy does not take). The kernels see
+logits as (N, C, S), S = d1 * ... * dk, with any strides (NCHW: the pixels are the
+contiguous axis); the forward keeps only the per-pixel
 log-sum-exp (float32, float64 for float64 logits) for backward, which recomputes
 softmax - onehot (CPU training of a mean or sum loss on float32/float64 logits keeps the
 gradient itself, taken in the forward's pass: docs/design.md 2.3). Reductions are
@@ -100,8 +101,8 @@ def _check(logits, target, weight, ignore_index, reduction, label_smoothing):
             f"got shape {shape}"
         )
     expected = shape[:1] + shape[2:] if len(shape) >= 2 else ()
-    check_target(target, expected, lambda: f"logits of shape {shape}", logits, op)
-    check_loss_options(weight, c, logits, ignore_index, reduction, label_smoothing, op)
+    check_target(target, expected, lambda: f"logits of shape {shape}", logits, ignore_index, op)
+    check_loss_options(weight, c, logits, reduction, label_smoothing, op)
 
 
 def pixel_cross_entropy(
@@ -117,8 +118,9 @@ def pixel_cross_entropy(
     """F.cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing), fused.
 
     logits: (C,), (N, C) or (N, C, d1, ..., dk), float16/bfloat16/float32/float64, any
-    strides (channels_last included); target: int64 class indices shaped like logits
-    without the class dimension. The weighted mean is sum w[t] * loss / sum w[t] over
+    strides (channels_last included); target: class indices shaped like logits without the
+    class dimension, int64, int32 or uint8 (ignore_index then a value uint8 holds: 255 for
+    VOC, not the default -100). The weighted mean is sum w[t] * loss / sum w[t] over
     non-ignored elements; `mean` is NaN when every element is ignored (as PyTorch).
     The result has the logits dtype (float32 under autocast, as F.cross_entropy); arithmetic
     is float32 (float64 for float64).

@@ -136,8 +136,10 @@ def _loss(
 ):
     """The fused loss on the kernel `backend` picks, or F.cross_entropy of reference_logits()."""
     expected = (x.shape[0], *geometry.out_size)
-    check_target(target, expected, lambda: f"logits upsampled to {geometry.out_size}", x, op)
-    check_loss_options(weight, x.shape[1], x, ignore_index, reduction, label_smoothing, op)
+    check_target(
+        target, expected, lambda: f"logits upsampled to {geometry.out_size}", x, ignore_index, op
+    )
+    check_loss_options(weight, x.shape[1], x, reduction, label_smoothing, op)
     backend = _backend.resolve_backend(backend, op, x.device)
     if geometry.traced:  # plain PyTorch, and the loss as the op's ONNX form writes it out
         loss, _, _ = cross_entropy(
@@ -208,8 +210,9 @@ def upsample_cross_entropy(
     pixel_cross_entropy(upsample_skip(coarse, factor=..., kernel_size=..., crop=...,
     out_size=target.shape[-2:]), target, weight, ignore_index, reduction, label_smoothing).
 
-    coarse: (N, C, h, w) class scores; target: (N, H, W) int64. The upsampled (N, C, H, W)
-    scores are never stored; the gradient flows to `coarse`.
+    coarse: (N, C, h, w) class scores; target: (N, H, W) int64, int32 or uint8 (as
+    pixel_cross_entropy). The upsampled (N, C, H, W) scores are never stored; the gradient
+    flows to `coarse`.
     """
     op = "upsample_cross_entropy"
     _check_x(coarse, "coarse", op)
@@ -248,8 +251,9 @@ def interpolate_cross_entropy(
     F.cross_entropy(F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
     align_corners=align_corners), target, weight, ...).
 
-    logits: (N, C, h, w) low-resolution scores; target: (N, H, W) int64. The upsampled
-    (N, C, H, W) logits are never stored; the gradient flows to `logits`.
+    logits: (N, C, h, w) low-resolution scores; target: (N, H, W) int64, int32 or uint8 (as
+    pixel_cross_entropy). The upsampled (N, C, H, W) logits are never stored; the gradient
+    flows to `logits`.
     """
     op = "interpolate_cross_entropy"
     _check_x(logits, "logits", op)

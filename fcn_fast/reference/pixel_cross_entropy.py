@@ -14,10 +14,11 @@ def pixel_cross_entropy_reference(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """F.cross_entropy with class-index targets; out-of-range targets raise as PyTorch does."""
+    """F.cross_entropy with class-index targets; out-of-range targets raise as PyTorch does.
+    int32 and uint8 targets are converted to the int64 that F.cross_entropy takes."""
     return F.cross_entropy(
         logits,
-        target,
+        target.long(),
         weight=weight,
         ignore_index=ignore_index,
         reduction=reduction,

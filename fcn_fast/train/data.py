@@ -3,7 +3,8 @@ normalisation conventions, training augmentation and the deterministic sampler.
 
 Samples leave the workers as uint8 tensors (image (3, H, W) RGB, label (H, W)); the
 float conversion and normalisation run on the training device (`normalize`), which
-moves a quarter of the bytes through pinned memory.
+moves a quarter of the bytes through pinned memory. Labels stay uint8 up to the loss,
+whose kernels read them as they are (an eighth of int64's bytes).
 
 Every random choice of a sample (scale, crop, flip) is drawn from a generator seeded by
 (run seed, epoch, position in the epoch's order), never from a worker's RNG state, so

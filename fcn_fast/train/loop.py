@@ -316,7 +316,9 @@ class Trainer:
         """One optimizer step; returns (summed loss, valid pixels) of this process's batch."""
         set_lr(self.optimizer, self.config, self.iteration)
         x = _to_input(images, self.config, self.device)
-        target = labels.to(self.device, non_blocking=True).long()
+        # uint8 from disk to the loss kernels, which read it as it is (1 byte a pixel; int64
+        # would move 8 to the device and through the loss).
+        target = labels.to(self.device, non_blocking=True)
         with _autocast(self.device, self.config["amp"]):
             loss_sum = self.loss(x, target)
         count = (target != IGNORE).sum()

@@ -65,6 +65,17 @@ def pixel_loss(logs, xt_m, wt, swx, wtotal, eps, eps_over_c, SMOOTH: tl.constexp
 
 
 @triton.jit
+def load_target(ptrs, mask):
+    """Class-index targets as stored (int64, int32 or uint8: no converted copy), the narrow
+    ones widened to int32 in registers; int64 stays int64, so that a label outside int32 is
+    still out of range."""
+    t = tl.load(ptrs, mask=mask, other=0)
+    if t.dtype != tl.int64:
+        t = t.to(tl.int32)
+    return t
+
+
+@triton.jit
 def target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT: tl.constexpr, acc_ty: tl.constexpr):
     """Per pixel: whether its target counts (in [0, C), not ignore_index), whether it is bad
     (outside [0, C) and not ignore_index), and its class weight (0 where it does not count)."""
@@ -139,7 +150,7 @@ def _fwd_pixels_kernel(
     mask = ps < S
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
-    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask, other=0)
+    t = load_target(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask)
     x_pix = x_ptr + ps.to(IDX) * sS
     row = n.to(IDX) * sN  # offset of class c's row, advanced by sC per class
     m = tl.full((BLOCK_P,), float("-inf"), acc_ty)
@@ -243,7 +254,7 @@ def _fwd_classes_kernel(
             swx += tl.sum(tl.where(mask_c[None, :], wc[None, :] * d, 0.0), axis=1)
             wacc += tl.sum(wc, axis=0)
         m = m_new
-    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
+    t = load_target(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask_p)
     in_range = mask_p & (t >= 0) & (t < C)
     xt = tl.load(x_ptr + pix + tl.where(in_range, t, 0).to(IDX) * sC, mask=in_range, other=0.0)
     finish_pixels(
@@ -368,7 +379,7 @@ def _bwd_pixels_kernel(
     mask = ps < S
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
-    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask, other=0)
+    t = load_target(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask)
     valid, _, wt = target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
     scale = grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION, IDX)
     wtotal = weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128) if SMOOTH else 0.0
@@ -438,7 +449,7 @@ def _bwd_classes_kernel(
     mask_p = ps < S
     eps = exact(eps0, eps1, eps2, acc_ty)
     eps_over_c = exact(epc0, epc1, epc2, acc_ty)
-    t = tl.load(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask=mask_p, other=0)
+    t = load_target(t_ptr + n.to(IDX) * tN + ps.to(IDX) * tS, mask_p)
     valid, _, wt = target_weight(t, mask_p, C, ignore_index, w_ptr, HAS_WEIGHT, acc_ty)
     scale = grad_scale(g_ptr, wsum_ptr, gN, gS, n, ps, valid, REDUCTION, IDX)
     wtotal = weight_total(w_ptr, C, HAS_WEIGHT, acc_ty, 128) if SMOOTH else 0.0

@@ -45,6 +45,7 @@ from fcn_fast.triton.pixel_cross_entropy import (
     finish_kernel,
     finish_pixels,
     grad_coefficients,
+    load_target,
     target_weight,
     weight_total,
 )
@@ -124,7 +125,7 @@ def _fwd_kernel(
         itab_ptr, wtab_ptr, oy, ox, in_h, in_w, out_h, out_w, CLAMP
     )
     r_base = tl.load(itab_ptr + ty * BLOCK_H)  # i0 of the tile's first row, its smallest
-    t = tl.load(t_ptr + n.to(IDX) * t_n + oy.to(IDX) * t_h + ox.to(IDX) * t_w, mask=mask, other=0)
+    t = load_target(t_ptr + n.to(IDX) * t_n + oy.to(IDX) * t_h + ox.to(IDX) * t_w, mask)
     x_c = x_ptr + n.to(IDX) * xs_n  # class c's plane, advanced by a class per iteration
     m = tl.full((BLOCK_H, BLOCK_W), float("-inf"), acc_ty)
     s = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
@@ -367,7 +368,7 @@ def _bwd_kernel(
         # (rows past the window re-read its last row).
         y_last = tl.maximum(y_hi - 1, 0)
         y_pf = tl.minimum(y_lo, y_last).to(IDX)
-        tgt_next = tl.load(t_row + y_pf * t_h, mask=x_ok, other=0)
+        tgt_next = load_target(t_row + y_pf * t_h, x_ok)
         lse_next = tl.load(lse_row + y_pf * out_w, mask=x_ok, other=0.0)
         if REDUCTION == 0:
             g_next = tl.load(g_row + y_pf * g_h, mask=x_ok, other=0.0)
@@ -380,7 +381,7 @@ def _bwd_kernel(
             tgt = tgt_next
             lse = lse_next
             y_pf = tl.minimum(y + 1, y_last).to(IDX)
-            tgt_next = tl.load(t_row + y_pf * t_h, mask=x_ok, other=0)
+            tgt_next = load_target(t_row + y_pf * t_h, x_ok)
             lse_next = tl.load(lse_row + y_pf * out_w, mask=x_ok, other=0.0)
             # d loss / d z at the fine pixels (y, ox) of classes cc (grad_coef of the C++
             # math): a * softmax - b * onehot - d * w[c].

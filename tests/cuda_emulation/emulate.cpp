@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fcn_fast/kernel_types.h"
 #include "fcn_fast/pixel_cross_entropy_kernels.h"
 #include "fcn_fast/resample_cross_entropy_kernels.h"
 #include "fcn_fast/resample_skip_kernels.h"
@@ -120,6 +121,14 @@ void with_types(int dtype, bool index64, F&& f) {
   }
 }
 
+// with_types, and the target's label type (kernel_types.h's LabelType code) as a third tag.
+template <typename F>
+void with_loss_types(int dtype, bool index64, int label_type, F&& f) {
+  dispatch_label(static_cast<LabelType>(label_type), [&](auto label) {
+    with_types(dtype, index64, [&](auto tag, auto index_tag) { f(tag, index_tag, label); });
+  });
+}
+
 template <typename F>
 int guarded(char* error, F&& f) {
   try {
@@ -169,7 +178,8 @@ extern "C" {
 
 // Sizes and strides arrive as int64 arrays; dtype 0: float32, 1: float64. `vector` (or
 // `pixels`) > 0 forces the per-thread vector width, 0 takes the plan's choice. Returns 0, or
-// 1 with a message in error[256].
+// 1 with a message in error[256]. A target arrives as its data and a LabelType code
+// (kernel_types.h: 0 int64, 1 int32, 2 uint8).
 
 int emu_resample_skip(int dtype, const int64_t* x_sizes, const void* x, const int64_t* xs,
                       const void* skip, const int64_t* ss, const int64_t* skip_sizes,
@@ -277,8 +287,8 @@ int emu_resample_skip_backward(int dtype, const int64_t* g_sizes, const void* gr
 // logits (N, C, S) strides xs, target (N, S) strides ts; loss: (N, S) for none else one
 // element; lse (N, S); weight_sum one element; flags[0] the error flag.
 int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits, const int64_t* xs,
-                            const int64_t* target, const int64_t* ts, const void* weight,
-                            void* loss, void* lse, void* weight_sum, int* flags,
+                            const void* target_data, int label_type, const int64_t* ts,
+                            const void* weight, void* loss, void* lse, void* weight_sum, int* flags,
                             int64_t ignore_index, int64_t reduction, double label_smoothing,
                             int force64, int pixels, int64_t* chosen, char* error) {
   return guarded(error, [&] {
@@ -293,7 +303,8 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
     chosen[3] = plan.args.x_vector;
     chosen[4] = plan.args.pixel_vector;
     chosen[5] = plan.staged_vector;
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       const auto a =
@@ -360,11 +371,11 @@ int emu_pixel_cross_entropy(int dtype, const int64_t* sizes, const void* logits,
 
 int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void* grad,
                                      const int64_t* gstrides, const void* logits, const int64_t* xs,
-                                     const int64_t* target, const int64_t* ts, const void* weight,
-                                     const void* lse, const void* weight_sum, void* out,
-                                     const int64_t* os, int64_t ignore_index, int64_t reduction,
-                                     double label_smoothing, int force64, int pixels,
-                                     int64_t* chosen, char* error) {
+                                     const void* target_data, int label_type, const int64_t* ts,
+                                     const void* weight, const void* lse, const void* weight_sum,
+                                     void* out, const int64_t* os, int64_t ignore_index,
+                                     int64_t reduction, double label_smoothing, int force64,
+                                     int pixels, int64_t* chosen, char* error) {
   return guarded(error, [&] {
     const int64_t N = sizes[0], C = sizes[1], S = sizes[2];
     const int64_t xs3[3] = {xs[0], xs[1], xs[2]}, ts2[2] = {ts[0], ts[1]};
@@ -379,7 +390,8 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
     chosen[4] = plan.args.out_vector;
     chosen[5] = plan.staged_vector;
     if (N * C * S == 0) return;
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       const int64_t gN = reduction == kReductionNone ? gstrides[0] : 0;
@@ -452,8 +464,8 @@ int emu_pixel_cross_entropy_backward(int dtype, const int64_t* sizes, const void
 // x (N, C, in_h, in_w) strides xs; target (N, out_h, out_w) strides ts; geometry: in_h,
 // in_w, out_h, out_w.
 int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x, const int64_t* xs,
-                               const int64_t* target, const int64_t* ts, int64_t out_h,
-                               int64_t out_w, const double* scale_bias, int clamp,
+                               const void* target_data, int label_type, const int64_t* ts,
+                               int64_t out_h, int64_t out_w, const double* scale_bias, int clamp,
                                const void* weight, void* loss, void* lse, void* weight_sum,
                                int* flags, int64_t ignore_index, int64_t reduction,
                                double label_smoothing, int force64, int pixels, int64_t* chosen,
@@ -471,7 +483,8 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
     chosen[0] = plan.P;
     chosen[1] = plan.index64;
     chosen[2] = plan.args.pixel_vector;
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       ResampleTables<T> t;
@@ -522,14 +535,12 @@ int emu_resample_cross_entropy(int dtype, const int64_t* x_sizes, const void* x,
   });
 }
 
-int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const void* grad,
-                                        const int64_t* gstrides, const void* x, const int64_t* xs,
-                                        const int64_t* target, const int64_t* ts, int64_t out_h,
-                                        int64_t out_w, const double* scale_bias, int clamp,
-                                        const void* weight, const void* lse, const void* weight_sum,
-                                        void* grad_x, const int64_t* gxs, int64_t ignore_index,
-                                        int64_t reduction, double label_smoothing, int force64,
-                                        int64_t* chosen, char* error) {
+int emu_resample_cross_entropy_backward(
+    int dtype, const int64_t* x_sizes, const void* grad, const int64_t* gstrides, const void* x,
+    const int64_t* xs, const void* target_data, int label_type, const int64_t* ts, int64_t out_h,
+    int64_t out_w, const double* scale_bias, int clamp, const void* weight, const void* lse,
+    const void* weight_sum, void* grad_x, const int64_t* gxs, int64_t ignore_index,
+    int64_t reduction, double label_smoothing, int force64, int64_t* chosen, char* error) {
   return guarded(error, [&] {
     const int64_t x4[4] = {x_sizes[0], x_sizes[1], x_sizes[2], x_sizes[3]};
     const int64_t xs4[4] = {xs[0], xs[1], xs[2], xs[3]}, ts3[3] = {ts[0], ts[1], ts[2]};
@@ -552,7 +563,8 @@ int emu_resample_cross_entropy_backward(int dtype, const int64_t* x_sizes, const
     chosen[5] = plan.smem_bytes;
     if (x_sizes[0] * x_sizes[1] * x_sizes[2] * x_sizes[3] == 0 || out_h * out_w == 0) return;
     if (plan.groups == 0) throw std::runtime_error("no block shape fits");
-    with_types(dtype, plan.index64, [&](auto tag, auto index_tag) {
+    with_loss_types(dtype, plan.index64, label_type, [&](auto tag, auto index_tag, auto label) {
+      const auto* target = static_cast<const decltype(label)*>(target_data);
       using T = decltype(tag);
       using index_t = decltype(index_tag);
       ResampleTables<T> t;

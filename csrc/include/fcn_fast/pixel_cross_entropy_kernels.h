@@ -266,11 +266,11 @@ FCN_HD void pixels_lse(int32_t C, const T* px, index_t sc, index_t ss, int count
 // reduction none, the loss; flags a target outside [0, C) that is not ignore_index; returns
 // the sums of loss and target weight over the valid pixels. SMOOTH: label smoothing's sums
 // (a.smoothing); vector: the P pixels are one aligned 16-byte run in every class row.
-template <int P, bool SMOOTH, typename T, typename index_t>
+template <int P, bool SMOOTH, typename T, typename index_t, typename label_t>
 FCN_HD LossPartial<acc_type<T>> loss_forward_pixels(const LossArgs<acc_type<T>, index_t>& a,
                                                     const T* px, index_t sc, index_t ss,
                                                     bool vector, int32_t n, int32_t s0, int count,
-                                                    const int64_t* target,
+                                                    const label_t* target,
                                                     const acc_type<T>* weight, acc_type<T>* lse,
                                                     acc_type<T>* loss_none, int* error_flag) {
   using acc_t = acc_type<T>;
@@ -345,11 +345,11 @@ FCN_HD void pixels_grad(int32_t C, const T* px, index_t sc, index_t ss, T* po, i
 // p * a - d * w[c], then each pixel's target element again, less b (the same thread's later
 // store: program order), instead of a compare and select per element. The target's value is
 // computed before the class loop (the staged kernel writes the gradient over the logits).
-template <int P, bool SMOOTH, typename T, typename index_t>
+template <int P, bool SMOOTH, typename T, typename index_t, typename label_t>
 FCN_HD void loss_backward_pixels(const LossArgs<acc_type<T>, index_t>& a, const T* px, index_t sc,
                                  index_t ss, bool vector_in, T* po, index_t oc, index_t os,
                                  bool vector_out, int32_t n, int32_t s0, int count,
-                                 const acc_type<T>* grad, acc_type<T> scale, const int64_t* target,
+                                 const acc_type<T>* grad, acc_type<T> scale, const label_t* target,
                                  const acc_type<T>* weight, const acc_type<T>* lse,
                                  acc_type<T> wtotal) {
   using acc_t = acc_type<T>;

@@ -151,10 +151,10 @@ FCN_HD bool starts_strip(const ResampleTables<acc_t>& t, int32_t Y) {
 }
 
 // The loss of the strip starting at fine row Y (starts_strip), column X of image n.
-template <int R, bool SMOOTH, typename T, typename index_t>
+template <int R, bool SMOOTH, typename T, typename index_t, typename label_t>
 FCN_HD LossPartial<acc_type<T>> fused_forward_strip(
     const FusedArgs<acc_type<T>, index_t>& a, const ResampleTables<acc_type<T>>& t, const T* x,
-    const acc_type<T>* cmax, const int64_t* target, const acc_type<T>* weight, acc_type<T>* lse,
+    const acc_type<T>* cmax, const label_t* target, const acc_type<T>* weight, acc_type<T>* lse,
     acc_type<T>* loss_none, int* error_flag, int32_t n, int32_t Y, int32_t X) {
   using acc_t = acc_type<T>;
   LossPartial<acc_t> part{acc_t(0), acc_t(0)};
@@ -384,9 +384,9 @@ constexpr int kFusedStagePixels = 4;
 
 // Phase P, pixel `thread` of `threads` onwards: the loads of kFusedStagePixels pixels first,
 // then their coefficients into shared memory.
-template <typename acc_t, typename index_t>
+template <typename acc_t, typename index_t, typename label_t>
 FCN_HD void fused_backward_stage(const FusedArgs<acc_t, index_t>& a, const BackwardBlock& b,
-                                 const acc_t* lse, const int64_t* target, const acc_t* weight,
+                                 const acc_t* lse, const label_t* target, const acc_t* weight,
                                  const acc_t* grad, acc_t scale, acc_t wtotal,
                                  const PixelCoefs<acc_t>& s, int32_t thread, int32_t threads) {
   constexpr int U = kFusedStagePixels;
