@@ -1,6 +1,7 @@
 """Roofline sanity of the CUDA kernels from their machine code, without a GPU (issue 8 item 5).
 
-Each csrc/cuda/*.cu is compiled once to an sm_90 cubin and disassembled (cuobjdump -sass).
+Each csrc/cuda/*.cu is compiled once to an sm_90 cubin (the static model's, fcn_fast.bench.sass)
+and disassembled (cuobjdump -sass).
 For every kernel that touches every element (all but the small tap-table kernel), in each
 float32 / float16 / bfloat16 instantiation:
 * no fp64 instruction (DADD, DMUL, DFMA, DSETP, ..., or an .F64 conversion): the index math
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch.utils.cpp_extension as cpp_extension
+
+from fcn_fast.bench import sass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CU_FILES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
@@ -127,30 +130,21 @@ def _template_args(demangled: str) -> tuple[str, list[str]]:
     return name.strip(), args
 
 
-def _disassemble(sources, tmp_dir) -> list[Kernel]:
-    processes = []
-    for source in sources:  # compile the files side by side
-        cubin = os.path.join(tmp_dir, os.path.basename(source) + ".cubin")
-        command = [NVCC, "-cubin", "-std=c++17", "-O3", "-arch=sm_90"]
-        command += ["-I", os.path.join(ROOT, "csrc", "include"), source, "-o", cubin]
-        processes.append(
-            (source, cubin, subprocess.Popen(command, stderr=subprocess.PIPE, text=True))
-        )
+def _disassemble(cubins) -> list[Kernel]:
     kernels = []
-    for source, cubin, process in processes:
-        _, stderr = process.communicate(timeout=900)
-        assert process.returncode == 0, stderr
-        sass = subprocess.run(
+    for cubin in cubins:
+        source = os.path.basename(cubin).removesuffix(".cubin")
+        listing = subprocess.run(
             [CUOBJDUMP, "-sass", cubin], capture_output=True, text=True, check=True
         ).stdout
         current = []
         mangled = []
-        for line in sass.splitlines():
+        for line in listing.splitlines():
             match = re.search(r"Function : (\S+)", line)
             if match:
                 mangled.append(match.group(1))
                 current = []
-                kernels.append(Kernel("", [], os.path.basename(source), current))
+                kernels.append(Kernel("", [], source, current))
                 continue
             match = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
             if match and kernels:
@@ -164,8 +158,10 @@ def _disassemble(sources, tmp_dir) -> list[Kernel]:
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    found = _disassemble(CU_FILES, str(tmp_path_factory.mktemp("cubin")))
+def kernels():
+    # The static model's cubins (nvcc -cubin -O3 -arch=sm_90, cached by source hash): the
+    # label-typed loss kernels take minutes to compile, so the model's tests reuse them.
+    found = _disassemble(sass.cuda_cubins("sm_90"))
     print("\n" + report(found))
     return found
 

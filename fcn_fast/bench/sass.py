@@ -219,8 +219,10 @@ def _sources_digest(paths) -> str:
 
 
 @functools.cache
-def cuda_functions(arch: str = "sm_90") -> tuple[Function, ...]:
-    """Every kernel of csrc/cuda/*.cu compiled for `arch` (cubins cached by source hash)."""
+def cuda_cubins(arch: str = "sm_90") -> tuple[str, ...]:
+    """Each csrc/cuda/*.cu compiled for `arch` (nvcc -cubin, side by side), as `NAME.cu.cubin`
+    paths, cached by the hash of the sources and headers (tests/test_machine_code.py reads the
+    same cubins)."""
     include = os.path.join(ROOT, "csrc", "include")
     sources = sorted(
         os.path.join(ROOT, "csrc", "cuda", f)
@@ -246,13 +248,20 @@ def cuda_functions(arch: str = "sm_90") -> tuple[Function, ...]:
         command += [source, "-o", partial]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         processes.append((cubin, partial, process))
-    functions = []
     for cubin, partial, process in processes:
         if process is not None:
             _, stderr = process.communicate(timeout=1800)
             if process.returncode != 0:
                 raise RuntimeError(f"nvcc failed for {cubin}:\n{stderr}")
             os.replace(partial, cubin)
+    return tuple(cubin for cubin, _, _ in processes)
+
+
+@functools.cache
+def cuda_functions(arch: str = "sm_90") -> tuple[Function, ...]:
+    """Every kernel of csrc/cuda/*.cu compiled for `arch`."""
+    functions = []
+    for cubin in cuda_cubins(arch):
         for f in disassemble(cubin):
             f.source = os.path.basename(cubin).removesuffix(".cubin")
             functions.append(f)
