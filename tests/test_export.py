@@ -334,6 +334,35 @@ def test_compiled_outputs_keep_the_kernels_strides_with_dynamic_shapes():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_graph_replays_the_forward_and_predict(backend):
+    """Inference under a captured CUDA graph (static shapes, as a server replays it): the
+    replay on new inputs equals eager; predict's labels too. (A loss is not captured: its
+    out-of-range check reads a device flag on the host.)"""
+    if backend not in fcn_fast.available_backends():
+        pytest.skip(f"backend {backend!r} unavailable here")
+    model = tiny(FCN8s).cuda().set_backend(backend)
+    static_x = torch.randn(2, 3, 97, 131, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(2):  # warm-up: Triton compiles, the tap tables are allocated
+            model(static_x), model.predict(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_logits = model(static_x)
+        static_labels = model.predict(static_x)
+    for _ in range(2):
+        static_x.copy_(torch.randn_like(static_x))
+        graph.replay()
+        with torch.no_grad():
+            torch.testing.assert_close(static_logits, model(static_x), rtol=0, atol=0)
+            assert torch.equal(static_labels, model.predict(static_x))
+
+
 # --- fcn-fast export / fcn-fast predict --onnx, from a training checkpoint.
 
 
