@@ -234,6 +234,37 @@ def test_argmax_ties_go_to_the_lowest_class(backend):
 # ---------------------------------------------------------------------------- the contract
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_far_apart_and_non_finite_logits(backend, dtype, smoothing):
+    """The GPU forwards sum exps against a bound (the coarse maxima at a pixel's taps) and
+    redo a pixel with a running max where that fails: a tap of weight 0 on a cell 1000 above
+    the rest (the exps underflow), one 1000 below, and +inf, -inf and NaN logits. Per-pixel
+    losses equal PyTorch's, non-finite exactly where PyTorch's are."""
+    device = backend_device(backend)
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(2, 3, 4, 5, dtype=dtype, generator=gen)
+    x[0, 1, 0, 2] = 1000.0  # pixels on cell (0, 1) tap it with weight 0 (align_corners)
+    x[1, 0, 1, 1] = -1000.0
+    target = torch.randint(0, 3, (2, 7, 9), generator=gen)
+    y = x.clone()
+    y[0, 2, 3, 4] = float("inf")
+    y[1, 0, 3, 0] = float("-inf")
+    y[1, 1, 2, 2] = float("nan")
+    for logits in (x, y):
+        want = unfused_interpolate_loss(
+            logits, target, align_corners=True, reduction="none", label_smoothing=smoothing
+        )
+        got = fcn_fast.interpolate_cross_entropy(
+            logits.to(device), target.to(device), align_corners=True, reduction="none",
+            label_smoothing=smoothing, backend=backend,
+        ).cpu()  # fmt: skip
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+        finite = want.isfinite()
+        rel = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(got[finite], want[finite], rtol=rel, atol=rel * 1000)
+
+
 def test_deterministic_backward(backend):
     device = backend_device(backend)
     x = torch.randn(2, 9, 11, 13, device=device, requires_grad=True)

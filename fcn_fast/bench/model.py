@@ -482,10 +482,12 @@ _ANALYSED: dict = {}
 
 
 def _analysed(function, unit, unit_bytes) -> KernelFacts:
+    # Keyed by id(): the entry keeps the function alive, so that its id is not reused by a
+    # later function (a Triton launch's is created per call) and handed this one's facts.
     key = (id(function), unit, unit_bytes)
     if key not in _ANALYSED:
-        _ANALYSED[key] = analyse(function, unit, unit_bytes)
-    return _ANALYSED[key]
+        _ANALYSED[key] = (function, analyse(function, unit, unit_bytes))
+    return _ANALYSED[key][1]
 
 
 def _tables_launch(backend, acc_name, entries):

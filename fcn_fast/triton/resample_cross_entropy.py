@@ -5,11 +5,14 @@ csrc/ops/resample_cross_entropy.h; registered by fcn_fast/triton/__init__.py.
 z[n, c, Y, X] is the resampler of fcn_fast/triton/resample_skip.py applied to x (taps from
 the float64 table kernel, the same blend order), recomputed wherever it is needed.
 
-Forward (_fwd_kernel) and argmax (_argmax_kernel): a program owns BLOCK_P pixels of one
-output row and walks the classes; per class one [BLOCK_P] logit vector from 4 gathers of x
-(L1/L2 hits: x is 1/f^2 of the logits), folded into an online softmax that costs one exp per
-logit. The forward keeps the per-pixel lse (4 bytes a pixel) and per-program partials that
-fcn_fast/triton/pixel_cross_entropy.py's finish kernel adds in a fixed order.
+Forward (_fwd_kernel) and argmax (_argmax_kernel): a program owns a tile of BLOCK_P fine
+pixels and walks the classes; per class one logit tile from gathers of x (L1/L2 hits: x is
+1/f^2 of the logits). The forward sums exps against a bound, the largest coarse logit at a
+pixel's taps (_coarse_max_kernel's pass; z is a convex combination of its taps), with no
+running max; a tile with a pixel whose sum is NaN or underflowed walks its classes again
+with the online softmax (docs/design.md 2.5). It keeps the per-pixel lse (4 bytes a pixel)
+and per-program partials that fcn_fast/triton/pixel_cross_entropy.py's finish kernel adds
+in a fixed order.
 
 Backward (_bwd_kernel): grad_x = Ry^T (s * (softmax(z) - q)) Rx per (n, c) plane, the
 gather of resample_skip's backward with its grad_out computed in place: a persistent
@@ -63,9 +66,48 @@ from fcn_fast.triton.resample_skip import (
 
 _NUM_WARPS = 4
 _BLOCK_P = 512  # fine pixels per forward / argmax program
+_CMAX_BLOCK = 256  # coarse pixels per _coarse_max_kernel program
 _BWD_PROGRAMS_PER_SM = 2
 # [CB, BX] = [8, 256] per fine row and about six such tensors live: 8 elements a thread each.
 _BWD_NUM_WARPS = 8
+
+
+@triton.jit
+def _coarse_max_kernel(
+    x_ptr, cmax_ptr, total, C, in_h, in_w, xs_n, xs_c, xs_h, xs_w, BLOCK: tl.constexpr,
+    IDX: tl.constexpr,
+):  # fmt: skip
+    """cmax[n, i, j] = max over classes of x[n, :, i, j] in the accumulation dtype: the bound
+    of _fwd_kernel's exps (a NaN logit may or may not win here; either way the pixels that
+    read it get a NaN sum and take the exact pass)."""
+    k = tl.program_id(0).to(IDX) * BLOCK + tl.arange(0, BLOCK)
+    mask = k < total
+    plane = in_h * in_w
+    n = k // plane
+    rest = k - n * plane
+    i = rest // in_w
+    j = rest - i * in_w
+    p = x_ptr + n * xs_n + i * xs_h + j * xs_w
+    m = tl.full((BLOCK,), float("-inf"), cmax_ptr.dtype.element_ty)
+    for _ in range(C):
+        m = tl.maximum(m, tl.load(p, mask=mask, other=float("-inf")).to(m.dtype))
+        p += xs_c
+    tl.store(cmax_ptr + k, m, mask=mask)
+
+
+@triton.jit
+def _logit_bound(cm, i0y, i1y, i0x, i1x, in_h, in_w):
+    """The coarse maxima at a tile's taps ([BH, 1] rows x [1, BW] columns), their max per
+    pixel: z is a convex combination of its taps, so z <= this. A tap outside x reads as 0
+    (the zero boundary's value), so 0 joins the bound there."""
+    k0y, k1y = tap_ok(i0y, in_h), tap_ok(i1y, in_h)
+    k0x, k1x = tap_ok(i0x, in_w), tap_ok(i1x, in_w)
+    r0, r1 = cm + i0y * in_w, cm + i1y * in_w
+    m00 = tl.load(r0 + i0x, mask=k0y & k0x, other=0.0)
+    m01 = tl.load(r0 + i1x, mask=k0y & k1x, other=0.0)
+    m10 = tl.load(r1 + i0x, mask=k1y & k0x, other=0.0)
+    m11 = tl.load(r1 + i1x, mask=k1y & k1x, other=0.0)
+    return tl.maximum(tl.maximum(m00, m01), tl.maximum(m10, m11))
 
 
 @triton.jit
@@ -78,6 +120,7 @@ def _fwd_kernel(
     part_ptr,
     itab_ptr,
     wtab_ptr,
+    cmax_ptr,
     C,
     in_h,
     in_w,
@@ -126,12 +169,17 @@ def _fwd_kernel(
     )
     r_base = tl.load(itab_ptr + ty * BLOCK_H)  # i0 of the tile's first row, its smallest
     t = load_target(t_ptr + n.to(IDX) * t_n + oy.to(IDX) * t_h + ox.to(IDX) * t_w, mask)
-    x_c = x_ptr + n.to(IDX) * xs_n  # class c's plane, advanced by a class per iteration
-    m = tl.full((BLOCK_H, BLOCK_W), float("-inf"), acc_ty)
+    x_img = x_ptr + n.to(IDX) * xs_n
+    log2e = tl.full((), 1.4426950408889634, acc_ty)
+    ln2 = tl.full((), 0.6931471805599453, acc_ty)
+    # In base 2 against the bound M (docs/design.md 2.5, as the CUDA forward): per logit
+    # one FMA and one exp2 into s = sum 2^(z log2e - m2), no running max to compare with.
+    m2 = _logit_bound(cmax_ptr + n.to(IDX) * in_h * in_w, i0y, i1y, i0x, i1x, in_h, in_w) * log2e
     s = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
     zt = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
-    swx = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
+    swx2 = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
     wacc = tl.zeros((), acc_ty)
+    x_c = x_img  # class c's plane, advanced by a class per iteration
     for c in range(C):
         # The logits of class c at the tile's fine pixels, as resample_skip's forward.
         z = blend(
@@ -139,20 +187,46 @@ def _fwd_kernel(
             acc_ty, ROWS, TAP_MASK, IDX,
         )  # fmt: skip
         x_c += xs_c
-        # The online softmax of pixel_cross_entropy's _fwd_pixels_kernel, inlined.
-        gt = z > m
-        e = tl.exp(tl.where(gt, m - z, z - m))
-        e = tl.where(z == float("-inf"), 0.0, e)
+        e2 = z * log2e - m2
+        s += tl.exp2(e2)
         if SMOOTH:
             wc = tl.load(w_ptr + c).to(acc_ty) if HAS_WEIGHT else tl.full((), 1.0, acc_ty)
-            swx += tl.where(gt, tl.where(wacc != 0.0, wacc * (m - z), 0.0), 0.0)
-            m = tl.where(gt, z, m)
-            swx += wc * tl.where(z == float("-inf"), float("-inf"), z - m)
+            swx2 += wc * e2
             wacc += wc
-        else:
-            m = tl.where(gt, z, m)
-        s = tl.where(gt, s * e + 1.0, s + e)
         zt = tl.where(t == c, z, zt)
+    m = m2 * ln2
+    swx = swx2 * ln2
+    # Exact unless a logit was NaN or +-inf (NaN sum), or the bound was so loose that the
+    # exps underflowed (2^-60): then the tile's classes again, with a running max.
+    fast = (s >= 8.67361737988403547e-19) | ~mask
+    if tl.min(fast.to(tl.int32)) == 0:
+        m_e = tl.full((BLOCK_H, BLOCK_W), float("-inf"), acc_ty)
+        s_e = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
+        swx_e = tl.zeros((BLOCK_H, BLOCK_W), acc_ty)
+        w_seen = tl.zeros((), acc_ty)
+        x_c = x_img
+        for c in range(C):
+            z = blend(
+                x_c, r_base, i0y, i1y, w0y, w1y, i0x, i1x, w0x, w1x, in_h, in_w, xs_h, xs_w,
+                acc_ty, ROWS, TAP_MASK, IDX,
+            )  # fmt: skip
+            x_c += xs_c
+            # The online softmax of pixel_cross_entropy's _fwd_pixels_kernel, inlined.
+            gt = z > m_e
+            e = tl.exp(tl.where(gt, m_e - z, z - m_e))
+            e = tl.where(z == float("-inf"), 0.0, e)
+            if SMOOTH:
+                wc = tl.load(w_ptr + c).to(acc_ty) if HAS_WEIGHT else tl.full((), 1.0, acc_ty)
+                swx_e += tl.where(gt, tl.where(w_seen != 0.0, w_seen * (m_e - z), 0.0), 0.0)
+                m_e = tl.where(gt, z, m_e)
+                swx_e += wc * tl.where(z == float("-inf"), float("-inf"), z - m_e)
+                w_seen += wc
+            else:
+                m_e = tl.where(gt, z, m_e)
+            s_e = tl.where(gt, s_e * e + 1.0, s_e + e)
+        m = tl.where(fast, m, m_e)
+        s = tl.where(fast, s, s_e)
+        swx = tl.where(fast, swx, swx_e)
     finish_pixels(
         lse_ptr, loss_ptr, part_ptr, pid, (n.to(IDX) * out_h + oy) * out_w + ox, mask, t, zt, m, s,
         swx, wacc, C, ignore_index, w_ptr, eps, eps_over_c, HAS_WEIGHT, SMOOTH, STORE_LOSS,
@@ -514,9 +588,14 @@ def _forward(
             scale_h, bias_h, scale_w, bias_w, clamp, in_h, in_w, out_h, out_w, acc, device
         )
         vec = pow2_divisor(vector_width(acc), out_w)
+        cmax = torch.empty((N, in_h, in_w), dtype=acc, device=device)
+        _coarse_max_kernel[(triton.cdiv(cmax.numel(), _CMAX_BLOCK),)](
+            x, cmax, cmax.numel(), C, in_h, in_w, *x.stride(), BLOCK=_CMAX_BLOCK,
+            IDX=index_type(x, cmax), num_warps=4,
+        )  # fmt: skip
         _fwd_kernel[(grid,)](
             x, target, weight.contiguous() if weight is not None else lse, loss, lse, parts,
-            tables.itab, tables.wtab,
+            tables.itab, tables.wtab, cmax,
             C, in_h, in_w, out_h, out_w // vec, tiles_w, tiles, *x.stride(), *target.stride(),
             ignore_index, *split3(label_smoothing), *split3(label_smoothing / C),
             CLAMP=bool(clamp),
