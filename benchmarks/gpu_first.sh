@@ -15,8 +15,8 @@
 #                 the loss forward and backward at the `large` shapes, cuda and triton, fp32
 #                 and bf16, each against a device copy of the same bytes
 #  3. fused       the fused head's forward, backward and argmax at `large`, C/2, twice the
-#                 pixels, and inputs resident in L2, beside the unfused chain: work- or
-#                 byte-bound?
+#                 pixels, inputs resident in L2, and uint8 labels, beside the unfused
+#                 chain: work- or byte-bound?
 #  4. downsample  interpolate_add 1x2x512x40 -> 7x40 and interpolate_cross_entropy
 #                 96x8 -> 2x8 backward: twice (bitwise), against the reference and triton
 #  5. tiny        one small call of every kernel (channels_last, storage offset 1, odd widths,

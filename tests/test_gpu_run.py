@@ -112,8 +112,11 @@ def test_first_steps_run_on_the_cpu_at_tiny_sizes(tmp_path, capsys):
     ]
     assert all(r["status"] == "ok" and r["ms"] > 0 and r["pct_of_copy"] > 0 for r in bandwidth)
     fused = _rows(tmp_path / "fused.json")
-    assert len(fused) == 5 * 3 and all(r["fused_ms"] and r["unfused_ms"] for r in fused)
-    assert {r["variant"] for r in fused} == {"base", "C/2", "2x pixels", "N1", "N1 in L2"}
+    # 5 variants x (fwd, bwd, argmax), and uint8 labels x (fwd, bwd)
+    assert len(fused) == 5 * 3 + 2 and all(r["fused_ms"] and r["unfused_ms"] for r in fused)
+    assert {r["variant"] for r in fused} == {
+        "base", "C/2", "2x pixels", "N1", "N1 in L2", "uint8 labels"
+    }  # fmt: skip
     downsample = _rows(tmp_path / "downsample.json")
     assert len(downsample) == 2 * 2 * 2 and all(r["bitwise_repeat"] for r in downsample)
     assert all("vs_cpu" in r for r in downsample if r["backend"] == "reference")
@@ -156,6 +159,7 @@ def test_fused_verdicts_say_whether_time_follows_work_or_bytes():
         row("issue", "C/2", 1.05, 50, 48),  # half the work, the same bytes: half the time
         row("issue", "N2", 0.20, 10, 5),
         row("issue", "N2 in L2", 0.19, 10, 5, flush=False),
+        row("issue", "uint8 labels", 1.9, 100, 20),  # fewer bytes, the same work
         row("memory", "base", 2.0, 100, 50),
         row("memory", "C/2", 1.9, 50, 48),
     ]
@@ -163,6 +167,8 @@ def test_fused_verdicts_say_whether_time_follows_work_or_bytes():
     assert issue["follows"] == "work" and memory["follows"] == "bytes"
     assert issue["C/2"] == {"time": 1.05 / 2.0, "work": 0.5, "bytes": 48 / 50}
     assert issue["l2_over_dram"] == 0.19 / 0.20 and "l2_over_dram" not in memory
+    assert issue["uint8 labels"] == {"time": 1.9 / 2.0, "work": 1.0, "bytes": 20 / 50}
+    assert "uint8 labels" not in memory
 
 
 def test_first_times_the_gpu_sweeps_large_cases():

@@ -226,17 +226,21 @@ def _exact():
 HEADS = {"large": (16, 21, 132, 8, 31, 1024), "tiny": (2, 6, 9, 8, 5, 60)}
 
 
-def head_variants(size: str) -> list[tuple[str, int, int, bool]]:
-    """(variant, N, C, flush L2): the head, then half its classes, then twice its pixels, then
-    a batch small enough that inputs and outputs fit in L2, timed flushed and resident."""
+def head_variants(size: str) -> list[tuple[str, int, int, bool, torch.dtype]]:
+    """(variant, N, C, flush L2, label dtype): the head, then half its classes, then twice its
+    pixels, then a batch small enough that inputs and outputs fit in L2, timed flushed and
+    resident; then the head with uint8 labels (the loss only): 7 of its forward's 12 bytes a
+    pixel fewer, and the label each strip row waits on before its target logit (design.md
+    5.1) a narrower load."""
     n, c = HEADS[size][:2]
     small = 2 if size == "large" else 1
     return [
-        ("base", n, c, True),
-        ("C/2", n, c // 2, True),
-        ("2x pixels", 2 * n, c, True),
-        (f"N{small}", small, c, True),
-        (f"N{small} in L2", small, c, False),
+        ("base", n, c, True, torch.int64),
+        ("C/2", n, c // 2, True, torch.int64),
+        ("2x pixels", 2 * n, c, True, torch.int64),
+        (f"N{small}", small, c, True, torch.int64),
+        (f"N{small} in L2", small, c, False, torch.int64),
+        ("uint8 labels", n, c, True, torch.uint8),
     ]
 
 
@@ -246,10 +250,11 @@ def fused(device, size, backends, dtypes, sink: Sink) -> None:
     N·C·H·W (C/2: about half) and not the bytes (the targets dominate them: C/2 leaves them),
     and does not drop when its inputs sit in L2."""
     _, _, coarse, factor, crop, out = HEADS[size]
-    for variant, n, c, flush in head_variants(size):
+    for variant, n, c, flush, label_dtype in head_variants(size):
         loss = cases.upsample_cross_entropy_case(
-            variant, n, c, coarse, factor, crop=crop, out=out, sizes=NEVER
-        )
+            variant, n, c, coarse, factor, crop=crop, out=out, sizes=NEVER,
+            label_dtype=label_dtype,
+        )  # fmt: skip
         argmax = cases.upsample_argmax_case(
             variant, n, c, coarse, factor, crop=crop, out=out, sizes=NEVER
         )
@@ -265,6 +270,8 @@ def fused(device, size, backends, dtypes, sink: Sink) -> None:
                 "bwd": (loss, oracle[1:], loss.bytes_fn(es)[1]),
                 "argmax": (argmax, labels, argmax.bytes_fn(es)[0]),
             }
+            if label_dtype != torch.int64:
+                del checks["argmax"]  # the argmax reads no labels
             for backend in backends:
                 steps = _head_steps(loss, argmax, inputs, dtype, backend, (factor, crop, out))
                 for mode, (case, want, nbytes) in checks.items():
@@ -343,7 +350,7 @@ def fused_verdicts(rows: list[dict]) -> list[dict]:
         if base is None:
             continue
         v = {"backend": backend, "dtype": dtype, "mode": mode}
-        for name in ("C/2", "2x pixels"):
+        for name in ("C/2", "2x pixels", "uint8 labels"):
             r = by.get((backend, dtype, mode, name))
             if r is not None:
                 v[name] = {
@@ -679,10 +686,11 @@ def summary(directory: str) -> str:
         verdicts = fused_verdicts(data["results"])
         lines += _table(
             ["backend", "dtype", "mode", "C/2: time / work / bytes", "2x px: time / work / bytes",
-             "follows", "L2 / DRAM time"],
+             "follows", "L2 / DRAM time", "uint8 labels: time / work / bytes"],
             [
                 [v["backend"], v["dtype"], v["mode"], _ratios(v.get("C/2")),
-                 _ratios(v.get("2x pixels")), v.get("follows"), v.get("l2_over_dram")]
+                 _ratios(v.get("2x pixels")), v.get("follows"), v.get("l2_over_dram"),
+                 _ratios(v.get("uint8 labels"))]
                 for v in verdicts
             ],
         ) + [""]  # fmt: skip
