@@ -109,11 +109,7 @@ def test_occupancy():
 # the GPU-model issue says why. A kernel that misses by more, or misses another target,
 # fails here.
 KNOWN_MISSES = {
-    ("upsample_cross_entropy/large fwdbwd bf16 cuda", "x faster than eager (its byte floor)"): 9.5,
-    (
-        "upsample_cross_entropy/large fwdbwd bf16 cuda",
-        "forward: time over its exp/memory roof",
-    ): 1.3,
+    ("upsample_cross_entropy/large fwdbwd bf16 cuda", "x faster than eager (its byte floor)"): 9.9,
 }
 ROW_FIELDS = (
     "op", "case", "mode", "dtype", "backend", "predicted_ms", "predicted_pct_copy",

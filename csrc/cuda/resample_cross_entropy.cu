@@ -28,11 +28,19 @@ __global__ void __launch_bounds__(kFusedThreads)
   for (int32_t n = blockIdx.y; n < a.N; n += gridDim.y) coarse_max_entry(a, x, n, rest, cmax);
 }
 
+// Blocks per SM the forward asks for: 3 (80 registers) where its class loop takes 4 classes
+// a trip (fused_unroll4), which at 2 blocks took 96 registers and half the warps, keeping no
+// more bytes in flight; else 2.
+template <typename T, bool SMOOTH>
+constexpr int fused_forward_min_blocks() {
+  return fused_unroll4<T, SMOOTH>() ? 3 : 2;
+}
+
 // A block per (tile of kFusedThreads fine columns, fine row): the row's threads do the strip
 // that starts there, for every image; a row inside a strip leaves its block idle (its threads
 // only join the reduction).
 template <typename T, typename label_t, typename index_t, int R, bool SMOOTH>
-__global__ void __launch_bounds__(kFusedThreads, 2)
+__global__ void __launch_bounds__(kFusedThreads, fused_forward_min_blocks<T, SMOOTH>())
     fused_forward_kernel(FusedArgs<acc_type<T>, index_t> a, ResampleTables<acc_type<T>> t,
                          const T* __restrict__ x, const acc_type<T>* __restrict__ cmax,
                          const label_t* __restrict__ target, const acc_type<T>* __restrict__ weight,
