@@ -76,6 +76,29 @@ def load_target(ptrs, mask):
 
 
 @triton.jit
+def online_add(x, c, m, s, swx, wacc, w_ptr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """Class c's logits x into the online softmax (max m, sum s, smoothing sum swx, class
+    weights so far wacc), one exp per logit: e = exp(-|x - m|) is the new term when x <= m and
+    the rescale of s when x > m; a -inf logit adds 0 (also when m is still -inf, where x - m
+    is NaN); NaN poisons s. Returns the new (m, s, swx, wacc)."""
+    gt = x > m
+    e = tl.exp(tl.where(gt, m - x, x - m))
+    e = tl.where(x == float("-inf"), 0.0, e)
+    if SMOOTH:
+        wc = tl.load(w_ptr + c).to(m.dtype) if HAS_WEIGHT else tl.full((), 1.0, m.dtype)
+        # OnlineLse::add: a new maximum moves the weighted sum of the earlier logits.
+        # (nested where: a scalar condition in `&` trips the interpreter)
+        swx += tl.where(gt, tl.where(wacc != 0.0, wacc * (m - x), 0.0), 0.0)
+        m = tl.where(gt, x, m)
+        swx += wc * tl.where(x == float("-inf"), float("-inf"), x - m)
+        wacc += wc
+    else:
+        m = tl.where(gt, x, m)
+    s = tl.where(gt, s * e + 1.0, s + e)
+    return m, s, swx, wacc
+
+
+@triton.jit
 def target_weight(t, mask, C, ignore_index, w_ptr, HAS_WEIGHT: tl.constexpr, acc_ty: tl.constexpr):
     """Per pixel: whether its target counts (in [0, C), not ignore_index), whether it is bad
     (outside [0, C) and not ignore_index), and its class weight (0 where it does not count)."""
@@ -166,24 +189,7 @@ def _fwd_pixels_kernel(
         # Pixels past S read 0, not -inf: no log(0) for them (their results are dropped).
         x = tl.load(x_pix + tl.multiple_of(row, ALIGN), mask=mask, other=0.0).to(acc_ty)
         row += sC
-        # The online softmax, one exp per logit (inlined: a helper call per class is slow in
-        # the interpreter): e = exp(-|x - m|) is the new term when x <= m and the rescale of s
-        # when x > m; a -inf logit adds 0 (also when m is still -inf, where x - m is NaN);
-        # NaN poisons s.
-        gt = x > m
-        e = tl.exp(tl.where(gt, m - x, x - m))
-        e = tl.where(x == float("-inf"), 0.0, e)
-        if SMOOTH:
-            wc = tl.load(w_ptr + c).to(acc_ty) if HAS_WEIGHT else tl.full((), 1.0, acc_ty)
-            # OnlineLse::add: a new maximum moves the weighted sum of the earlier logits.
-            # (nested where: a scalar condition in `&` trips the interpreter)
-            swx += tl.where(gt, tl.where(wacc != 0.0, wacc * (m - x), 0.0), 0.0)
-            m = tl.where(gt, x, m)
-            swx += wc * tl.where(x == float("-inf"), float("-inf"), x - m)
-            wacc += wc
-        else:
-            m = tl.where(gt, x, m)
-        s = tl.where(gt, s * e + 1.0, s + e)
+        m, s, swx, wacc = online_add(x, c, m, s, swx, wacc, w_ptr, HAS_WEIGHT, SMOOTH)
         xt = tl.where(t == c, x, xt)
     finish_pixels(
         lse_ptr, loss_ptr, part_ptr, pid, n.to(IDX) * S + ps, mask, t, xt, m, s, swx, wacc, C,

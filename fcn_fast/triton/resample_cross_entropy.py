@@ -49,6 +49,7 @@ from fcn_fast.triton.pixel_cross_entropy import (
     finish_pixels,
     grad_coefficients,
     load_target,
+    online_add,
     target_weight,
     weight_total,
 )
@@ -211,19 +212,9 @@ def _fwd_kernel(
                 acc_ty, ROWS, TAP_MASK, IDX,
             )  # fmt: skip
             x_c += xs_c
-            # The online softmax of pixel_cross_entropy's _fwd_pixels_kernel, inlined.
-            gt = z > m_e
-            e = tl.exp(tl.where(gt, m_e - z, z - m_e))
-            e = tl.where(z == float("-inf"), 0.0, e)
-            if SMOOTH:
-                wc = tl.load(w_ptr + c).to(acc_ty) if HAS_WEIGHT else tl.full((), 1.0, acc_ty)
-                swx_e += tl.where(gt, tl.where(w_seen != 0.0, w_seen * (m_e - z), 0.0), 0.0)
-                m_e = tl.where(gt, z, m_e)
-                swx_e += wc * tl.where(z == float("-inf"), float("-inf"), z - m_e)
-                w_seen += wc
-            else:
-                m_e = tl.where(gt, z, m_e)
-            s_e = tl.where(gt, s_e * e + 1.0, s_e + e)
+            m_e, s_e, swx_e, w_seen = online_add(
+                z, c, m_e, s_e, swx_e, w_seen, w_ptr, HAS_WEIGHT, SMOOTH
+            )
         m = tl.where(fast, m, m_e)
         s = tl.where(fast, s, s_e)
         swx = tl.where(fast, swx, swx_e)
