@@ -1,7 +1,7 @@
 """Roofline sanity of the CUDA kernels from their machine code, without a GPU (issue 8 item 5).
 
-Each csrc/cuda/*.cu is compiled once to an sm_90 cubin (the static model's, fcn_fast.bench.sass)
-and disassembled (cuobjdump -sass).
+Each csrc/cuda/*.cu is compiled once to an sm_90 cubin and disassembled (cuobjdump -sass) by
+the static model's fcn_fast.bench.sass, whose kernels this test reads.
 For every kernel that touches every element (all but the small tap-table kernel), in each
 float32 / float16 / bfloat16 instantiation:
 * no fp64 instruction (DADD, DMUL, DFMA, DSETP, ..., or an .F64 conversion): the index math
@@ -17,23 +17,16 @@ rule (their data is fp64). The findings are printed as a table, and repeated in 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 
 import pytest
-import torch.utils.cpp_extension as cpp_extension
 
 from fcn_fast.bench import sass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CU_FILES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
-NVCC = shutil.which("nvcc") or (
-    os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc") if cpp_extension.CUDA_HOME else None
-)
 
 TABLE_KERNELS = {"resample_tables_kernel"}
 # Forward kernels and the template argument that is the per-thread vector width (elements).
@@ -48,27 +41,10 @@ ELEMENT_BYTES = {"float": 4, "double": 8, "__half": 2, "__nv_bfloat16": 2}
 FP64_OPCODES = {"DADD", "DMUL", "DFMA", "DSETP", "DSET", "DMNMX", "DMMA"}
 
 
-def _cuobjdump():
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    candidates = []
-    if NVCC:
-        candidates.append(os.path.join(os.path.dirname(os.path.realpath(NVCC)), "cuobjdump"))
-    if cpp_extension.CUDA_HOME:
-        candidates.append(os.path.join(cpp_extension.CUDA_HOME, "bin", "cuobjdump"))
-    spec = importlib.util.find_spec("triton")  # Triton ships the CUDA binary tools
-    if spec is not None and spec.submodule_search_locations:
-        base = list(spec.submodule_search_locations)[0]
-        candidates.append(os.path.join(base, "backends", "nvidia", "bin", "cuobjdump"))
-    return next((c for c in candidates if os.path.exists(c)), None)
-
-
-CUOBJDUMP = _cuobjdump()
-CXXFILT = shutil.which("c++filt")
 pytestmark = pytest.mark.skipif(
-    NVCC is None or CUOBJDUMP is None or CXXFILT is None,
-    reason="needs nvcc, cuobjdump (CUDA toolkit or Triton) and c++filt",
+    bool(sass.missing_tools()),
+    reason=f"needs {', '.join(sass.missing_tools())} (nvcc, cuobjdump from the CUDA toolkit or "
+    "Triton, c++filt)",
 )
 
 
@@ -119,49 +95,14 @@ class Kernel:
         return f"{self.name}<{', '.join(self.args)}>"
 
 
-def _template_args(demangled: str) -> tuple[str, list[str]]:
-    head = demangled.replace("(anonymous namespace)::", "").replace("fcn_fast::", "")
-    head = head.split("(", 1)[0]
-    head = head.removeprefix("void ").strip()
-    if "<" not in head:
-        return head, []
-    name, rest = head.split("<", 1)
-    args = [a.strip() for a in rest.rsplit(">", 1)[0].split(",")]
-    return name.strip(), args
-
-
-def _disassemble(cubins) -> list[Kernel]:
-    kernels = []
-    for cubin in cubins:
-        source = os.path.basename(cubin).removesuffix(".cubin")
-        listing = subprocess.run(
-            [CUOBJDUMP, "-sass", cubin], capture_output=True, text=True, check=True
-        ).stdout
-        current = []
-        mangled = []
-        for line in listing.splitlines():
-            match = re.search(r"Function : (\S+)", line)
-            if match:
-                mangled.append(match.group(1))
-                current = []
-                kernels.append(Kernel("", [], source, current))
-                continue
-            match = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
-            if match and kernels:
-                current.append(match.group(1))
-        demangled = subprocess.run(
-            [CXXFILT], input="\n".join(mangled), capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        for kernel, name in zip(kernels[len(kernels) - len(mangled) :], demangled):
-            kernel.name, kernel.args = _template_args(name)
-    return kernels
-
-
 @pytest.fixture(scope="module")
 def kernels():
     # The static model's cubins (nvcc -cubin -O3 -arch=sm_90, cached by source hash): the
     # label-typed loss kernels take minutes to compile, so the model's tests reuse them.
-    found = _disassemble(sass.cuda_cubins("sm_90"))
+    found = [
+        Kernel(f.name, f.args, f.source, [i.op for i in f.instrs])
+        for f in sass.cuda_functions("sm_90")
+    ]
     print("\n" + report(found))
     return found
 
